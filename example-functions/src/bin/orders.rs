@@ -1,0 +1,132 @@
+//! `orders`: a small HTTP API behind API Gateway HTTP API (payload v2) on
+//! top of runtime-adapter. Copy it as a starting point.
+//!
+//! - `POST /orders` with `{"item": "...", "quantity": N}` → 201 and the order.
+//! - `GET /orders/{id}` → 200 and the order, or 404.
+//! - Bad input → 400 with `{"error": "..."}`; nothing is written.
+//!
+//! Schema: `example-functions/migrations/0001_orders.sql`.
+
+use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use aws_lambda_events::encodings::Body;
+use aws_lambda_events::http::{HeaderValue, Method};
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use runtime_adapter::{Adapter, Db, LambdaEvent, Row};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// Declared to the adapter: prepared on every connection at INIT, so a
+/// schema problem fails INIT and no invocation pays a prepare.
+const GET_ORDER: &str = "SELECT id, item, quantity, created_at FROM orders WHERE id = $1";
+const INSERT_ORDER: &str =
+    "INSERT INTO orders (item, quantity) VALUES ($1, $2) RETURNING id, item, quantity, created_at";
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    // Honours AWS_LAMBDA_LOG_FORMAT and AWS_LAMBDA_LOG_LEVEL.
+    lambda_runtime::tracing::init_default_subscriber();
+    Adapter::builder().statement(GET_ORDER).statement(INSERT_ORDER).run(handle).await
+}
+
+#[derive(Debug, Serialize)]
+struct Order {
+    id: i64,
+    item: String,
+    quantity: i32,
+    created_at: DateTime<Utc>,
+}
+
+impl Order {
+    fn from_row(row: &Row) -> Result<Self, runtime_adapter::tokio_postgres::Error> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            item: row.try_get("item")?,
+            quantity: row.try_get("quantity")?,
+            created_at: row.try_get("created_at")?,
+        })
+    }
+}
+
+/// The body of `POST /orders`. `quantity` is read wide so that an
+/// out-of-range number gets a 400 that says so, not a parse error.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewOrder {
+    item: String,
+    quantity: i64,
+}
+
+async fn handle(
+    db: Db,
+    event: LambdaEvent<ApiGatewayV2httpRequest>,
+) -> Result<ApiGatewayV2httpResponse, lambda_runtime::Error> {
+    let request = event.payload;
+    let method = &request.request_context.http.method;
+    let path = request.raw_path.as_deref().unwrap_or_default().trim_end_matches('/');
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+
+    match (method, segments.as_slice()) {
+        (&Method::POST, ["orders"]) => create(&db, &request).await,
+        (&Method::GET, ["orders", id]) => {
+            let id = request.path_parameters.get("id").map_or(*id, String::as_str);
+            get(&db, id).await
+        }
+        (_, ["orders"] | ["orders", _]) => Ok(error(405, "method not allowed")),
+        _ => Ok(error(404, "no such route")),
+    }
+}
+
+async fn create(db: &Db, request: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV2httpResponse, lambda_runtime::Error> {
+    let new = match parse_new_order(request) {
+        Ok(new) => new,
+        Err(message) => return Ok(error(400, &message)),
+    };
+    let row = db.query_one(INSERT_ORDER, &[&new.item, &new.quantity]).await?;
+    Ok(respond(201, &Order::from_row(&row)?))
+}
+
+async fn get(db: &Db, id: &str) -> Result<ApiGatewayV2httpResponse, lambda_runtime::Error> {
+    let Ok(id) = id.parse::<i64>() else {
+        return Ok(error(400, "id must be a whole number"));
+    };
+    match db.query_opt(GET_ORDER, &[&id]).await? {
+        Some(row) => Ok(respond(200, &Order::from_row(&row)?)),
+        None => Ok(error(404, &format!("order {id} not found"))),
+    }
+}
+
+struct ValidOrder {
+    item: String,
+    quantity: i32,
+}
+
+fn parse_new_order(request: &ApiGatewayV2httpRequest) -> Result<ValidOrder, String> {
+    let body = request.body.as_deref().ok_or("the body is missing")?;
+    let bytes = if request.is_base64_encoded {
+        base64::engine::general_purpose::STANDARD.decode(body).map_err(|_| "the body is not valid base64")?
+    } else {
+        body.as_bytes().to_vec()
+    };
+    let new: NewOrder = serde_json::from_slice(&bytes).map_err(|e| format!("the body is not a valid order: {e}"))?;
+    if new.item.trim().is_empty() {
+        return Err("item must not be empty".to_owned());
+    }
+    let quantity = i32::try_from(new.quantity)
+        .ok()
+        .filter(|q| *q > 0)
+        .ok_or_else(|| format!("quantity must be between 1 and {}", i32::MAX))?;
+    Ok(ValidOrder { item: new.item, quantity })
+}
+
+fn respond(status: i64, body: &impl Serialize) -> ApiGatewayV2httpResponse {
+    let mut response = ApiGatewayV2httpResponse::default();
+    response.status_code = status;
+    response.headers.insert("content-type", HeaderValue::from_static("application/json"));
+    response.body = Some(Body::Text(serde_json::to_string(body).unwrap_or_else(|_| "{}".to_owned())));
+    response
+}
+
+fn error(status: i64, message: &str) -> ApiGatewayV2httpResponse {
+    respond(status, &json!({ "error": message }))
+}

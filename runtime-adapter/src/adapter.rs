@@ -1,0 +1,291 @@
+//! [`Adapter`]: the environment's one pool, and the gate every invocation
+//! passes before its handler runs.
+//!
+//! The gate, in order: warm the pool if INIT could not (database down);
+//! replace it if it passed its maximum age; check it if no round trip
+//! succeeded within the interval, rebuilding it if the check fails. All
+//! three are single-flight: one invocation does the work under the
+//! maintenance lock while concurrent ones wait, then re-read the state and
+//! find nothing left to do.
+
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Instant;
+
+use lambda_runtime::Context;
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::deadline;
+use crate::error::Error;
+use crate::health::{self, Liveness};
+use crate::pool::{millis, WarmPool};
+use crate::stats::{bump, Counters, RefreshReason, Stats};
+use crate::warmup::{self, Statements};
+
+/// Sets up an [`Adapter`]: the statements to prepare, then
+/// [`init`](Builder::init) or [`run`](Builder::run).
+#[derive(Debug, Default)]
+#[must_use]
+pub struct Builder {
+    statements: Vec<String>,
+    config: Option<Config>,
+}
+
+impl Builder {
+    /// Declares a statement the application runs. Warmup phase 2 prepares it
+    /// on every connection: a missing table or column fails INIT with the
+    /// server's message, and no invocation pays its prepare round trip.
+    pub fn statement(mut self, sql: impl Into<String>) -> Self {
+        self.statements.push(sql.into());
+        self
+    }
+
+    /// Uses `config` instead of reading [`Config::from_env`] at init.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// Reads the configuration, then builds and warms the pool: both phases
+    /// on every connection, retrying transient failures.
+    ///
+    /// If the database stays unreachable, the adapter is returned unwarmed and
+    /// the first invocation warms it within its own deadline, so that an
+    /// outage at INIT does not wedge the environment.
+    ///
+    /// # Errors
+    ///
+    /// Bad configuration, and permanent warmup failures: bad credentials
+    /// (28P01, 28000), unknown database (3D000), a declared statement naming
+    /// a missing relation (42P01) or column (42703), and the like.
+    pub async fn init(self) -> Result<Adapter, Error> {
+        let started = Instant::now();
+        let config = match self.config {
+            Some(config) => config,
+            None => Config::from_env()?,
+        };
+        if let Some(concurrency) = config.max_concurrency.filter(|&c| c > config.pool_size) {
+            tracing::warn!(
+                pool_size = config.pool_size,
+                max_concurrency = concurrency,
+                "DB_POOL_SIZE is below AWS_LAMBDA_MAX_CONCURRENCY: concurrent invocations will wait for connections"
+            );
+        }
+        let adapter = Adapter {
+            shared: Arc::new(Shared {
+                config,
+                statements: Statements::new(self.statements),
+                counters: Arc::default(),
+                liveness: Arc::default(),
+                current: RwLock::new(None),
+                maintenance: tokio::sync::Mutex::new(()),
+            }),
+        };
+        let shared = &adapter.shared;
+        let until = deadline::init_until(started);
+        match warmup::warm(&shared.config, &shared.statements, &shared.counters, &shared.liveness, until).await {
+            Ok(pool) => drop(shared.install(Some(Arc::new(pool)))),
+            Err(error) if error.is_transient() => {
+                tracing::warn!(%error, "database unreachable at init; the first invocation will warm the pool");
+            }
+            Err(error) => return Err(error),
+        }
+        Ok(adapter)
+    }
+}
+
+/// The environment's pool and its gate. Cheap to clone; clones share the pool.
+#[derive(Debug, Clone)]
+pub struct Adapter {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    config: Config,
+    statements: Statements,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) liveness: Arc<Liveness>,
+    /// The warmed pool in use, if any. Replaced only under `maintenance`.
+    current: RwLock<Option<Arc<WarmPool>>>,
+    /// Makes warmups, refreshes, checks and rebuilds single-flight.
+    maintenance: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Adapter {
+    /// Starts setting up an adapter.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// A warmed connection for the invocation described by `context`.
+    ///
+    /// Passes the gate first (warmup if INIT could not, refresh after the
+    /// maximum age, health check after the interval), never past the
+    /// invocation's deadline less a safety margin.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when the database cannot be reached in the time
+    /// the invocation has; the error of a permanent failure otherwise.
+    pub async fn db(&self, context: &Context) -> Result<Db, Error> {
+        let until = deadline::gate_until(context);
+        let mut pool = self.ready_pool(until).await?;
+        loop {
+            match pool.checkout().await {
+                Ok(conn) => return Ok(Db::new(conn, self.shared.clone())),
+                // A concurrent invocation replaced the pool while this one
+                // waited on it; the replacement is warm.
+                Err(Error::PoolClosed) => pool = self.ready_pool(until).await?,
+                Err(error) => {
+                    self.shared.counters.failed_now();
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// A snapshot of the environment's counters.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot(self.shared.liveness.last_success())
+    }
+
+    /// The configuration in use.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Whether a warmed pool is in place.
+    #[must_use]
+    pub fn is_warm(&self) -> bool {
+        self.shared.current().is_some()
+    }
+
+    /// Closes the pool: every connection sends Terminate. Invocations after
+    /// this warm a new pool.
+    pub async fn close(&self) {
+        let _flight = self.shared.maintenance.lock().await;
+        if let Some(pool) = self.shared.install(None) {
+            pool.close().await;
+        }
+    }
+
+    async fn ready_pool(&self, until: Option<Instant>) -> Result<Arc<WarmPool>, Error> {
+        let shared = &self.shared;
+        let interval = shared.config.health_check_interval;
+        if let Some(pool) = shared.current() {
+            let now = Instant::now();
+            if !pool.is_expired(now) && !shared.liveness.check_due(now, interval) {
+                bump(&shared.counters.health_checks_skipped);
+                return Ok(pool);
+            }
+        }
+
+        let _flight = shared.maintenance.lock().await;
+        // Whatever made this invocation wait may have done the work already.
+        let Some(mut pool) = shared.current() else {
+            let pool = Arc::new(
+                warmup::warm(&shared.config, &shared.statements, &shared.counters, &shared.liveness, until).await?,
+            );
+            shared.install(Some(pool.clone()));
+            return Ok(pool);
+        };
+        if pool.is_expired(Instant::now()) {
+            pool = self.refresh(pool, until).await;
+        }
+        if !shared.liveness.check_due(Instant::now(), interval) {
+            bump(&shared.counters.health_checks_skipped);
+            tracing::debug!("health check skipped: a round trip succeeded within the interval");
+            return Ok(pool);
+        }
+
+        bump(&shared.counters.health_checks_run);
+        let started = Instant::now();
+        match health::check(&pool, shared.config.health_check_timeout).await {
+            Ok(()) => {
+                shared.liveness.succeeded();
+                tracing::info!(duration_ms = millis(started.elapsed()), "health check passed");
+                Ok(pool)
+            }
+            Err(error) => {
+                bump(&shared.counters.health_checks_failed);
+                shared.counters.failed_now();
+                tracing::warn!(%error, kind = ?error.kind(), duration_ms = millis(started.elapsed()), "health check failed; rebuilding the pool");
+                self.rebuild(pool, until).await
+            }
+        }
+    }
+
+    /// Replaces a pool past its maximum age. Never fails: if no new pool can
+    /// be built, the old one stays in use and the refresh is tried again
+    /// after a tenth of the maximum age.
+    async fn refresh(&self, old: Arc<WarmPool>, until: Option<Instant>) -> Arc<WarmPool> {
+        let shared = &self.shared;
+        let age = old.age(Instant::now());
+        let started = Instant::now();
+        let build = WarmPool::build(&shared.config, &shared.statements, &shared.counters, &shared.liveness);
+        let built = match until {
+            Some(until) => tokio::time::timeout_at(until.into(), build)
+                .await
+                .unwrap_or(Err(Error::Timeout { what: "pool refresh", after: started.elapsed() })),
+            None => build.await,
+        };
+        match built {
+            Ok(new) => {
+                let new = Arc::new(new);
+                shared.install(Some(new.clone()));
+                old.close().await;
+                shared.counters.refreshed(RefreshReason::MaxAge);
+                tracing::info!(
+                    reason = "max_age",
+                    age_ms = millis(age),
+                    duration_ms = millis(started.elapsed()),
+                    "pool refreshed"
+                );
+                new
+            }
+            Err(error) => {
+                bump(&shared.counters.refresh_failures);
+                shared.counters.failed_now();
+                let retry_in = shared.config.max_age / 10;
+                old.postpone_expiry(Instant::now(), retry_in);
+                tracing::warn!(%error, retry_in_ms = millis(retry_in), "pool refresh failed; keeping the current pool");
+                old
+            }
+        }
+    }
+
+    /// Replaces a pool that failed its health check. Its connections are
+    /// closed whether or not a new pool can be built.
+    async fn rebuild(&self, old: Arc<WarmPool>, until: Option<Instant>) -> Result<Arc<WarmPool>, Error> {
+        let shared = &self.shared;
+        shared.install(None);
+        old.close().await;
+        let started = Instant::now();
+        let new = Arc::new(
+            warmup::warm(&shared.config, &shared.statements, &shared.counters, &shared.liveness, until).await?,
+        );
+        shared.install(Some(new.clone()));
+        shared.counters.refreshed(RefreshReason::FailedCheck);
+        tracing::info!(reason = "failed_check", duration_ms = millis(started.elapsed()), "pool rebuilt");
+        Ok(new)
+    }
+}
+
+impl Shared {
+    fn current(&self) -> Option<Arc<WarmPool>> {
+        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Puts `pool` in place and returns the one it replaces.
+    fn install(&self, pool: Option<Arc<WarmPool>>) -> Option<Arc<WarmPool>> {
+        std::mem::replace(&mut *self.current.write().unwrap_or_else(PoisonError::into_inner), pool)
+    }
+}

@@ -1,0 +1,403 @@
+//! Configuration: one struct, read once from the environment at INIT.
+//!
+//! Every setting has its default in [`Config::default`] with the reason beside
+//! it. Parsing never panics: a bad value becomes a [`ConfigError`] that names
+//! the variable, says what is wrong and shows the expected form. The database
+//! password is kept in a [`tokio_postgres::Config`], whose `Debug` redacts it,
+//! and no message here ever quotes the URL.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The adapter's settings.
+///
+/// Build it with [`Config::from_env`] in a Lambda function, or with
+/// [`Config::from_lookup`] to read from anything else (tests, a map).
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Where and how to connect; parsed from `DATABASE_URL`. Its `Debug`
+    /// redacts the password.
+    pub pg: tokio_postgres::Config,
+    /// Connections in the pool. `DB_POOL_SIZE`; default:
+    /// `AWS_LAMBDA_MAX_CONCURRENCY` when set, else 1.
+    pub pool_size: usize,
+    /// Wait for a pooled connection. `DB_POOL_TIMEOUT_MS`; default 10 s.
+    pub pool_timeout: Duration,
+    /// Bound on opening one connection, and on each warmup phase run on it.
+    /// `DB_CONNECT_TIMEOUT_MS`; default 5 s.
+    pub connect_timeout: Duration,
+    /// `statement_timeout` set on each session; zero disables it, as in
+    /// PostgreSQL. `DB_STATEMENT_TIMEOUT_MS`; default 180 s.
+    pub statement_timeout: Duration,
+    /// No health check while a round trip succeeded more recently than this.
+    /// Zero checks before every invocation. `DB_HEALTH_CHECK_INTERVAL_MS`;
+    /// default 30 s.
+    pub health_check_interval: Duration,
+    /// Bound on one health check. `DB_HEALTH_CHECK_TIMEOUT_MS`; default 2 s.
+    pub health_check_timeout: Duration,
+    /// The pool is replaced once it is older than this, less up to 10 %
+    /// jitter. `DB_MAX_AGE_MS`; default 300 s.
+    pub max_age: Duration,
+    /// Attempts at warming the pool before giving up on a transient failure.
+    /// `DB_WARMUP_ATTEMPTS`; default 3.
+    pub warmup_attempts: u32,
+    /// Pause between warmup attempts. `DB_WARMUP_RETRY_DELAY_MS`; default 500 ms.
+    pub warmup_retry_delay: Duration,
+    /// `AWS_LAMBDA_MAX_CONCURRENCY`, when Lambda runs several invocations at once.
+    pub max_concurrency: Option<usize>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            pg: tokio_postgres::Config::new(),
+            // One invocation at a time needs one connection; more would only
+            // take slots other environments need.
+            pool_size: 1,
+            // Long enough to ride out a burst, short of Lambda's usual timeouts.
+            pool_timeout: Duration::from_secs(10),
+            // Half of Lambda's 10 s INIT limit, so a retry still fits.
+            connect_timeout: Duration::from_secs(5),
+            // Ends runaway statements before a 15-minute Lambda timeout would.
+            statement_timeout: Duration::from_secs(180),
+            // Lambda drops idle connections after about 350 s; checking every
+            // 30 s of idleness costs one round trip at most that often.
+            health_check_interval: Duration::from_secs(30),
+            // A half-open connection after a freeze must not hang the invocation.
+            health_check_timeout: Duration::from_secs(2),
+            // Below Lambda's ~350 s idle drop, so connections are replaced
+            // before the platform cuts them.
+            max_age: Duration::from_secs(300),
+            // Rides out a database restart without stretching INIT past 10 s.
+            warmup_attempts: 3,
+            warmup_retry_delay: Duration::from_millis(500),
+            max_concurrency: None,
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `tokio_postgres::Config`'s own `Debug` redacts the password.
+        f.debug_struct("Config")
+            .field("pg", &self.pg)
+            .field("pool_size", &self.pool_size)
+            .field("pool_timeout", &self.pool_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("health_check_interval", &self.health_check_interval)
+            .field("health_check_timeout", &self.health_check_timeout)
+            .field("max_age", &self.max_age)
+            .field("warmup_attempts", &self.warmup_attempts)
+            .field("warmup_retry_delay", &self.warmup_retry_delay)
+            .field("max_concurrency", &self.max_concurrency)
+            .finish()
+    }
+}
+
+/// A setting that could not be used. The message names the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A required variable is not set.
+    #[error("{var} is not set; expected {expected}")]
+    Missing {
+        /// The variable.
+        var: &'static str,
+        /// The expected form.
+        expected: &'static str,
+    },
+    /// A variable's value cannot be used.
+    #[error("{var} {problem}; expected {expected}")]
+    Invalid {
+        /// The variable.
+        var: &'static str,
+        /// What is wrong with the value (never the value itself for secrets).
+        problem: String,
+        /// The expected form.
+        expected: &'static str,
+    },
+    /// Two settings contradict each other.
+    #[error("{vars} contradict each other: {problem}")]
+    Conflict {
+        /// The variables involved.
+        vars: &'static str,
+        /// Why they cannot hold together, and what to change.
+        problem: String,
+    },
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first variable that is missing, malformed
+    /// or in conflict with another.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup`, which returns a variable's
+    /// value or `None` when it is unset.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::from_env`].
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        let env = Lookup(&lookup);
+
+        let max_concurrency = env.number::<usize>(
+            "AWS_LAMBDA_MAX_CONCURRENCY",
+            Zero::Reject,
+            "a whole number of concurrent invocations, e.g. 16",
+        )?;
+        let pool_size = env
+            .number::<usize>("DB_POOL_SIZE", Zero::Reject, "a whole number of connections, at least 1, e.g. 4")?
+            .or(max_concurrency)
+            .unwrap_or(defaults.pool_size);
+
+        let config = Self {
+            pg: database_url(&env)?,
+            pool_size,
+            pool_timeout: env.millis("DB_POOL_TIMEOUT_MS", Zero::Reject)?.unwrap_or(defaults.pool_timeout),
+            connect_timeout: env.millis("DB_CONNECT_TIMEOUT_MS", Zero::Reject)?.unwrap_or(defaults.connect_timeout),
+            statement_timeout: env
+                .millis("DB_STATEMENT_TIMEOUT_MS", Zero::Allow)?
+                .unwrap_or(defaults.statement_timeout),
+            health_check_interval: env
+                .millis("DB_HEALTH_CHECK_INTERVAL_MS", Zero::Allow)?
+                .unwrap_or(defaults.health_check_interval),
+            health_check_timeout: env
+                .millis("DB_HEALTH_CHECK_TIMEOUT_MS", Zero::Reject)?
+                .unwrap_or(defaults.health_check_timeout),
+            max_age: env.millis("DB_MAX_AGE_MS", Zero::Reject)?.unwrap_or(defaults.max_age),
+            warmup_attempts: env
+                .number::<u32>("DB_WARMUP_ATTEMPTS", Zero::Reject, "a whole number of attempts, at least 1, e.g. 3")?
+                .unwrap_or(defaults.warmup_attempts),
+            warmup_retry_delay: env
+                .millis("DB_WARMUP_RETRY_DELAY_MS", Zero::Allow)?
+                .unwrap_or(defaults.warmup_retry_delay),
+            max_concurrency,
+        };
+        config.check_conflicts()?;
+        Ok(config.with_session_settings())
+    }
+
+    fn check_conflicts(&self) -> Result<(), ConfigError> {
+        if self.health_check_interval > Duration::ZERO && self.health_check_interval >= self.max_age {
+            return Err(ConfigError::Conflict {
+                vars: "DB_HEALTH_CHECK_INTERVAL_MS and DB_MAX_AGE_MS",
+                problem: format!(
+                    "a health-check interval of {} ms is not shorter than the pool's maximum age of {} ms, so the pool would be replaced before any check is due; make the interval shorter than the maximum age",
+                    self.health_check_interval.as_millis(),
+                    self.max_age.as_millis()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Settings carried in the startup packet, so they cost no round trip.
+    fn with_session_settings(mut self) -> Self {
+        let mut options = self.pg.get_options().unwrap_or_default().to_owned();
+        if !options.is_empty() {
+            options.push(' ');
+        }
+        options.push_str(&format!("-c statement_timeout={}", self.statement_timeout.as_millis()));
+        self.pg.options(&options);
+        self.pg.connect_timeout(self.connect_timeout);
+        if self.pg.get_application_name().is_none() {
+            let name = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "runtime-adapter".to_owned());
+            self.pg.application_name(&name);
+        }
+        self
+    }
+}
+
+/// Whether zero is a meaningful value for a setting.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Zero {
+    Allow,
+    Reject,
+}
+
+struct Lookup<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Lookup<'_> {
+    /// The variable's value; an empty string counts as unset, as a template
+    /// parameter left blank produces one.
+    fn get(&self, var: &str) -> Option<String> {
+        (self.0)(var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+    }
+
+    fn millis(&self, var: &'static str, zero: Zero) -> Result<Option<Duration>, ConfigError> {
+        let expected = match zero {
+            Zero::Allow => "a whole number of milliseconds, 0 or more, e.g. 5000",
+            Zero::Reject => "a whole number of milliseconds, at least 1, e.g. 5000",
+        };
+        Ok(self.number::<u64>(var, zero, expected)?.map(Duration::from_millis))
+    }
+
+    fn number<T>(&self, var: &'static str, zero: Zero, expected: &'static str) -> Result<Option<T>, ConfigError>
+    where
+        T: FromStr + PartialEq + Default,
+    {
+        let Some(raw) = self.get(var) else { return Ok(None) };
+        let invalid = |problem: String| ConfigError::Invalid { var, problem, expected };
+        if raw.starts_with('-') && raw[1..].chars().all(|c| c.is_ascii_digit()) && raw.len() > 1 {
+            return Err(invalid(format!("is negative ({raw})")));
+        }
+        let value = raw.parse::<T>().map_err(|_| {
+            if raw.chars().all(|c| c.is_ascii_digit()) {
+                invalid(format!("is too large ({raw})"))
+            } else {
+                invalid(format!("is not a whole number ({raw:?})"))
+            }
+        })?;
+        if zero == Zero::Reject && value == T::default() {
+            return Err(invalid("is 0, which is not allowed here".to_owned()));
+        }
+        Ok(Some(value))
+    }
+}
+
+const URL_FORM: &str = "postgres://USER:PASSWORD@HOST:PORT/DATABASE";
+
+fn database_url(env: &Lookup<'_>) -> Result<tokio_postgres::Config, ConfigError> {
+    let var = "DATABASE_URL";
+    let raw = env.get(var).ok_or(ConfigError::Missing { var, expected: URL_FORM })?;
+    // tokio-postgres's parse errors can quote the offending part, which may be
+    // the password, so none of its text reaches the message.
+    let invalid = |problem: &str| ConfigError::Invalid { var, problem: problem.to_owned(), expected: URL_FORM };
+    if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
+        return Err(invalid("is not a postgres:// URL"));
+    }
+    let pg = tokio_postgres::Config::from_str(&raw).map_err(|_| invalid("is not a valid connection URL"))?;
+    if pg.get_hosts().is_empty() {
+        return Err(invalid("names no host"));
+    }
+    if pg.get_user().is_none_or(str::is_empty) {
+        return Err(invalid("names no user"));
+    }
+    if pg.get_dbname().is_none_or(str::is_empty) {
+        return Err(invalid("names no database"));
+    }
+    Ok(pg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const URL: &str = "postgres://app:hunter2-secret@127.0.0.1:5432/app";
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    fn parse_with_url(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut all = vec![("DATABASE_URL", URL)];
+        all.extend_from_slice(vars);
+        parse(&all)
+    }
+
+    #[test]
+    fn defaults_apply_when_only_the_url_is_set() {
+        let config = parse_with_url(&[]).expect("valid");
+        assert_eq!(config.pool_size, 1);
+        assert_eq!(config.pool_timeout, Duration::from_millis(10_000));
+        assert_eq!(config.connect_timeout, Duration::from_millis(5_000));
+        assert_eq!(config.statement_timeout, Duration::from_millis(180_000));
+        assert_eq!(config.health_check_interval, Duration::from_millis(30_000));
+        assert_eq!(config.health_check_timeout, Duration::from_millis(2_000));
+        assert_eq!(config.max_age, Duration::from_millis(300_000));
+        assert_eq!(config.warmup_attempts, 3);
+        assert_eq!(config.warmup_retry_delay, Duration::from_millis(500));
+        assert_eq!(config.pg.get_options(), Some("-c statement_timeout=180000"));
+    }
+
+    #[test]
+    fn pool_size_follows_max_concurrency_unless_overridden() {
+        assert_eq!(parse_with_url(&[("AWS_LAMBDA_MAX_CONCURRENCY", "16")]).expect("valid").pool_size, 16);
+        let both = parse_with_url(&[("AWS_LAMBDA_MAX_CONCURRENCY", "16"), ("DB_POOL_SIZE", "4")]).expect("valid");
+        assert_eq!(both.pool_size, 4);
+    }
+
+    #[test]
+    fn missing_url_names_the_variable() {
+        let err = parse(&[]).expect_err("must fail");
+        assert_eq!(err.to_string(), "DATABASE_URL is not set; expected postgres://USER:PASSWORD@HOST:PORT/DATABASE");
+    }
+
+    #[test]
+    fn malformed_urls_are_refused_without_quoting_them() {
+        for url in [
+            "mysql://app:hunter2-secret@host/app",
+            "postgres://app:hunter2-secret@127.0.0.1:notaport/app",
+            "postgres://app:hunter2-secret@127.0.0.1:5432",
+            "postgres://:hunter2-secret@127.0.0.1:5432/app",
+        ] {
+            let err = parse(&[("DATABASE_URL", url)]).expect_err(url);
+            let text = err.to_string();
+            assert!(text.starts_with("DATABASE_URL "), "{text}");
+            assert!(!text.contains("hunter2"), "password leaked: {text}");
+        }
+    }
+
+    #[test]
+    fn bad_numbers_name_the_variable_and_the_problem() {
+        let cases = [
+            ("DB_POOL_SIZE", "abc", "DB_POOL_SIZE is not a whole number (\"abc\"); expected a whole number of connections, at least 1, e.g. 4"),
+            ("DB_POOL_SIZE", "0", "DB_POOL_SIZE is 0, which is not allowed here; expected a whole number of connections, at least 1, e.g. 4"),
+            ("DB_POOL_TIMEOUT_MS", "-5", "DB_POOL_TIMEOUT_MS is negative (-5); expected a whole number of milliseconds, at least 1, e.g. 5000"),
+            ("DB_CONNECT_TIMEOUT_MS", "1.5", "DB_CONNECT_TIMEOUT_MS is not a whole number (\"1.5\"); expected a whole number of milliseconds, at least 1, e.g. 5000"),
+            ("DB_STATEMENT_TIMEOUT_MS", "99999999999999999999999", "DB_STATEMENT_TIMEOUT_MS is too large (99999999999999999999999); expected a whole number of milliseconds, 0 or more, e.g. 5000"),
+            ("DB_HEALTH_CHECK_INTERVAL_MS", "30s", "DB_HEALTH_CHECK_INTERVAL_MS is not a whole number (\"30s\"); expected a whole number of milliseconds, 0 or more, e.g. 5000"),
+            ("DB_HEALTH_CHECK_TIMEOUT_MS", "0", "DB_HEALTH_CHECK_TIMEOUT_MS is 0, which is not allowed here; expected a whole number of milliseconds, at least 1, e.g. 5000"),
+            ("DB_MAX_AGE_MS", "0", "DB_MAX_AGE_MS is 0, which is not allowed here; expected a whole number of milliseconds, at least 1, e.g. 5000"),
+            ("DB_WARMUP_ATTEMPTS", "0", "DB_WARMUP_ATTEMPTS is 0, which is not allowed here; expected a whole number of attempts, at least 1, e.g. 3"),
+            ("DB_WARMUP_RETRY_DELAY_MS", "soon", "DB_WARMUP_RETRY_DELAY_MS is not a whole number (\"soon\"); expected a whole number of milliseconds, 0 or more, e.g. 5000"),
+            ("AWS_LAMBDA_MAX_CONCURRENCY", "-1", "AWS_LAMBDA_MAX_CONCURRENCY is negative (-1); expected a whole number of concurrent invocations, e.g. 16"),
+        ];
+        for (var, value, message) in cases {
+            let err = parse_with_url(&[(var, value)]).expect_err(var);
+            assert_eq!(err.to_string(), message);
+        }
+    }
+
+    #[test]
+    fn zero_is_accepted_where_it_means_something() {
+        let config = parse_with_url(&[
+            ("DB_STATEMENT_TIMEOUT_MS", "0"),
+            ("DB_HEALTH_CHECK_INTERVAL_MS", "0"),
+            ("DB_WARMUP_RETRY_DELAY_MS", "0"),
+        ])
+        .expect("valid");
+        assert_eq!(config.statement_timeout, Duration::ZERO);
+        assert_eq!(config.health_check_interval, Duration::ZERO);
+    }
+
+    #[test]
+    fn contradicting_settings_are_refused() {
+        let err = parse_with_url(&[("DB_HEALTH_CHECK_INTERVAL_MS", "60000"), ("DB_MAX_AGE_MS", "30000")])
+            .expect_err("interval");
+        assert!(
+            err.to_string().starts_with("DB_HEALTH_CHECK_INTERVAL_MS and DB_MAX_AGE_MS contradict each other"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let config = parse_with_url(&[]).expect("valid");
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("pool_size"));
+    }
+}

@@ -1,0 +1,35 @@
+//! How long the gate may spend before the handler must run.
+//!
+//! Lambda gives each invocation a deadline (`Lambda-Runtime-Deadline-Ms`,
+//! epoch milliseconds). The gate stops retrying a safety margin before it, so
+//! the handler can still answer with a clear error before Lambda kills the
+//! invocation. A deadline already past on arrival is not a real one
+//! (`cargo lambda watch` sends a constant from 1970): it is treated as
+//! unknown, and the configured attempts alone bound the work.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lambda_runtime::Context;
+
+/// Time kept back from the deadline for the handler to answer.
+pub(crate) const SAFETY_MARGIN: Duration = Duration::from_millis(500);
+
+/// The instant by which the gate must be done, if the invocation has a real
+/// deadline.
+pub(crate) fn gate_until(context: &Context) -> Option<Instant> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let deadline = Duration::from_millis(context.deadline);
+    let remaining = deadline.checked_sub(now).filter(|r| !r.is_zero())?;
+    Some(Instant::now() + remaining.saturating_sub(SAFETY_MARGIN))
+}
+
+/// Lambda ends an on-demand INIT after 10 s. Warmup at INIT gives up before
+/// that, leaving time to reach the runtime loop; the first invocation then
+/// warms the pool. SnapStart's INIT, at publish time, may take minutes.
+const INIT_BUDGET: Duration = Duration::from_secs(8);
+
+/// The instant by which a warmup at INIT must give up, if any.
+pub(crate) fn init_until(started: Instant) -> Option<Instant> {
+    let snap_start = std::env::var("AWS_LAMBDA_INITIALIZATION_TYPE").is_ok_and(|t| t == "snap-start");
+    (!snap_start).then_some(started + INIT_BUDGET)
+}

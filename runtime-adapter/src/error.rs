@@ -1,0 +1,229 @@
+//! The library's one error type and its classification.
+//!
+//! Classification is keyed on SQLSTATE codes and I/O error kinds, never on
+//! message text. A server error's `Display` in tokio-postgres is only
+//! `db error`, so [`Error`] renders the server's own message, SQLSTATE and
+//! detail instead: that is what a user needs to act.
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+
+use crate::config::ConfigError;
+
+/// Which warmup phase failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Opening the connection.
+    Connect,
+    /// Phase 1: a raw round trip proving the connection layer.
+    RoundTrip,
+    /// Phase 2: preparing the application's declared statements.
+    Prepare,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Connect => "connect",
+            Phase::RoundTrip => "phase 1 (round trip)",
+            Phase::Prepare => "phase 2 (prepare)",
+        })
+    }
+}
+
+/// How an error should be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The connection or server is briefly unavailable: refused, reset or
+    /// closed connections, 57P01/57P02/57P03, class 08, timeouts. Worth
+    /// another attempt.
+    Transient,
+    /// The server has no connection slot left (53300).
+    TooManyConnections,
+    /// Retrying cannot help: bad credentials, unknown database or relation,
+    /// bad configuration, constraint violations and the like.
+    Permanent,
+}
+
+/// An error from the adapter or from the database behind it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration cannot be used.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// A statement or connection failed.
+    #[error("{}", describe(.0))]
+    Db(#[source] tokio_postgres::Error),
+    /// Warming a new connection failed.
+    #[error("warmup {phase} failed{}: {}", statement.as_deref().map(|s| format!(" preparing `{s}`")).unwrap_or_default(), describe(.source))]
+    Warmup {
+        /// The phase that failed.
+        phase: Phase,
+        /// The statement being prepared, in phase 2.
+        statement: Option<String>,
+        /// The database's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A step did not finish in time.
+    #[error("{what} timed out after {} ms", .after.as_millis())]
+    Timeout {
+        /// The step: "connect", "health check", "pool checkout", …
+        what: &'static str,
+        /// The bound that ran out.
+        after: Duration,
+    },
+    /// The pool was closed (replaced) while a checkout waited on it.
+    #[error("the pool was closed while waiting for a connection")]
+    PoolClosed,
+    /// A failure inside the adapter that no setting explains.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The database could not be reached within the attempts or the time the
+    /// invocation had.
+    #[error("database unavailable after {attempts} attempt(s): {source}")]
+    Unavailable {
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        #[source]
+        source: Box<Error>,
+    },
+}
+
+impl Error {
+    /// How this error should be treated: retried, or handed on.
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Config(_) => ErrorKind::Permanent,
+            Error::Db(e) | Error::Warmup { source: e, .. } => classify(e),
+            Error::Timeout { .. } | Error::PoolClosed => ErrorKind::Transient,
+            Error::Internal(_) => ErrorKind::Permanent,
+            Error::Unavailable { source, .. } => source.kind(),
+        }
+    }
+
+    /// Whether another attempt may succeed.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        matches!(self.kind(), ErrorKind::Transient | ErrorKind::TooManyConnections)
+    }
+
+    /// The SQLSTATE the server reported, if any.
+    #[must_use]
+    pub fn code(&self) -> Option<&SqlState> {
+        match self {
+            Error::Db(e) | Error::Warmup { source: e, .. } => e.code(),
+            Error::Unavailable { source, .. } => source.code(),
+            _ => None,
+        }
+    }
+
+    /// A short, stable name for the error, used as Lambda's `errorType`.
+    #[must_use]
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "RuntimeAdapter.InvalidConfiguration",
+            Error::Warmup { .. } => "RuntimeAdapter.WarmupFailed",
+            Error::Unavailable { .. } => "RuntimeAdapter.DatabaseUnavailable",
+            Error::Timeout { .. } | Error::PoolClosed => "RuntimeAdapter.Timeout",
+            Error::Internal(_) => "RuntimeAdapter.Internal",
+            Error::Db(_) => "RuntimeAdapter.DatabaseError",
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Error::Db(e)
+    }
+}
+
+impl From<Error> for lambda_runtime::Diagnostic {
+    fn from(e: Error) -> Self {
+        lambda_runtime::Diagnostic { error_type: e.error_type().to_owned(), error_message: e.to_string() }
+    }
+}
+
+fn classify(e: &tokio_postgres::Error) -> ErrorKind {
+    if let Some(code) = e.code() {
+        return classify_code(code);
+    }
+    // No SQLSTATE: the failure is in the connection itself (I/O, closed
+    // connection, TLS, timeout). Those are transient; so is anything whose
+    // source is an I/O error of a transient kind.
+    if e.is_closed() || io_kind(e).is_some() {
+        return ErrorKind::Transient;
+    }
+    ErrorKind::Permanent
+}
+
+fn classify_code(code: &SqlState) -> ErrorKind {
+    if *code == SqlState::TOO_MANY_CONNECTIONS {
+        return ErrorKind::TooManyConnections;
+    }
+    let transient = [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW];
+    if transient.contains(code) || code.code().starts_with("08") {
+        return ErrorKind::Transient;
+    }
+    ErrorKind::Permanent
+}
+
+fn io_kind(e: &tokio_postgres::Error) -> Option<std::io::ErrorKind> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        source = s.source();
+    }
+    None
+}
+
+/// The server's message, SQLSTATE and detail, or the client error's own text.
+/// Parameters and connection strings never appear in either.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                text.push_str(": ");
+                text.push_str(detail);
+            }
+            text
+        }
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_are_classified() {
+        assert_eq!(classify_code(&SqlState::TOO_MANY_CONNECTIONS), ErrorKind::TooManyConnections);
+        assert_eq!(classify_code(&SqlState::CANNOT_CONNECT_NOW), ErrorKind::Transient);
+        assert_eq!(classify_code(&SqlState::ADMIN_SHUTDOWN), ErrorKind::Transient);
+        assert_eq!(classify_code(&SqlState::CONNECTION_FAILURE), ErrorKind::Transient);
+        for permanent in [
+            SqlState::INVALID_PASSWORD,
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            SqlState::INVALID_CATALOG_NAME,
+            SqlState::UNDEFINED_TABLE,
+            SqlState::UNDEFINED_COLUMN,
+            SqlState::UNIQUE_VIOLATION,
+        ] {
+            assert_eq!(classify_code(&permanent), ErrorKind::Permanent, "{permanent:?}");
+        }
+    }
+}

@@ -1,0 +1,43 @@
+#![doc = include_str!("../../README.md")]
+//!
+//! # Layout
+//!
+//! - [`config`]: the settings, read once from the environment at INIT.
+//! - [`error`]: the one error type and its classification by SQLSTATE and
+//!   connection state.
+//! - `adapter`: [`Adapter`] and its [`Builder`]; the gate every invocation
+//!   passes (warmup, max-age refresh, health check), single-flight.
+//! - `pool`: one generation of the deadpool pool; every connection it opens
+//!   passes both warmup phases; clean close (Terminate sent).
+//! - `warmup`: phase 1 (round trip) and phase 2 (prepare), and the retry
+//!   loop around a pool build.
+//! - `health`: when a check is due, and the check.
+//! - `deadline`: the time budget an invocation's deadline leaves the gate.
+//! - `db`: [`Db`], the handle a handler receives.
+//! - `runtime`: [`Builder::run`], the Lambda loop, init-error reporting.
+//! - `stats`: counters and their [`Stats`] snapshot.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod adapter;
+pub mod config;
+mod db;
+mod deadline;
+pub mod error;
+mod health;
+mod pool;
+mod runtime;
+mod stats;
+mod warmup;
+
+pub use adapter::{Adapter, Builder};
+pub use config::{Config, ConfigError};
+pub use db::Db;
+pub use error::{Error, ErrorKind, Phase};
+pub use runtime::report_init_error;
+pub use stats::{RefreshReason, Stats, WarmupTimings};
+
+pub use lambda_runtime::{Context, LambdaEvent};
+pub use tokio_postgres;
+pub use tokio_postgres::types::ToSql;
+pub use tokio_postgres::Row;

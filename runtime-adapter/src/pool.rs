@@ -1,0 +1,258 @@
+//! One generation of the connection pool: deadpool over tokio-postgres, where
+//! every connection passes both warmup phases before the pool hands it out.
+//!
+//! A [`WarmPool`] exists only once all its connections have been opened and
+//! warmed; the handler's [`Db`](crate::Db) handle is made from a connection
+//! checked out of one, so no handler can reach an unwarmed connection.
+//! Connections that deadpool opens later (to replace a closed one) go through
+//! the same [`WarmingManager::create`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deadpool::managed::{self, Metrics, PoolError, RecycleError, RecycleResult, TimeoutType};
+use deadpool_postgres::{ClientWrapper, Connect, ManagerConfig, RecyclingMethod};
+use futures_util::future::{try_join_all, BoxFuture};
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::error::{Error, Phase};
+use crate::health::Liveness;
+use crate::stats::{bump, Counters, WarmupTimings};
+use crate::warmup::{self, Statements};
+
+pub(crate) type Conn = managed::Object<WarmingManager>;
+type Pool = managed::Pool<WarmingManager>;
+
+/// How long closing a pool waits for its connections to send Terminate. The
+/// connection tasks only have to write one message and shut the socket.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// A pool whose connections all passed both warmup phases.
+pub(crate) struct WarmPool {
+    pool: Pool,
+    /// The tasks driving this pool's connections; awaited on close so that
+    /// each connection's Terminate has been written.
+    tasks: TaskTracker,
+    built: Instant,
+    /// Nanoseconds after `built` at which the pool is due for a refresh; moved
+    /// later when a refresh fails.
+    expires_after: AtomicU64,
+}
+
+impl WarmPool {
+    /// Opens and warms `config.pool_size` connections side by side. One
+    /// attempt; [`warmup::warm`] retries.
+    pub(crate) async fn build(
+        config: &Config,
+        statements: &Statements,
+        counters: &Arc<Counters>,
+        liveness: &Arc<Liveness>,
+    ) -> Result<Self, Error> {
+        let started = Instant::now();
+        let tasks = TaskTracker::new();
+        let manager = WarmingManager {
+            inner: deadpool_postgres::Manager::from_connect(
+                config.pg.clone(),
+                TrackedConnect { tasks: tasks.clone() },
+                // `Fast` only looks at whether the connection is closed: no
+                // round trip per checkout. Health is the adapter's business.
+                ManagerConfig { recycling_method: RecyclingMethod::Fast },
+            ),
+            statements: statements.clone(),
+            phase_timeout: config.connect_timeout,
+            counters: counters.clone(),
+            liveness: liveness.clone(),
+            timings: Mutex::default(),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .wait_timeout(Some(config.pool_timeout))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|e| Error::Internal(format!("building the pool: {e}")))?;
+
+        let opened = try_join_all((0..config.pool_size).map(|_| checkout(&pool))).await;
+        let warm = Self {
+            pool,
+            tasks,
+            built: started,
+            expires_after: AtomicU64::new(jittered(config.max_age).as_nanos() as u64),
+        };
+        match opened {
+            Ok(conns) => drop(conns),
+            Err(e) => {
+                warm.close().await;
+                return Err(e);
+            }
+        }
+        let mut timings = *warm.pool.manager().timings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        timings.total = started.elapsed();
+        counters.warmed(timings);
+        tracing::info!(
+            pool_size = config.pool_size,
+            connect_ms = millis(timings.connect),
+            phase1_ms = millis(timings.round_trip),
+            phase2_ms = millis(timings.prepare),
+            total_ms = millis(timings.total),
+            statements = statements.len(),
+            "pool warmed"
+        );
+        Ok(warm)
+    }
+
+    /// A warmed connection, waiting at most `DB_POOL_TIMEOUT_MS` for one.
+    pub(crate) async fn checkout(&self) -> Result<Conn, Error> {
+        checkout(&self.pool).await
+    }
+
+    pub(crate) fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.built)
+    }
+
+    pub(crate) fn is_expired(&self, now: Instant) -> bool {
+        self.age(now).as_nanos() as u64 >= self.expires_after.load(Ordering::Relaxed)
+    }
+
+    /// Moves the refresh `by` later, after a refresh that could not build a
+    /// replacement.
+    pub(crate) fn postpone_expiry(&self, now: Instant, by: Duration) {
+        self.expires_after.store((self.age(now) + by).as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Closes the pool: idle connections now, checked-out ones when their
+    /// invocations return them. Each sends Terminate before its socket closes.
+    pub(crate) async fn close(&self) {
+        self.pool.close();
+        self.tasks.close();
+        // Connections still checked out by concurrent invocations close when
+        // returned; waiting for them would hold up this invocation.
+        if self.pool.status().size == 0 && tokio::time::timeout(CLOSE_WAIT, self.tasks.wait()).await.is_err() {
+            tracing::warn!(
+                wait_ms = millis(CLOSE_WAIT),
+                "connections of the closed pool did not finish closing in time"
+            );
+        }
+    }
+}
+
+/// Up to 10 % less than `max_age`, so environments started together spread
+/// their refreshes out instead of reconnecting at once.
+fn jittered(max_age: Duration) -> Duration {
+    max_age.mul_f64(1.0 - 0.1 * fastrand::f64())
+}
+
+pub(crate) fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn checkout(pool: &Pool) -> Result<Conn, Error> {
+    pool.get().await.map_err(|e| match e {
+        PoolError::Backend(e) => e,
+        PoolError::Timeout(TimeoutType::Wait) => Error::Timeout {
+            what: "waiting for a pooled connection (DB_POOL_TIMEOUT_MS)",
+            after: pool.timeouts().wait.unwrap_or_default(),
+        },
+        PoolError::Timeout(_) => Error::Timeout { what: "opening a connection", after: Duration::ZERO },
+        PoolError::Closed => Error::PoolClosed,
+        other => Error::Internal(other.to_string()),
+    })
+}
+
+/// deadpool-postgres's manager, plus both warmup phases on each new connection.
+pub(crate) struct WarmingManager {
+    inner: deadpool_postgres::Manager,
+    statements: Statements,
+    phase_timeout: Duration,
+    counters: Arc<Counters>,
+    liveness: Arc<Liveness>,
+    /// The slowest connection's timings in this generation.
+    timings: Mutex<WarmupTimings>,
+}
+
+impl managed::Manager for WarmingManager {
+    type Type = ClientWrapper;
+    type Error = Error;
+
+    async fn create(&self) -> Result<ClientWrapper, Error> {
+        bump(&self.counters.connect_attempts);
+        let started = Instant::now();
+        let client = match self.inner.create().await {
+            Ok(client) => client,
+            Err(source) => {
+                bump(&self.counters.connect_failures);
+                self.counters.failed_now();
+                let error = Error::Warmup { phase: Phase::Connect, statement: None, source };
+                tracing::warn!(error = %error, kind = ?error.kind(), "connect failed");
+                return Err(error);
+            }
+        };
+        bump(&self.counters.connect_successes);
+        let connect = started.elapsed();
+
+        let phase = Instant::now();
+        warmup::round_trip(&client, self.phase_timeout).await?;
+        self.liveness.succeeded();
+        let round_trip = phase.elapsed();
+
+        let phase = Instant::now();
+        warmup::prepare(&client, &self.statements, self.phase_timeout).await?;
+        let prepare = phase.elapsed();
+
+        let mut timings = self.timings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        timings.connect = timings.connect.max(connect);
+        timings.round_trip = timings.round_trip.max(round_trip);
+        timings.prepare = timings.prepare.max(prepare);
+        tracing::debug!(
+            connect_ms = millis(connect),
+            phase1_ms = millis(round_trip),
+            phase2_ms = millis(prepare),
+            "connection warmed"
+        );
+        Ok(client)
+    }
+
+    async fn recycle(&self, client: &mut ClientWrapper, metrics: &Metrics) -> RecycleResult<Error> {
+        self.inner.recycle(client, metrics).await.map_err(|e| match e {
+            RecycleError::Message(m) => RecycleError::Message(m),
+            RecycleError::Backend(e) => RecycleError::Backend(Error::Db(e)),
+        })
+    }
+
+    fn detach(&self, client: &mut ClientWrapper) {
+        self.inner.detach(client);
+    }
+}
+
+/// Opens connections for deadpool-postgres and drives each in a task of the
+/// pool's [`TaskTracker`].
+///
+/// deadpool-postgres aborts the task whose handle it is given when it drops a
+/// client, which would cut the socket before tokio-postgres writes Terminate.
+/// So it gets the handle of an already finished task, and the connection's
+/// own task runs until tokio-postgres, seeing its client dropped, has sent
+/// Terminate and closed the socket.
+struct TrackedConnect {
+    tasks: TaskTracker,
+}
+
+impl Connect for TrackedConnect {
+    fn connect(
+        &self,
+        pg: &tokio_postgres::Config,
+    ) -> BoxFuture<'_, Result<(tokio_postgres::Client, JoinHandle<()>), tokio_postgres::Error>> {
+        let pg = pg.clone();
+        Box::pin(async move {
+            let (client, connection) = pg.connect(NoTls).await?;
+            self.tasks.spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+            });
+            Ok((client, tokio::spawn(std::future::ready(()))))
+        })
+    }
+}

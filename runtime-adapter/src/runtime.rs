@@ -1,0 +1,97 @@
+//! The Lambda side: [`Builder::run`] wraps a handler, and init errors are
+//! reported to the Runtime API the way Lambda expects them.
+
+use std::fmt::Debug;
+use std::future::Future;
+
+use futures_util::Stream;
+use lambda_runtime::{Diagnostic, IntoFunctionResponse, LambdaEvent};
+use lambda_runtime_api_client::body::Body;
+use lambda_runtime_api_client::{build_request, PooledClient};
+use serde::{Deserialize, Serialize};
+
+use crate::adapter::Builder;
+use crate::db::Db;
+use crate::error::Error;
+
+impl Builder {
+    /// Initializes the adapter ([`Builder::init`]) during Lambda's INIT phase,
+    /// then runs the Lambda loop with `handler`, which receives a warmed
+    /// [`Db`] with each event.
+    ///
+    /// Uses `lambda_runtime::run_concurrent`: with `AWS_LAMBDA_MAX_CONCURRENCY`
+    /// above 1 (Lambda Managed Instances) that many invocations run at once
+    /// and share the pool; otherwise one at a time.
+    ///
+    /// A permanent init failure is reported to Lambda as an init error whose
+    /// message names the cause, and the handler never runs.
+    ///
+    /// # Errors
+    ///
+    /// The init failure, or the runtime's own error.
+    pub async fn run<A, F, Fut, R, B, S, D, E, HE>(self, handler: F) -> Result<(), lambda_runtime::Error>
+    where
+        F: Fn(Db, LambdaEvent<A>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, HE>> + Send + 'static,
+        HE: Into<Diagnostic> + Send + 'static,
+        A: for<'de> Deserialize<'de> + Send + 'static,
+        R: IntoFunctionResponse<B, S> + Send + 'static,
+        B: Serialize + Send + 'static,
+        S: Stream<Item = Result<D, E>> + Unpin + Send + 'static,
+        D: Into<bytes::Bytes> + Send + 'static,
+        E: Into<lambda_runtime::Error> + Send + Debug + 'static,
+    {
+        let adapter = match self.init().await {
+            Ok(adapter) => adapter,
+            Err(error) => {
+                tracing::error!(%error, error_type = error.error_type(), "init failed");
+                report_init_error(&error).await;
+                return Err(error.into());
+            }
+        };
+        let service = lambda_runtime::service_fn(move |event: LambdaEvent<A>| {
+            let adapter = adapter.clone();
+            let handler = handler.clone();
+            async move {
+                let db = adapter.db(&event.context).await.map_err(|error| {
+                    tracing::error!(%error, kind = ?error.kind(), "no database connection for this invocation");
+                    Diagnostic::from(error)
+                })?;
+                handler(db, event).await.map_err(Into::into)
+            }
+        });
+        lambda_runtime::run_concurrent(service).await
+    }
+}
+
+/// Reports `error` to Lambda's `/runtime/init/error`, so that Lambda records
+/// an init failure with its message instead of an unexplained exit.
+///
+/// For code that calls [`Builder::init`] itself; [`Builder::run`] does this
+/// already. Does nothing outside Lambda (no `AWS_LAMBDA_RUNTIME_API`).
+pub async fn report_init_error(error: &Error) {
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_none() {
+        return;
+    }
+    let body = serde_json::json!({
+        "errorType": error.error_type(),
+        "errorMessage": error.to_string(),
+    });
+    let request = build_request()
+        .method(http::Method::POST)
+        .uri("/2018-06-01/runtime/init/error")
+        .header("lambda-runtime-function-error-type", error.error_type())
+        .body(Body::from(body.to_string()));
+    let request = match request {
+        Ok(request) => request,
+        Err(e) => {
+            tracing::error!(error = %e, "could not build the init error report");
+            return;
+        }
+    };
+    match PooledClient::builder().build().call(request).await {
+        Ok(response) if response.status().is_success() => {}
+        Ok(response) => tracing::error!(status = %response.status(), "the Runtime API refused the init error report"),
+        Err(e) => tracing::error!(error = %e, "could not report the init error"),
+    }
+}
