@@ -1,0 +1,66 @@
+//! The local demo (`scripts/demo`): the `orders` function against a
+//! throwaway PostgreSQL, driven through the emulated Lambda Runtime API.
+//! Prints INIT time, then each invocation's answer and latency, cold first
+//! and then warm, and what the server saw.
+
+use std::time::{Duration, Instant};
+
+use integration_tests::orders::{
+    get_order, orders_function, post_valid_order, postgres, status, FUNCTION_NAME, MIGRATION, STARTUP,
+};
+use integration_tests::server_log::Log;
+use integration_tests::{Invocation, RuntimeApi};
+
+const WARM_INVOCATIONS: usize = 8;
+
+#[tokio::main]
+async fn main() {
+    println!("starting a throwaway PostgreSQL (initdb into a temp dir)…");
+    let pg = postgres().await;
+    pg.apply_sql_as_app(MIGRATION).await;
+    println!("  listening on 127.0.0.1:{}, schema from example-functions/migrations/0001_orders.sql", pg.port());
+
+    let api = RuntimeApi::start_for(FUNCTION_NAME).await;
+    let started = Instant::now();
+    let function = orders_function(&pg, &[("AWS_LAMBDA_LOG_LEVEL", "info")]).spawn(&api);
+    if !api.wait_next_polls(1, STARTUP).await {
+        eprintln!("orders never reached its runtime loop; its output:\n{}", function.output());
+        std::process::exit(1);
+    }
+    let init = started.elapsed();
+    println!("\nINIT (process start, pool built, both warmup phases) done in {}", ms(init));
+
+    let mark = pg.log_mark();
+    println!("\ninvocations:");
+    let created = api.invoke(post_valid_order("coffee beans", 2)).await;
+    show("cold  POST /orders", &created);
+    let id = integration_tests::orders::body(created.response())["id"].as_i64().unwrap_or(1).to_string();
+    for n in 1..=WARM_INVOCATIONS {
+        show(&format!("warm{n:<2}GET /orders/{id}"), &api.invoke(get_order(&id)).await);
+    }
+    show("warm  GET /orders/424242", &api.invoke(get_order("424242")).await);
+    show("warm  POST /orders (bad body)", &api.invoke(integration_tests::orders::post_order("{\"item\": 1}")).await);
+
+    let counts = Log::new(pg.log_since(mark)).counts();
+    let invocations = WARM_INVOCATIONS + 3;
+    println!("\nwhat the server saw during those {invocations} invocations:");
+    println!("  new connections:  {}", counts.connections);
+    println!("  prepares (parse): {}", counts.parses);
+    println!("  health checks:    {}", counts.health_checks);
+    println!("  statements run:   {} (the bad request ran none)", counts.executes);
+}
+
+fn show(what: &str, invocation: &Invocation) {
+    let answer = match invocation.outcome.is_error() {
+        true => format!("error {:?}", invocation.outcome.error_message()),
+        false => {
+            let response = invocation.response();
+            format!("{} {}", status(response), response["body"].as_str().unwrap_or_default())
+        }
+    };
+    println!("  {what:<34} {:>9}  {answer}", ms(invocation.latency));
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}

@@ -1,0 +1,24 @@
+//! Shared test-support harness for the workspace's integration tests.
+//!
+//! Modules:
+//! - [`postgres`]: a throwaway PostgreSQL server per test ([`Postgres`]) with the `app`
+//!   role/database, log access and fault injection (terminate/stop backends, stop/restart).
+//! - [`runtime_api`]: an in-process emulation of the AWS Lambda Runtime API over real
+//!   HTTP ([`RuntimeApi`]), used to invoke a function and observe its results.
+//! - [`function`]: runs a Lambda function binary as a child process pointed at the
+//!   emulator ([`Function`]) and captures its output; [`bin_path`] locates built binaries.
+//! - [`orders`]: fixtures for the `orders` example function (events, environment).
+//! - [`server_log`]: counting what the server logged per application.
+//!
+//! Everything is safe to use from parallel tests: each value owns its own temp dir, port
+//! and processes, and nothing mutates the process environment.
+
+pub mod function;
+pub mod orders;
+pub mod postgres;
+pub mod runtime_api;
+pub mod server_log;
+
+pub use function::{bin_path, Function, FunctionBuilder};
+pub use postgres::{Postgres, PostgresBuilder, APP_DATABASE, APP_PASSWORD, APP_USER};
+pub use runtime_api::{InitError, Invocation, InvokeOptions, Outcome, PendingInvocation, RuntimeApi};

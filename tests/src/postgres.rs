@@ -1,0 +1,711 @@
+//! Throwaway PostgreSQL server.
+//!
+//! A [`Postgres`] owns one private cluster: its temp directory (data dir, password file,
+//! unix socket, `server.log`), a free loopback port, the postmaster child process, and the
+//! `app` role/database that code under test connects as ([`Postgres::database_url`]).
+//! It also owns the fault-injection helpers tests use to break connections: terminating
+//! or freezing backends, and stopping/restarting the whole server on the same port.
+//!
+//! Every statement is logged (`log_statement=all`) with the prefix `%m [%p] %a `
+//! (timestamp, backend pid, application_name), so tests can attribute log lines to
+//! connections; [`Postgres::log_mark`]/[`Postgres::log_since`] give a cursor into the log.
+//!
+//! When the tests run as root the server binaries run as the `postgres` OS user (initdb
+//! refuses root). Dropping a [`Postgres`] stops the server immediately and deletes the
+//! directory, also when the test panicked.
+
+use std::{
+    collections::BTreeSet,
+    fs::{self, OpenOptions},
+    os::unix::{fs::MetadataExt as _, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use tempfile::TempDir;
+use tokio_postgres::{Client, Config, NoTls, Row};
+
+/// Password of the `app` role. Unusual enough to grep for in captured output.
+pub const APP_PASSWORD: &str = "s3cr3t-Pa55word-xyzzy";
+/// Login role the code under test uses; owns [`APP_DATABASE`].
+pub const APP_USER: &str = "app";
+/// Database owned by [`APP_USER`].
+pub const APP_DATABASE: &str = "app";
+/// Superuser role created by initdb.
+pub const SUPERUSER: &str = "postgres";
+/// Password of [`SUPERUSER`].
+pub const SUPERUSER_PASSWORD: &str = "superuser-Pa55word-plugh";
+/// `application_name` of the harness's own connections (excluded from the fault helpers).
+pub const HARNESS_APPLICATION_NAME: &str = "integration-tests-harness";
+
+/// Environment variable that overrides the PostgreSQL binary directory.
+pub const PG_BIN_ENV: &str = "INTEGRATION_TESTS_PG_BIN";
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+const START_ATTEMPTS: usize = 3;
+const LOG_TAIL_LINES: usize = 60;
+
+/// Settings for [`Postgres`]; create with [`Postgres::builder`].
+#[derive(Debug, Clone, Default)]
+pub struct PostgresBuilder {
+    max_connections: Option<u32>,
+    settings: Vec<(String, String)>,
+}
+
+impl PostgresBuilder {
+    /// Server `max_connections` (PostgreSQL's default is 100).
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.max_connections = Some(n);
+        self
+    }
+
+    /// Any other server setting, passed as `-c name=value`.
+    pub fn setting(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.push((name.into(), value.into()));
+        self
+    }
+
+    /// Create the cluster, start the server and create the `app` role and database.
+    ///
+    /// Panics (with the server log tail) if any step fails or the server is not
+    /// accepting connections within 30 s.
+    pub async fn start(self) -> Postgres {
+        Postgres::start_with(self).await
+    }
+}
+
+/// OS identity the server binaries run as.
+#[derive(Debug, Clone, Copy)]
+struct RunAs {
+    uid: u32,
+    gid: u32,
+}
+
+/// Why a server start attempt failed.
+enum StartError {
+    /// The postmaster exited; `bind_failed` when the port was taken.
+    Exited {
+        status: ExitStatus,
+        bind_failed: bool,
+    },
+    TimedOut,
+}
+
+/// A private PostgreSQL server; see the [module docs](self).
+pub struct Postgres {
+    port: u16,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    bin_dir: PathBuf,
+    run_as: Option<RunAs>,
+    settings: PostgresBuilder,
+    server: Mutex<Option<Child>>,
+    stopped_backends: Mutex<BTreeSet<i32>>,
+    // Dropped last (after `Drop::drop` stopped the server): deletes the directory.
+    dir: TempDir,
+}
+
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postgres").field("port", &self.port).field("dir", &self.dir.path()).finish_non_exhaustive()
+    }
+}
+
+impl Postgres {
+    /// Start a server with default settings; see [`PostgresBuilder::start`].
+    pub async fn start() -> Postgres {
+        Self::builder().start().await
+    }
+
+    /// Settings for a server to start.
+    pub fn builder() -> PostgresBuilder {
+        PostgresBuilder::default()
+    }
+
+    async fn start_with(settings: PostgresBuilder) -> Postgres {
+        let run_as = run_as();
+        let bin_dir = pg_bin_dir();
+        let dir = tempfile::Builder::new().prefix("pg-it-").tempdir().expect("create temp dir for postgres");
+        let pwfile = dir.path().join("pwfile");
+        fs::write(&pwfile, SUPERUSER_PASSWORD).expect("write postgres password file");
+        let log_path = dir.path().join("server.log");
+        fs::write(&log_path, "").expect("create postgres server.log");
+        if let Some(user) = run_as {
+            for path in [dir.path(), pwfile.as_path()] {
+                std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid))
+                    .unwrap_or_else(|e| panic!("chown {} to postgres: {e}", path.display()));
+            }
+        }
+
+        let mut pg = Postgres {
+            port: free_port(),
+            data_dir: dir.path().join("data"),
+            log_path,
+            bin_dir,
+            run_as,
+            settings,
+            server: Mutex::new(None),
+            stopped_backends: Mutex::new(BTreeSet::new()),
+            dir,
+        };
+
+        let mut initdb = pg.command("initdb");
+        initdb
+            .arg("-D")
+            .arg(&pg.data_dir)
+            // Passwords over TCP (what the code under test uses); the harness's own
+            // connections use the private unix socket without one, which is much faster
+            // than SCRAM in an unoptimized test build.
+            .arg("--auth-host=scram-sha-256")
+            .arg("--auth-local=trust")
+            .arg(format!("--username={SUPERUSER}"))
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .args(["--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"]);
+        let out = tokio::process::Command::from(initdb).output().await.expect("run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let mut attempt = 1;
+        loop {
+            match pg.spawn_and_wait_ready().await {
+                Ok(()) => break,
+                Err(StartError::Exited { bind_failed: true, .. }) if attempt < START_ATTEMPTS => {
+                    // Another process took the port between picking and binding it.
+                    attempt += 1;
+                    pg.port = free_port();
+                }
+                Err(err) => pg.fail_start(err),
+            }
+        }
+        pg.create_app_role().await;
+        pg
+    }
+
+    async fn create_app_role(&self) {
+        let client = self.superuser().await;
+        // Keep the password out of the statement log.
+        for sql in [
+            "SET log_statement = 'none'".to_owned(),
+            format!("CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"),
+            format!("CREATE DATABASE {APP_DATABASE} OWNER {APP_USER}"),
+        ] {
+            if let Err(e) = client.batch_execute(&sql).await {
+                panic!("postgres setup failed: {}\n{}", error_text(&e), self.log_tail());
+            }
+        }
+    }
+
+    /// TCP port the server listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// URL the code under test uses: `postgres://app:<APP_PASSWORD>@127.0.0.1:<port>/app`.
+    pub fn database_url(&self) -> String {
+        format!("postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/{APP_DATABASE}", self.port)
+    }
+
+    /// Superuser URL (`postgres` database).
+    pub fn superuser_url(&self) -> String {
+        format!("postgres://{SUPERUSER}:{SUPERUSER_PASSWORD}@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The server's temp directory (data dir, socket, log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Path of the server log (stdout and stderr of the postmaster).
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// The whole server log so far.
+    pub fn read_log(&self) -> String {
+        self.log_since(0)
+    }
+
+    /// Cursor into the log: its current length in bytes. Pass to [`Postgres::log_since`].
+    pub fn log_mark(&self) -> usize {
+        fs::metadata(&self.log_path).map(|m| usize::try_from(m.len()).expect("log length fits usize")).unwrap_or(0)
+    }
+
+    /// The log written after `mark` (from [`Postgres::log_mark`]).
+    pub fn log_since(&self, mark: usize) -> String {
+        let bytes = fs::read(&self.log_path).unwrap_or_default();
+        String::from_utf8_lossy(bytes.get(mark..).unwrap_or_default()).into_owned()
+    }
+
+    /// Wait until the log written after `mark` contains `needle`; false on timeout.
+    pub async fn wait_for_log(&self, mark: usize, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log_since(mark).contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// TCP + password settings for the superuser (application_name
+    /// [`HARNESS_APPLICATION_NAME`]).
+    pub fn superuser_config(&self) -> Config {
+        let mut config = self.base_config(SUPERUSER, "postgres");
+        config.host("127.0.0.1").password(SUPERUSER_PASSWORD);
+        config
+    }
+
+    /// TCP + password settings for the `app` role (application_name
+    /// [`HARNESS_APPLICATION_NAME`]).
+    pub fn app_config(&self) -> Config {
+        let mut config = self.base_config(APP_USER, APP_DATABASE);
+        config.host("127.0.0.1").password(APP_PASSWORD);
+        config
+    }
+
+    /// Settings for the private unix socket (trust authentication, no password).
+    fn socket_config(&self, user: &str, dbname: &str) -> Config {
+        let mut config = self.base_config(user, dbname);
+        config.host_path(self.dir.path());
+        config
+    }
+
+    fn base_config(&self, user: &str, dbname: &str) -> Config {
+        let mut config = Config::new();
+        config
+            .port(self.port)
+            .user(user)
+            .dbname(dbname)
+            .application_name(HARNESS_APPLICATION_NAME)
+            .connect_timeout(CONNECT_TIMEOUT);
+        config
+    }
+
+    /// A new superuser connection (over the unix socket); its connection task is spawned
+    /// on the current runtime.
+    pub async fn superuser(&self) -> Client {
+        self.connect(&self.socket_config(SUPERUSER, "postgres"), "superuser").await
+    }
+
+    /// A new connection as the `app` role to the `app` database (over the unix socket).
+    pub async fn app_client(&self) -> Client {
+        self.connect(&self.socket_config(APP_USER, APP_DATABASE), "app").await
+    }
+
+    async fn connect(&self, config: &Config, who: &str) -> Client {
+        match connect(config).await {
+            Ok(client) => client,
+            Err(e) => {
+                panic!("connect to postgres as {who} on port {}: {}\n{}", self.port, error_text(&e), self.log_tail())
+            }
+        }
+    }
+
+    /// Run one statement as the superuser; returns the affected row count.
+    pub async fn execute(&self, sql: &str) -> u64 {
+        let client = self.superuser().await;
+        client.execute(sql, &[]).await.unwrap_or_else(|e| panic!("execute `{sql}` as superuser: {}", error_text(&e)))
+    }
+
+    /// Run a batch of statements as the superuser.
+    pub async fn batch(&self, sql: &str) {
+        let client = self.superuser().await;
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("batch as superuser failed: {}\n{sql}", error_text(&e)));
+    }
+
+    /// Run a query as the superuser and return its rows.
+    pub async fn query(&self, sql: &str) -> Vec<Row> {
+        let client = self.superuser().await;
+        client.query(sql, &[]).await.unwrap_or_else(|e| panic!("query `{sql}` as superuser: {}", error_text(&e)))
+    }
+
+    /// Run a batch as the `app` role in the `app` database (migrations: objects are owned
+    /// by `app`).
+    pub async fn apply_sql_as_app(&self, sql: &str) {
+        let client = self.app_client().await;
+        client.batch_execute(sql).await.unwrap_or_else(|e| panic!("batch as app failed: {}\n{sql}", error_text(&e)));
+    }
+
+    /// Pids of client backends whose `application_name` is `application_name`.
+    pub async fn backend_pids(&self, application_name: &str) -> Vec<i32> {
+        self.superuser()
+            .await
+            .query(
+                "SELECT pid FROM pg_stat_activity \
+                 WHERE application_name = $1 AND backend_type = 'client backend' \
+                   AND pid <> pg_backend_pid() ORDER BY pid",
+                &[&application_name],
+            )
+            .await
+            .expect("query pg_stat_activity")
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    }
+
+    /// Number of client backends whose `application_name` is `application_name`.
+    pub async fn connection_count(&self, application_name: &str) -> i64 {
+        self.count_backends("application_name", application_name).await
+    }
+
+    /// Number of client backends logged in as `user` (excluding the harness's own).
+    pub async fn connection_count_for_user(&self, user: &str) -> i64 {
+        self.count_backends("usename", user).await
+    }
+
+    async fn count_backends(&self, column: &str, value: &str) -> i64 {
+        let sql = format!(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE {column} = $1 AND backend_type = 'client backend' \
+               AND pid <> pg_backend_pid()"
+        );
+        self.superuser().await.query_one(&sql, &[&value]).await.expect("count backends in pg_stat_activity").get(0)
+    }
+
+    /// Terminate (`pg_terminate_backend`) every client backend with this
+    /// `application_name` and return their pids. Waits up to 5 s for each to exit, except
+    /// for backends frozen with [`Postgres::stop_backend`] (they exit once continued).
+    pub async fn kill_backends(&self, application_name: &str) -> Vec<i32> {
+        let pids = self.backend_pids(application_name).await;
+        let client = self.superuser().await;
+        for &pid in &pids {
+            let frozen = self.stopped().contains(&pid);
+            let sql = if frozen { "SELECT pg_terminate_backend($1)" } else { "SELECT pg_terminate_backend($1, 5000)" };
+            // An error or `false` means the backend already went away or is slow to exit;
+            // the signal was sent either way.
+            let _ = client.query_one(sql, &[&pid]).await;
+        }
+        pids
+    }
+
+    /// Freeze a backend with SIGSTOP: its connection stays open but never answers
+    /// (a half-open/silent peer). Undo with [`Postgres::cont_backend`]; `Drop`, `stop` and
+    /// `restart` continue frozen backends first.
+    pub fn stop_backend(&self, pid: i32) {
+        signal(pid, "STOP");
+        self.stopped().insert(pid);
+    }
+
+    /// Resume a backend frozen with [`Postgres::stop_backend`].
+    pub fn cont_backend(&self, pid: i32) {
+        self.stopped().remove(&pid);
+        signal(pid, "CONT");
+    }
+
+    fn cont_all_backends(&self) {
+        let pids = std::mem::take(&mut *self.stopped());
+        for pid in pids {
+            // The backend may be gone already.
+            let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).stderr(Stdio::null()).status();
+        }
+    }
+
+    fn stopped(&self) -> MutexGuard<'_, BTreeSet<i32>> {
+        self.stopped_backends.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn server(&self) -> MutexGuard<'_, Option<Child>> {
+        self.server.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether the postmaster process is running.
+    pub fn is_running(&self) -> bool {
+        match self.server().as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Stop the server (`pg_ctl stop -m fast`) and wait for it to exit. The port stays
+    /// reserved for [`Postgres::start_again`]. No-op if it is not running.
+    pub async fn stop(&self) {
+        self.stop_mode("fast").await;
+    }
+
+    /// Stop the server with `pg_ctl stop -m immediate` (like a crash: no clean shutdown).
+    pub async fn stop_immediate(&self) {
+        self.stop_mode("immediate").await;
+    }
+
+    async fn stop_mode(&self, mode: &str) {
+        self.cont_all_backends();
+        let Some(mut child) = self.server().take() else {
+            return;
+        };
+        if matches!(child.try_wait(), Ok(None)) {
+            let mut pg_ctl = self.command("pg_ctl");
+            pg_ctl.arg("stop").arg("-D").arg(&self.data_dir).args(["-m", mode, "-w", "-t", "30"]);
+            let out = tokio::process::Command::from(pg_ctl).output().await.expect("run pg_ctl stop");
+            if !out.status.success() {
+                let _ = child.kill();
+                panic!(
+                    "pg_ctl stop -m {mode} failed ({}): {}\n{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr),
+                    self.log_tail()
+                );
+            }
+        }
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        while matches!(child.try_wait(), Ok(None)) {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("postmaster did not exit after pg_ctl stop\n{}", self.log_tail());
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Start the server again after [`Postgres::stop`], on the same port, and wait until
+    /// it accepts connections. No-op if it is running.
+    pub async fn start_again(&self) {
+        if self.is_running() {
+            return;
+        }
+        if let Err(err) = self.spawn_and_wait_ready().await {
+            self.fail_start(err);
+        }
+    }
+
+    /// [`Postgres::stop`] then [`Postgres::start_again`].
+    pub async fn restart(&self) {
+        self.stop().await;
+        self.start_again().await;
+    }
+
+    async fn spawn_and_wait_ready(&self) -> Result<(), StartError> {
+        let mark = self.log_mark();
+        self.spawn_server();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        // Probe through our private unix socket, not TCP: if another server grabbed the
+        // port, a TCP login (same well-known credentials) would reach *that* server.
+        let config = self.socket_config(SUPERUSER, "postgres");
+        loop {
+            let exited = {
+                let mut server = self.server();
+                let status = server.as_mut().and_then(|c| c.try_wait().ok()?);
+                if status.is_some() {
+                    server.take();
+                }
+                status
+            };
+            if let Some(status) = exited {
+                let log = self.log_since(mark);
+                let bind_failed = log.contains("could not bind") || log.contains("Address already in use");
+                return Err(StartError::Exited { status, bind_failed });
+            }
+            if connect(&config).await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(StartError::TimedOut);
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    fn fail_start(&self, err: StartError) -> ! {
+        let why = match err {
+            StartError::Exited { status, bind_failed: true } => {
+                format!("postmaster exited with {status}: port {} is taken by another process", self.port)
+            }
+            StartError::Exited { status, .. } => format!("postmaster exited with {status}"),
+            StartError::TimedOut => {
+                format!("not accepting connections after {READY_TIMEOUT:?}")
+            }
+        };
+        panic!("postgres on port {} failed to start: {why}\n{}", self.port, self.log_tail());
+    }
+
+    fn spawn_server(&self) {
+        let log = OpenOptions::new().append(true).open(&self.log_path).expect("open postgres server.log");
+        let log_err = log.try_clone().expect("clone server.log handle");
+        let mut cmd = self.command("postgres");
+        cmd.arg("-D").arg(&self.data_dir).arg("-p").arg(self.port.to_string());
+        let mut settings = vec![
+            ("listen_addresses".to_owned(), "127.0.0.1".to_owned()),
+            ("unix_socket_directories".to_owned(), self.dir.path().display().to_string()),
+            ("log_statement".to_owned(), "all".to_owned()),
+            ("log_connections".to_owned(), "on".to_owned()),
+            ("log_disconnections".to_owned(), "on".to_owned()),
+            ("log_line_prefix".to_owned(), "%m [%p] %a ".to_owned()),
+            ("fsync".to_owned(), "off".to_owned()),
+            ("synchronous_commit".to_owned(), "off".to_owned()),
+            ("full_page_writes".to_owned(), "off".to_owned()),
+        ];
+        if let Some(n) = self.settings.max_connections {
+            settings.push(("max_connections".to_owned(), n.to_string()));
+        }
+        settings.extend(self.settings.settings.iter().cloned());
+        for (name, value) in settings {
+            cmd.arg("-c").arg(format!("{name}={value}"));
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::from(log)).stderr(Stdio::from(log_err));
+        let child = cmd.spawn().expect("spawn postgres");
+        *self.server() = Some(child);
+    }
+
+    /// A command for a PostgreSQL binary, run as the `postgres` OS user when we are root.
+    fn command(&self, binary: &str) -> Command {
+        let mut cmd = Command::new(self.bin_dir.join(binary));
+        cmd.current_dir(self.dir.path()).env_remove("PGDATA").env_remove("PGPORT").env_remove("PGHOST");
+        if let Some(user) = self.run_as {
+            cmd.uid(user.uid).gid(user.gid);
+        }
+        cmd
+    }
+
+    /// The last lines of the server log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = self.read_log();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+        format!("--- postgres server.log (last {LOG_TAIL_LINES} lines) ---\n{tail}\n--- end of server.log ---")
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.cont_all_backends();
+        let child = self.server().take();
+        if let Some(mut child) = child {
+            if matches!(child.try_wait(), Ok(None)) {
+                let stopped = self
+                    .command("pg_ctl")
+                    .arg("stop")
+                    .arg("-D")
+                    .arg(&self.data_dir)
+                    .args(["-m", "immediate", "-w", "-t", "10"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !stopped {
+                    let _ = child.kill();
+                }
+                let deadline = Instant::now() + EXIT_TIMEOUT;
+                while matches!(child.try_wait(), Ok(None)) {
+                    if Instant::now() >= deadline {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tail());
+        }
+    }
+}
+
+/// Connect and spawn the connection task on the current runtime.
+async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        // Errors surface through the client; the task just drives the socket.
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// An error with its source chain (tokio-postgres puts the server message in the source).
+fn error_text(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn signal(pid: i32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap_or_else(|e| panic!("run kill -{signal} {pid}: {e}"));
+    assert!(status.success(), "kill -{signal} {pid} failed: {status}");
+}
+
+/// A loopback port that was free a moment ago and that no other server of this process
+/// has used (the kernel may hand a just-released port out again).
+fn free_port() -> u16 {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind 127.0.0.1:0 to pick a port")
+            .local_addr()
+            .expect("local addr of port probe")
+            .port();
+        if HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(port) {
+            return port;
+        }
+    }
+}
+
+/// The `postgres` OS user when running as root, else `None` (run as ourselves).
+fn run_as() -> Option<RunAs> {
+    let euid = fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or_else(|_| {
+        let out = Command::new("id").arg("-u").output().expect("run `id -u`");
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("parse `id -u` output")
+    });
+    if euid != 0 {
+        return None;
+    }
+    let passwd = fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
+    let user = passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        if fields.len() >= 4 && fields[0] == "postgres" {
+            Some(RunAs { uid: fields[2].parse().ok()?, gid: fields[3].parse().ok()? })
+        } else {
+            None
+        }
+    });
+    Some(user.expect("running as root but /etc/passwd has no `postgres` user (initdb refuses to run as root)"))
+}
+
+/// Directory of initdb/postgres/pg_ctl: `$INTEGRATION_TESTS_PG_BIN`, else the newest
+/// `/usr/lib/postgresql/<version>/bin`.
+fn pg_bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(PG_BIN_ENV) {
+        return PathBuf::from(dir);
+    }
+    let newest = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("postgres").exists().then_some((version, bin))
+        })
+        .max_by_key(|(version, _)| *version);
+    match newest {
+        Some((_, bin)) => bin,
+        None => panic!(
+            "no PostgreSQL server binaries in /usr/lib/postgresql/<version>/bin \
+             (install postgresql, or set {PG_BIN_ENV})"
+        ),
+    }
+}

@@ -1,0 +1,46 @@
+//! Bad configuration fails INIT, through the real binary and the Runtime
+//! API, with a message that names the variable and the problem; the handler
+//! never runs. (The parser's own cases are unit tests in `config.rs`.)
+
+use std::time::Duration;
+
+use integration_tests::orders::{orders_function, postgres, FUNCTION_NAME};
+use integration_tests::RuntimeApi;
+
+#[tokio::test]
+async fn every_bad_setting_fails_init_naming_the_variable() {
+    let pg = postgres().await;
+    let cases: &[(&str, &str, &str)] = &[
+        ("DB_POOL_SIZE", "abc", r#"DB_POOL_SIZE is not a whole number ("abc")"#),
+        ("DB_POOL_SIZE", "0", "DB_POOL_SIZE is 0, which is not allowed here"),
+        ("DB_POOL_TIMEOUT_MS", "-1", "DB_POOL_TIMEOUT_MS is negative (-1)"),
+        ("DB_CONNECT_TIMEOUT_MS", "5s", r#"DB_CONNECT_TIMEOUT_MS is not a whole number ("5s")"#),
+        ("DB_STATEMENT_TIMEOUT_MS", "-100", "DB_STATEMENT_TIMEOUT_MS is negative (-100)"),
+        ("DB_HEALTH_CHECK_INTERVAL_MS", "often", r#"DB_HEALTH_CHECK_INTERVAL_MS is not a whole number ("often")"#),
+        ("DB_HEALTH_CHECK_TIMEOUT_MS", "0", "DB_HEALTH_CHECK_TIMEOUT_MS is 0, which is not allowed here"),
+        ("DB_MAX_AGE_MS", "0", "DB_MAX_AGE_MS is 0, which is not allowed here"),
+        ("DB_MAX_AGE_MS", "1000", "DB_HEALTH_CHECK_INTERVAL_MS and DB_MAX_AGE_MS contradict each other"),
+        ("DB_WARMUP_ATTEMPTS", "0", "DB_WARMUP_ATTEMPTS is 0, which is not allowed here"),
+        ("DB_WARMUP_RETRY_DELAY_MS", "1e3", r#"DB_WARMUP_RETRY_DELAY_MS is not a whole number ("1e3")"#),
+        ("AWS_LAMBDA_MAX_CONCURRENCY", "many", r#"AWS_LAMBDA_MAX_CONCURRENCY is not a whole number ("many")"#),
+        ("DATABASE_URL", "", "DATABASE_URL is not set"),
+        ("DATABASE_URL", "mysql://app:pw@127.0.0.1/app", "DATABASE_URL is not a postgres:// URL"),
+        ("DATABASE_URL", "postgres://app:pw@127.0.0.1:99999/app", "DATABASE_URL is not a valid connection URL"),
+        ("DATABASE_URL", "postgres://app:pw@127.0.0.1:5432", "DATABASE_URL names no database"),
+    ];
+    for (var, value, expected) in cases {
+        let api = RuntimeApi::start_for(FUNCTION_NAME).await;
+        let mut function = orders_function(&pg, &[(var, value)]).spawn(&api);
+        let error = api
+            .wait_init_error(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("{var}={value}: no init error; output:\n{}", function.output()));
+        assert_eq!(error.error_type(), Some("RuntimeAdapter.InvalidConfiguration"), "{var}={value}");
+        let message = error.error_message().expect("a message");
+        assert!(message.starts_with(&format!("invalid configuration: {expected}")), "{var}={value}: {message}");
+        assert!(message.contains("expected") || message.contains("contradict"), "shows the expected form: {message}");
+        let status = function.wait_exit(Duration::from_secs(30)).await.expect("exits");
+        assert!(!status.success());
+        assert_eq!(api.next_polls(), 0, "{var}={value}: the handler never ran");
+    }
+}

@@ -1,0 +1,116 @@
+//! The warmup gate at INIT: permanent failures become Lambda init errors that
+//! name the cause and the handler never runs; a database that is down at
+//! INIT does not wedge the environment.
+
+use std::time::Duration;
+
+use integration_tests::orders::{
+    get_order, orders_function, post_valid_order, postgres, status, OrdersEnv, FUNCTION_NAME, MIGRATION, STARTUP,
+};
+use integration_tests::{InitError, InvokeOptions, Postgres, RuntimeApi, APP_PASSWORD};
+
+/// Starts `orders` against `pg` and returns the init error it reports, after
+/// checking that it exited without ever asking for an event.
+async fn init_error(pg: &Postgres, url: Option<&str>, env: &[(&str, &str)]) -> InitError {
+    let api = RuntimeApi::start_for(FUNCTION_NAME).await;
+    let mut builder = orders_function(pg, env);
+    if let Some(url) = url {
+        builder = builder.env("DATABASE_URL", url);
+    }
+    let mut function = builder.spawn(&api);
+    let error = api
+        .wait_init_error(STARTUP)
+        .await
+        .unwrap_or_else(|| panic!("no init error reported; output:\n{}", function.output()));
+    let status = function.wait_exit(STARTUP).await.expect("the function exits after an init error");
+    assert!(!status.success(), "a failed INIT exits non-zero");
+    assert_eq!(api.next_polls(), 0, "the handler never ran: no event was asked for");
+    error
+}
+
+#[tokio::test]
+async fn a_missing_table_fails_init_with_its_name() {
+    let pg = postgres().await;
+    let error = init_error(&pg, None, &[]).await;
+    assert_eq!(error.error_type(), Some("RuntimeAdapter.WarmupFailed"));
+    let message = error.error_message().expect("a message");
+    assert!(message.contains(r#"relation "orders" does not exist"#), "{message}");
+    assert!(message.contains("42P01"), "{message}");
+    assert!(message.contains("phase 2"), "{message}");
+}
+
+#[tokio::test]
+async fn a_missing_column_fails_init_with_its_name() {
+    let pg = postgres().await;
+    pg.apply_sql_as_app("CREATE TABLE orders (id bigserial PRIMARY KEY, item text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())").await;
+    let error = init_error(&pg, None, &[]).await;
+    let message = error.error_message().expect("a message");
+    assert!(message.contains(r#"column "quantity" does not exist"#), "{message}");
+    assert!(message.contains("42703"), "{message}");
+}
+
+#[tokio::test]
+async fn bad_credentials_and_unknown_databases_fail_init_at_once() {
+    let pg = postgres().await;
+    pg.apply_sql_as_app(MIGRATION).await;
+    let port = pg.port();
+    let cases = [
+        (
+            format!("postgres://app:wrong-password@127.0.0.1:{port}/app"),
+            "28P01",
+            r#"password authentication failed for user "app""#,
+        ),
+        (format!("postgres://nobody:wrong-password@127.0.0.1:{port}/app"), "28P01", r#"for user "nobody""#),
+    ];
+    for (url, code, text) in &cases {
+        let mark = pg.log_mark();
+        let error = init_error(&pg, Some(url), &[("DB_WARMUP_ATTEMPTS", "3")]).await;
+        let message = error.error_message().expect("a message");
+        assert!(message.contains(code) && message.contains(text), "{message}");
+        let attempts = pg.log_since(mark).matches("password authentication failed").count();
+        assert_eq!(attempts, 1, "a permanent failure is not retried");
+    }
+
+    let url = format!("postgres://app:{APP_PASSWORD}@127.0.0.1:{port}/nosuchdb");
+    let error = init_error(&pg, Some(&url), &[]).await;
+    let message = error.error_message().expect("a message");
+    assert!(message.contains(r#"database "nosuchdb" does not exist"#) && message.contains("3D000"), "{message}");
+}
+
+#[tokio::test]
+async fn a_database_down_at_init_does_not_wedge_the_environment() {
+    let pg = postgres().await;
+    pg.apply_sql_as_app(MIGRATION).await;
+    pg.stop().await;
+
+    let env = OrdersEnv::start_with(pg, &[("DB_WARMUP_ATTEMPTS", "2"), ("DB_WARMUP_RETRY_DELAY_MS", "100")]).await;
+    assert!(env.api.init_errors().is_empty(), "an unreachable database is not an init error");
+
+    let down = env.api.invoke(get_order("1")).await;
+    assert!(down.outcome.is_error(), "{:?}", down.outcome);
+    assert_eq!(down.outcome.error_type(), Some("RuntimeAdapter.DatabaseUnavailable"));
+    let message = down.outcome.error_message().expect("a message");
+    assert!(message.contains("database unavailable after 2 attempt(s)"), "{message}");
+    assert!(down.latency < Duration::from_secs(10), "answered well before the deadline: {:?}", down.latency);
+
+    env.pg.start_again().await;
+    let created = env.api.invoke(post_valid_order("tea", 1)).await;
+    assert_eq!(status(created.response()), 201, "{:?}", created.outcome);
+    let found = env.api.invoke(get_order("1")).await;
+    assert_eq!(status(found.response()), 200, "{:?}", found.outcome);
+}
+
+#[tokio::test]
+async fn the_warmup_within_an_invocation_stops_before_its_deadline() {
+    let pg = postgres().await;
+    pg.apply_sql_as_app(MIGRATION).await;
+    pg.stop().await;
+    // 50 attempts 200 ms apart would take 10 s: only the deadline can end
+    // them in time. (At INIT, Lambda's own limit ends them.)
+    let env = OrdersEnv::start_with(pg, &[("DB_WARMUP_ATTEMPTS", "50"), ("DB_WARMUP_RETRY_DELAY_MS", "200")]).await;
+    let timeout = Duration::from_millis(2000);
+    let down = env.api.invoke_with(get_order("1"), InvokeOptions::default().function_timeout(timeout)).await;
+    assert!(down.outcome.is_error(), "{:?}", down.outcome);
+    assert_eq!(down.outcome.error_type(), Some("RuntimeAdapter.DatabaseUnavailable"));
+    assert!(down.latency < timeout, "answered before the deadline: {:?}", down.latency);
+}
