@@ -9,18 +9,25 @@
 //! find nothing left to do.
 
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Instant;
+use std::time::Duration;
+use tokio::time::Instant;
 
 use lambda_runtime::Context;
 
 use crate::config::Config;
 use crate::db::Db;
 use crate::deadline;
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::health::{self, Liveness};
-use crate::pool::{millis, WarmPool};
+use crate::pool::{millis, Conn, WarmPool};
+use crate::retry::{self, Retrier};
 use crate::stats::{bump, Counters, RefreshReason, Stats};
 use crate::warmup::{self, Statements};
+
+/// How long to wait, at random within these bounds, before trying again
+/// after the server ran out of connection slots: long enough for other
+/// environments to finish and release theirs.
+const EXHAUSTED_BACKOFF: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(5));
 
 /// Sets up an [`Adapter`]: the statements to prepare, then
 /// [`init`](Builder::init) or [`run`](Builder::run).
@@ -83,10 +90,16 @@ impl Builder {
         };
         let shared = &adapter.shared;
         let until = deadline::init_until(started);
-        match warmup::warm(&shared.config, &shared.statements, &shared.counters, &shared.liveness, until).await {
+        let attempts = shared.config.warmup_attempts;
+        match warmup::warm(&shared.config, &shared.statements, &shared.counters, &shared.liveness, attempts, until)
+            .await
+        {
             Ok(pool) => drop(shared.install(Some(Arc::new(pool)))),
-            Err(error) if error.is_transient() => {
-                tracing::warn!(%error, "database unreachable at init; the first invocation will warm the pool");
+            Err(error) if matches!(error.kind(), ErrorKind::Transient | ErrorKind::TooManyConnections) => {
+                if error.kind() == ErrorKind::TooManyConnections {
+                    bump(&shared.counters.pool_exhausted);
+                }
+                tracing::warn!(%error, kind = ?error.kind(), "database unreachable at init; the first invocation will warm the pool");
             }
             Err(error) => return Err(error),
         }
@@ -103,8 +116,8 @@ pub struct Adapter {
 pub(crate) struct Shared {
     config: Config,
     statements: Statements,
-    pub(crate) counters: Arc<Counters>,
-    pub(crate) liveness: Arc<Liveness>,
+    counters: Arc<Counters>,
+    liveness: Arc<Liveness>,
     /// The warmed pool in use, if any. Replaced only under `maintenance`.
     current: RwLock<Option<Arc<WarmPool>>>,
     /// Makes warmups, refreshes, checks and rebuilds single-flight.
@@ -134,19 +147,76 @@ impl Adapter {
     /// [`Error::Unavailable`] when the database cannot be reached in the time
     /// the invocation has; the error of a permanent failure otherwise.
     pub async fn db(&self, context: &Context) -> Result<Db, Error> {
-        let until = deadline::gate_until(context);
-        let mut pool = self.ready_pool(until).await?;
+        let until = deadline::gate_until(context, self.shared.config.deadline_margin);
+        let conn = self.checkout(until).await?;
+        Ok(Db::new(conn, self.clone(), until))
+    }
+
+    /// A warmed connection, through the gate, retrying transient failures
+    /// with backoff within `until`.
+    pub(crate) async fn checkout(&self, until: Option<Instant>) -> Result<Conn, Error> {
+        let config = &self.shared.config;
+        let mut retrier =
+            Retrier::new(config.retry_attempts, config.retry_base_delay, until, self.shared.counters.clone());
         loop {
-            match pool.checkout().await {
-                Ok(conn) => return Ok(Db::new(conn, self.shared.clone())),
+            let attempt = async { self.ready_pool(until).await?.checkout().await };
+            match retry::bounded(until, attempt, "checkout within the invocation's deadline").await {
+                Ok(conn) => return Ok(conn),
                 // A concurrent invocation replaced the pool while this one
                 // waited on it; the replacement is warm.
-                Err(Error::PoolClosed) => pool = self.ready_pool(until).await?,
+                Err(Error::PoolClosed) => continue,
+                Err(error) if error.kind() == ErrorKind::TooManyConnections => {
+                    return self.exhausted(error, until).await
+                }
+                Err(error) if error.is_transient() => {
+                    self.shared.counters.failed_now();
+                    retrier.backoff(error, "checkout").await?;
+                }
                 Err(error) => {
                     self.shared.counters.failed_now();
                     return Err(error);
                 }
             }
+        }
+    }
+
+    /// The server refused a connection for lack of slots (53300): release
+    /// this environment's own connections, wait a jittered 2–5 s (never past
+    /// the deadline), and try once more.
+    async fn exhausted(&self, error: Error, until: Option<Instant>) -> Result<Conn, Error> {
+        let shared = &self.shared;
+        bump(&shared.counters.pool_exhausted);
+        shared.counters.failed_now();
+        {
+            let _flight = shared.maintenance.lock().await;
+            if let Some(pool) = shared.install(None) {
+                pool.close().await;
+            }
+        }
+        let limit = |error: Error| match error {
+            Error::Warmup { source, .. } | Error::Db(source) => Error::ConnectionLimit { source },
+            other => other,
+        };
+        let delay = retry::jitter_between(EXHAUSTED_BACKOFF.0, EXHAUSTED_BACKOFF.1);
+        let out_of_time = until.is_some_and(|until| Instant::now() + delay >= until);
+        tracing::warn!(
+            %error,
+            delay_ms = millis(delay),
+            retry = !out_of_time,
+            "the server's connection limit was reached; released this environment's connections"
+        );
+        if out_of_time {
+            return Err(limit(error));
+        }
+        tokio::time::sleep(delay).await;
+        let attempt = async { self.ready_pool(until).await?.checkout().await };
+        match retry::bounded(until, attempt, "checkout within the invocation's deadline").await {
+            Ok(conn) => Ok(conn),
+            Err(error) if error.kind() == ErrorKind::TooManyConnections => {
+                bump(&shared.counters.pool_exhausted);
+                Err(limit(error))
+            }
+            Err(error) => Err(error),
         }
     }
 
@@ -160,6 +230,14 @@ impl Adapter {
     #[must_use]
     pub fn config(&self) -> &Config {
         &self.shared.config
+    }
+
+    pub(crate) fn counters(&self) -> Arc<Counters> {
+        self.shared.counters.clone()
+    }
+
+    pub(crate) fn liveness(&self) -> &Liveness {
+        &self.shared.liveness
     }
 
     /// Whether a warmed pool is in place.
@@ -192,7 +270,7 @@ impl Adapter {
         // Whatever made this invocation wait may have done the work already.
         let Some(mut pool) = shared.current() else {
             let pool = Arc::new(
-                warmup::warm(&shared.config, &shared.statements, &shared.counters, &shared.liveness, until).await?,
+                warmup::warm(&shared.config, &shared.statements, &shared.counters, &shared.liveness, 1, until).await?,
             );
             shared.install(Some(pool.clone()));
             return Ok(pool);
@@ -232,7 +310,7 @@ impl Adapter {
         let started = Instant::now();
         let build = WarmPool::build(&shared.config, &shared.statements, &shared.counters, &shared.liveness);
         let built = match until {
-            Some(until) => tokio::time::timeout_at(until.into(), build)
+            Some(until) => tokio::time::timeout_at(until, build)
                 .await
                 .unwrap_or(Err(Error::Timeout { what: "pool refresh", after: started.elapsed() })),
             None => build.await,
@@ -270,7 +348,7 @@ impl Adapter {
         old.close().await;
         let started = Instant::now();
         let new = Arc::new(
-            warmup::warm(&shared.config, &shared.statements, &shared.counters, &shared.liveness, until).await?,
+            warmup::warm(&shared.config, &shared.statements, &shared.counters, &shared.liveness, 1, until).await?,
         );
         shared.install(Some(new.clone()));
         shared.counters.refreshed(RefreshReason::FailedCheck);

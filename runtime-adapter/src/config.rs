@@ -45,6 +45,23 @@ pub struct Config {
     pub warmup_attempts: u32,
     /// Pause between warmup attempts. `DB_WARMUP_RETRY_DELAY_MS`; default 500 ms.
     pub warmup_retry_delay: Duration,
+    /// Attempts at an operation that may be retried (checkout, connect,
+    /// health check, statements not yet sent, idempotent statements, whole
+    /// transactions). `DB_RETRY_ATTEMPTS`; default 5.
+    pub retry_attempts: u32,
+    /// Base of the exponential backoff between retries, with full jitter.
+    /// `DB_RETRY_BASE_DELAY_MS`; default 200 ms.
+    pub retry_base_delay: Duration,
+    /// Time kept back before the invocation's deadline: retries stop and
+    /// running statements are cancelled this long before it, so the handler
+    /// can still answer. `DB_DEADLINE_MARGIN_MS`; default 500 ms.
+    pub deadline_margin: Duration,
+    /// Idle time before TCP keepalive probes start. `DB_TCP_KEEPALIVE_IDLE_MS`;
+    /// default 60 s.
+    pub tcp_keepalive_idle: Duration,
+    /// How long sent data may stay unacknowledged before the kernel drops the
+    /// connection (`TCP_USER_TIMEOUT`). `DB_TCP_USER_TIMEOUT_MS`; default 30 s.
+    pub tcp_user_timeout: Duration,
     /// `AWS_LAMBDA_MAX_CONCURRENCY`, when Lambda runs several invocations at once.
     pub max_concurrency: Option<usize>,
 }
@@ -73,6 +90,18 @@ impl Default for Config {
             // Rides out a database restart without stretching INIT past 10 s.
             warmup_attempts: 3,
             warmup_retry_delay: Duration::from_millis(500),
+            // Five attempts with full jitter from 200 ms: about 3 s at worst,
+            // and never past the deadline, which bounds them first.
+            retry_attempts: 5,
+            retry_base_delay: Duration::from_millis(200),
+            // Enough to serialize and send an error answer.
+            deadline_margin: Duration::from_millis(500),
+            // Keeps NAT mappings alive and finds a dead peer within
+            // idle + 3 probes of 10 s, well before Lambda's ~350 s idle drop.
+            tcp_keepalive_idle: Duration::from_secs(60),
+            // A peer that stops acknowledging is dropped by the kernel, so a
+            // silent connection cannot hold a write forever.
+            tcp_user_timeout: Duration::from_secs(30),
             max_concurrency: None,
         }
     }
@@ -92,6 +121,11 @@ impl fmt::Debug for Config {
             .field("max_age", &self.max_age)
             .field("warmup_attempts", &self.warmup_attempts)
             .field("warmup_retry_delay", &self.warmup_retry_delay)
+            .field("retry_attempts", &self.retry_attempts)
+            .field("retry_base_delay", &self.retry_base_delay)
+            .field("deadline_margin", &self.deadline_margin)
+            .field("tcp_keepalive_idle", &self.tcp_keepalive_idle)
+            .field("tcp_user_timeout", &self.tcp_user_timeout)
             .field("max_concurrency", &self.max_concurrency)
             .finish()
     }
@@ -181,6 +215,15 @@ impl Config {
             warmup_retry_delay: env
                 .millis("DB_WARMUP_RETRY_DELAY_MS", Zero::Allow)?
                 .unwrap_or(defaults.warmup_retry_delay),
+            retry_attempts: env
+                .number::<u32>("DB_RETRY_ATTEMPTS", Zero::Reject, "a whole number of attempts, at least 1, e.g. 5")?
+                .unwrap_or(defaults.retry_attempts),
+            retry_base_delay: env.millis("DB_RETRY_BASE_DELAY_MS", Zero::Allow)?.unwrap_or(defaults.retry_base_delay),
+            deadline_margin: env.millis("DB_DEADLINE_MARGIN_MS", Zero::Allow)?.unwrap_or(defaults.deadline_margin),
+            tcp_keepalive_idle: env
+                .millis("DB_TCP_KEEPALIVE_IDLE_MS", Zero::Reject)?
+                .unwrap_or(defaults.tcp_keepalive_idle),
+            tcp_user_timeout: env.millis("DB_TCP_USER_TIMEOUT_MS", Zero::Allow)?.unwrap_or(defaults.tcp_user_timeout),
             max_concurrency,
         };
         config.check_conflicts()?;
@@ -210,6 +253,13 @@ impl Config {
         options.push_str(&format!("-c statement_timeout={}", self.statement_timeout.as_millis()));
         self.pg.options(&options);
         self.pg.connect_timeout(self.connect_timeout);
+        self.pg.keepalives(true);
+        self.pg.keepalives_idle(self.tcp_keepalive_idle);
+        self.pg.keepalives_interval(Duration::from_secs(10));
+        self.pg.keepalives_retries(3);
+        if !self.tcp_user_timeout.is_zero() {
+            self.pg.tcp_user_timeout(self.tcp_user_timeout);
+        }
         if self.pg.get_application_name().is_none() {
             let name = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "runtime-adapter".to_owned());
             self.pg.application_name(&name);
@@ -319,6 +369,11 @@ mod tests {
         assert_eq!(config.max_age, Duration::from_millis(300_000));
         assert_eq!(config.warmup_attempts, 3);
         assert_eq!(config.warmup_retry_delay, Duration::from_millis(500));
+        assert_eq!(config.retry_attempts, 5);
+        assert_eq!(config.retry_base_delay, Duration::from_millis(200));
+        assert_eq!(config.deadline_margin, Duration::from_millis(500));
+        assert_eq!(config.pg.get_keepalives_idle(), Duration::from_secs(60));
+        assert_eq!(config.pg.get_tcp_user_timeout(), Some(&Duration::from_secs(30)));
         assert_eq!(config.pg.get_options(), Some("-c statement_timeout=180000"));
     }
 
@@ -364,6 +419,11 @@ mod tests {
             ("DB_WARMUP_ATTEMPTS", "0", "DB_WARMUP_ATTEMPTS is 0, which is not allowed here; expected a whole number of attempts, at least 1, e.g. 3"),
             ("DB_WARMUP_RETRY_DELAY_MS", "soon", "DB_WARMUP_RETRY_DELAY_MS is not a whole number (\"soon\"); expected a whole number of milliseconds, 0 or more, e.g. 5000"),
             ("AWS_LAMBDA_MAX_CONCURRENCY", "-1", "AWS_LAMBDA_MAX_CONCURRENCY is negative (-1); expected a whole number of concurrent invocations, e.g. 16"),
+            ("DB_RETRY_ATTEMPTS", "0", "DB_RETRY_ATTEMPTS is 0, which is not allowed here; expected a whole number of attempts, at least 1, e.g. 5"),
+            ("DB_RETRY_BASE_DELAY_MS", "x", "DB_RETRY_BASE_DELAY_MS is not a whole number (\"x\"); expected a whole number of milliseconds, 0 or more, e.g. 5000"),
+            ("DB_DEADLINE_MARGIN_MS", "-2", "DB_DEADLINE_MARGIN_MS is negative (-2); expected a whole number of milliseconds, 0 or more, e.g. 5000"),
+            ("DB_TCP_KEEPALIVE_IDLE_MS", "0", "DB_TCP_KEEPALIVE_IDLE_MS is 0, which is not allowed here; expected a whole number of milliseconds, at least 1, e.g. 5000"),
+            ("DB_TCP_USER_TIMEOUT_MS", "1h", "DB_TCP_USER_TIMEOUT_MS is not a whole number (\"1h\"); expected a whole number of milliseconds, 0 or more, e.g. 5000"),
         ];
         for (var, value, message) in cases {
             let err = parse_with_url(&[(var, value)]).expect_err(var);

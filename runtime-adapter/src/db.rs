@@ -1,14 +1,30 @@
-//! [`Db`]: the database handle a handler receives.
+//! [`Db`]: the database handle a handler receives, and what it retries.
+//!
+//! A statement is retried on another connection only when that is safe:
+//! - its connection was found closed before the statement was sent;
+//! - preparing it failed (a prepare changes no data);
+//! - the handler marked it idempotent ([`Db::idempotent`]) and it failed for
+//!   a transient reason.
+//!
+//! A write that may have reached the server is never retried. Every
+//! statement stops at the invocation's deadline less the margin, and one
+//! still running then is cancelled on the server.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Row;
+use tokio_postgres::{NoTls, Row, Statement};
 
-use crate::adapter::Shared;
+use crate::adapter::Adapter;
 use crate::error::{Error, ErrorKind};
 use crate::pool::Conn;
+use crate::retry::Retrier;
+
+/// How long a cancel request may take; it opens its own connection.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A warmed connection, held for one invocation.
 ///
@@ -22,85 +38,304 @@ use crate::pool::Conn;
 /// Each successful call counts as proof of health, so a busy function skips
 /// health checks.
 pub struct Db {
-    conn: Conn,
-    shared: Arc<Shared>,
+    slot: Mutex<Arc<Conn>>,
+    adapter: Adapter,
+    until: Option<Instant>,
 }
 
 impl fmt::Debug for Db {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Db").finish_non_exhaustive()
+        f.debug_struct("Db").field("until", &self.until).finish_non_exhaustive()
     }
 }
 
+/// Whether a statement may run again after it was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Only if nothing was sent (closed connection, failed prepare).
+    BeforeSend,
+    /// Also after a transient failure once sent: the handler said running
+    /// it twice is harmless.
+    Idempotent,
+}
+
+/// What a statement returns.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Op {
+    Rows,
+    Count,
+}
+
+pub(crate) enum Out {
+    Rows(Vec<Row>),
+    Count(u64),
+}
+
 impl Db {
-    pub(crate) fn new(conn: Conn, shared: Arc<Shared>) -> Self {
-        Self { conn, shared }
+    pub(crate) fn new(conn: Conn, adapter: Adapter, until: Option<Instant>) -> Self {
+        Self { slot: Mutex::new(Arc::new(conn)), adapter, until }
     }
 
-    /// Runs `sql` and returns its rows.
+    /// Runs `sql` and returns its rows. Not retried once sent.
     ///
     /// # Errors
     ///
-    /// [`Error::Db`] with the server's SQLSTATE, or a connection failure.
+    /// [`Error::Db`] with the server's SQLSTATE, a connection failure, or
+    /// [`Error::DeadlineExceeded`].
     pub async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
-        let statement = self.observe(self.conn.prepare_cached(sql).await)?;
-        self.observe(self.conn.query(&statement, params).await)
+        self.rows(Retry::BeforeSend, sql, params).await
     }
 
-    /// Runs `sql`, which must return exactly one row.
+    /// Runs `sql`, which must return exactly one row. Not retried once sent.
     ///
     /// # Errors
     ///
-    /// As [`Db::query`], and an error when the row count is not one.
+    /// As [`Db::query`], and [`Error::RowCount`] when the row count is not one.
     pub async fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, Error> {
-        let statement = self.observe(self.conn.prepare_cached(sql).await)?;
-        self.observe(self.conn.query_one(&statement, params).await)
+        one(self.rows(Retry::BeforeSend, sql, params).await?)
     }
 
-    /// Runs `sql`, which returns at most one row.
+    /// Runs `sql`, which returns at most one row. Not retried once sent.
     ///
     /// # Errors
     ///
-    /// As [`Db::query`], and an error when more than one row comes back.
+    /// As [`Db::query`], and [`Error::RowCount`] when more than one row comes back.
     pub async fn query_opt(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, Error> {
-        let statement = self.observe(self.conn.prepare_cached(sql).await)?;
-        self.observe(self.conn.query_opt(&statement, params).await)
+        at_most_one(self.rows(Retry::BeforeSend, sql, params).await?)
     }
 
-    /// Runs `sql` and returns the number of rows it affected.
+    /// Runs `sql` and returns the number of rows it affected. Not retried
+    /// once sent.
     ///
     /// # Errors
     ///
     /// As [`Db::query`].
     pub async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
-        let statement = self.observe(self.conn.prepare_cached(sql).await)?;
-        self.observe(self.conn.execute(&statement, params).await)
+        self.count(Retry::BeforeSend, sql, params).await
+    }
+
+    /// The same statements, marked as safe to run twice (reads, or writes
+    /// made idempotent, e.g. with `ON CONFLICT DO NOTHING`): a transient
+    /// failure after sending is retried on another connection, with backoff,
+    /// within the deadline.
+    #[must_use]
+    pub fn idempotent(&self) -> Idempotent<'_> {
+        Idempotent(self)
     }
 
     /// The underlying tokio-postgres client, for what this handle does not
-    /// cover. Calls made through it do not count as proof of health.
+    /// cover. Calls made through it are neither retried nor bounded by the
+    /// deadline, and do not count as proof of health.
     #[must_use]
-    pub fn client(&self) -> &tokio_postgres::Client {
-        &self.conn
+    pub fn client(&self) -> RawClient {
+        RawClient(self.current())
     }
 
-    fn observe<T>(&self, result: Result<T, tokio_postgres::Error>) -> Result<T, Error> {
-        match result {
-            Ok(value) => {
-                self.shared.liveness.succeeded();
-                Ok(value)
-            }
-            Err(error) => {
-                let error = Error::Db(error);
-                // A server error that leaves the session usable (constraint,
-                // syntax…) still proves the connection works.
-                if error.code().is_some() && error.kind() == ErrorKind::Permanent {
-                    self.shared.liveness.succeeded();
-                } else {
-                    self.shared.counters.failed_now();
+    pub(crate) fn adapter(&self) -> &Adapter {
+        &self.adapter
+    }
+
+    pub(crate) fn until(&self) -> Option<Instant> {
+        self.until
+    }
+
+    pub(crate) fn retrier(&self) -> Retrier {
+        let config = self.adapter.config();
+        Retrier::new(config.retry_attempts, config.retry_base_delay, self.until, self.adapter.counters())
+    }
+
+    async fn rows(&self, retry: Retry, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
+        match self.run(retry, sql, params, Op::Rows).await? {
+            Out::Rows(rows) => Ok(rows),
+            Out::Count(_) => Err(Error::Internal("a query returned a count".to_owned())),
+        }
+    }
+
+    async fn count(&self, retry: Retry, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
+        match self.run(retry, sql, params, Op::Count).await? {
+            Out::Count(n) => Ok(n),
+            Out::Rows(_) => Err(Error::Internal("an execute returned rows".to_owned())),
+        }
+    }
+
+    async fn run(&self, retry: Retry, sql: &str, params: &[&(dyn ToSql + Sync)], op: Op) -> Result<Out, Error> {
+        let mut retrier = self.retrier();
+        loop {
+            let conn = self.connection().await?;
+            // A prepare changes no data: its failure is always safe to retry.
+            let statement = match prepare(&self.adapter, &conn, sql).await {
+                Ok(statement) => statement,
+                Err(error) if error.is_transient() => {
+                    retrier.backoff(error, "prepare").await?;
+                    continue;
                 }
-                Err(error)
+                Err(error) => return Err(error),
+            };
+            match execute(&self.adapter, &conn, &statement, params, op, self.until).await {
+                Err(error) if error.is_transient() && retry == Retry::Idempotent => {
+                    retrier.backoff(error, "idempotent statement").await?;
+                }
+                result => return result,
             }
         }
     }
+
+    fn current(&self) -> Arc<Conn> {
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The invocation's connection; a closed one, on which nothing can have
+    /// been sent, is first replaced through the gate.
+    pub(crate) async fn connection(&self) -> Result<Arc<Conn>, Error> {
+        let current = self.current();
+        if !current.is_closed() {
+            return Ok(current);
+        }
+        tracing::info!("the invocation's connection closed; replacing it");
+        let fresh = Arc::new(self.adapter.checkout(self.until).await?);
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if Arc::ptr_eq(&slot, &current) {
+            *slot = fresh;
+        }
+        Ok(slot.clone())
+    }
+}
+
+/// The tokio-postgres client under a [`Db`]; see [`Db::client`].
+pub struct RawClient(Arc<Conn>);
+
+impl fmt::Debug for RawClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawClient").finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for RawClient {
+    type Target = tokio_postgres::Client;
+
+    fn deref(&self) -> &tokio_postgres::Client {
+        &self.0
+    }
+}
+
+/// The statements of a [`Db`] marked idempotent; see [`Db::idempotent`].
+#[derive(Debug)]
+pub struct Idempotent<'a>(&'a Db);
+
+impl Idempotent<'_> {
+    /// [`Db::query`], retried on transient failures.
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::query`], and [`Error::Unavailable`] once retries are spent.
+    pub async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
+        self.0.rows(Retry::Idempotent, sql, params).await
+    }
+
+    /// [`Db::query_one`], retried on transient failures.
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::query_one`], and [`Error::Unavailable`] once retries are spent.
+    pub async fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, Error> {
+        one(self.0.rows(Retry::Idempotent, sql, params).await?)
+    }
+
+    /// [`Db::query_opt`], retried on transient failures.
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::query_opt`], and [`Error::Unavailable`] once retries are spent.
+    pub async fn query_opt(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, Error> {
+        at_most_one(self.0.rows(Retry::Idempotent, sql, params).await?)
+    }
+
+    /// [`Db::execute`], retried on transient failures.
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::execute`], and [`Error::Unavailable`] once retries are spent.
+    pub async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
+        self.0.count(Retry::Idempotent, sql, params).await
+    }
+}
+
+pub(crate) fn one(rows: Vec<Row>) -> Result<Row, Error> {
+    let got = rows.len();
+    let mut rows = rows.into_iter();
+    match (rows.next(), got) {
+        (Some(row), 1) => Ok(row),
+        _ => Err(Error::RowCount { expected: "exactly one", got }),
+    }
+}
+
+pub(crate) fn at_most_one(rows: Vec<Row>) -> Result<Option<Row>, Error> {
+    match rows.len() {
+        0 | 1 => Ok(rows.into_iter().next()),
+        got => Err(Error::RowCount { expected: "at most one", got }),
+    }
+}
+
+/// The cached statement for `sql` on `conn`, prepared on first use.
+pub(crate) async fn prepare(adapter: &Adapter, conn: &Conn, sql: &str) -> Result<Statement, Error> {
+    conn.prepare_cached(sql).await.map_err(|e| observe_failure(adapter, e))
+}
+
+/// Runs a prepared statement, no later than `until`; one still running then
+/// is cancelled on the server.
+pub(crate) async fn execute(
+    adapter: &Adapter,
+    conn: &Conn,
+    statement: &Statement,
+    params: &[&(dyn ToSql + Sync)],
+    op: Op,
+    until: Option<Instant>,
+) -> Result<Out, Error> {
+    let work = async {
+        match op {
+            Op::Rows => conn.query(statement, params).await.map(Out::Rows),
+            Op::Count => conn.execute(statement, params).await.map(Out::Count),
+        }
+    };
+    let started = Instant::now();
+    let result = match until {
+        Some(until) => match tokio::time::timeout_at(until, work).await {
+            Ok(result) => result,
+            Err(_) => {
+                cancel(conn).await;
+                return Err(Error::DeadlineExceeded { after: started.elapsed() });
+            }
+        },
+        None => work.await,
+    };
+    match result {
+        Ok(out) => {
+            adapter.liveness().succeeded();
+            Ok(out)
+        }
+        Err(e) => Err(observe_failure(adapter, e)),
+    }
+}
+
+/// Asks the server to cancel what `conn` is running, so that it does not go
+/// on after the function gave up on it.
+pub(crate) async fn cancel(conn: &Conn) {
+    let token = conn.cancel_token();
+    match tokio::time::timeout(CANCEL_TIMEOUT, token.cancel_query(NoTls)).await {
+        Ok(Ok(())) => tracing::warn!("statement still running at the deadline; cancelled it on the server"),
+        Ok(Err(error)) => tracing::warn!(%error, "could not cancel the statement running at the deadline"),
+        Err(_) => tracing::warn!("cancelling the statement running at the deadline timed out"),
+    }
+}
+
+/// Records a failure. A server error that leaves the session usable
+/// (constraint, syntax…) still proves the connection works.
+pub(crate) fn observe_failure(adapter: &Adapter, error: tokio_postgres::Error) -> Error {
+    let error = Error::Db(error);
+    if error.code().is_some() && matches!(error.kind(), ErrorKind::Permanent | ErrorKind::Serialization) {
+        adapter.liveness().succeeded();
+    } else {
+        adapter.counters().failed_now();
+    }
+    error
 }

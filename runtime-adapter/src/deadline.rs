@@ -1,26 +1,26 @@
 //! How long the gate may spend before the handler must run.
 //!
 //! Lambda gives each invocation a deadline (`Lambda-Runtime-Deadline-Ms`,
-//! epoch milliseconds). The gate stops retrying a safety margin before it, so
+//! epoch milliseconds). Retries stop, and running statements are cancelled,
+//! `DB_DEADLINE_MARGIN_MS` before it, so
 //! the handler can still answer with a clear error before Lambda kills the
 //! invocation. A deadline already past on arrival is not a real one
 //! (`cargo lambda watch` sends a constant from 1970): it is treated as
 //! unknown, and the configured attempts alone bound the work.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
 
 use lambda_runtime::Context;
 
-/// Time kept back from the deadline for the handler to answer.
-pub(crate) const SAFETY_MARGIN: Duration = Duration::from_millis(500);
-
-/// The instant by which the gate must be done, if the invocation has a real
-/// deadline.
-pub(crate) fn gate_until(context: &Context) -> Option<Instant> {
+/// The instant by which database work for this invocation must stop
+/// (`margin` before its deadline), if the invocation has a real deadline.
+pub(crate) fn gate_until(context: &Context, margin: Duration) -> Option<Instant> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let deadline = Duration::from_millis(context.deadline);
     let remaining = deadline.checked_sub(now).filter(|r| !r.is_zero())?;
-    Some(Instant::now() + remaining.saturating_sub(SAFETY_MARGIN))
+    Some(Instant::now() + remaining.saturating_sub(margin))
 }
 
 /// Lambda ends an on-demand INIT after 10 s. Warmup at INIT gives up before

@@ -44,6 +44,9 @@ pub enum ErrorKind {
     Transient,
     /// The server has no connection slot left (53300).
     TooManyConnections,
+    /// 40001 serialization_failure or 40P01 deadlock_detected: retryable,
+    /// but only as a whole transaction.
+    Serialization,
     /// Retrying cannot help: bad credentials, unknown database or relation,
     /// bad configuration, constraint violations and the like.
     Permanent,
@@ -78,6 +81,9 @@ pub enum Error {
         /// The bound that ran out.
         after: Duration,
     },
+    /// The connection closed before the request was sent.
+    #[error("the connection closed")]
+    ConnectionClosed,
     /// The pool was closed (replaced) while a checkout waited on it.
     #[error("the pool was closed while waiting for a connection")]
     PoolClosed,
@@ -86,13 +92,49 @@ pub enum Error {
     Internal(String),
     /// The database could not be reached within the attempts or the time the
     /// invocation had.
-    #[error("database unavailable after {attempts} attempt(s): {source}")]
+    #[error("database unavailable after {attempts} attempt(s){}: {source}", if *.out_of_time { ", stopped to answer before the invocation's deadline" } else { "" })]
     Unavailable {
         /// Attempts made.
         attempts: u32,
+        /// Whether the invocation's deadline, not the attempt count, ended them.
+        out_of_time: bool,
         /// The last failure.
         #[source]
         source: Box<Error>,
+    },
+    /// The server's connection limit was reached (53300), even after the
+    /// adapter released its own connections and waited.
+    #[error(
+        "the database server's connection limit was reached ({}); lower DB_POOL_SIZE, cap the function's reserved concurrency, or put a pooler (RDS Proxy, PgBouncer) in front",
+        describe(.source)
+    )]
+    ConnectionLimit {
+        /// The server's 53300 error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The connection was lost while COMMIT was in flight: the transaction
+    /// may or may not have been committed. Never retried.
+    #[error("commit outcome unknown: the connection was lost while COMMIT was in flight ({source}); check whether the transaction's effects exist before repeating it")]
+    CommitOutcomeUnknown {
+        /// The connection failure.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A statement was still running when the invocation's deadline (less
+    /// the margin) arrived; it was cancelled on the server.
+    #[error("statement cancelled at the invocation's deadline after {} ms", .after.as_millis())]
+    DeadlineExceeded {
+        /// How long it had run.
+        after: Duration,
+    },
+    /// `query_one` or `query_opt` got a number of rows it cannot return.
+    #[error("expected {expected} row(s), got {got}")]
+    RowCount {
+        /// "exactly one" or "at most one".
+        expected: &'static str,
+        /// Rows returned.
+        got: usize,
     },
 }
 
@@ -103,16 +145,19 @@ impl Error {
         match self {
             Error::Config(_) => ErrorKind::Permanent,
             Error::Db(e) | Error::Warmup { source: e, .. } => classify(e),
-            Error::Timeout { .. } | Error::PoolClosed => ErrorKind::Transient,
-            Error::Internal(_) => ErrorKind::Permanent,
+            Error::Timeout { .. } | Error::PoolClosed | Error::ConnectionClosed => ErrorKind::Transient,
+            Error::Internal(_) | Error::RowCount { .. } | Error::CommitOutcomeUnknown { .. } => ErrorKind::Permanent,
             Error::Unavailable { source, .. } => source.kind(),
+            Error::ConnectionLimit { .. } => ErrorKind::TooManyConnections,
+            Error::DeadlineExceeded { .. } => ErrorKind::Permanent,
         }
     }
 
-    /// Whether another attempt may succeed.
+    /// Whether another attempt on another connection may succeed: the
+    /// connection or server was briefly unavailable.
     #[must_use]
     pub fn is_transient(&self) -> bool {
-        matches!(self.kind(), ErrorKind::Transient | ErrorKind::TooManyConnections)
+        self.kind() == ErrorKind::Transient
     }
 
     /// The SQLSTATE the server reported, if any.
@@ -120,7 +165,8 @@ impl Error {
     pub fn code(&self) -> Option<&SqlState> {
         match self {
             Error::Db(e) | Error::Warmup { source: e, .. } => e.code(),
-            Error::Unavailable { source, .. } => source.code(),
+            Error::Unavailable { source, .. } | Error::CommitOutcomeUnknown { source } => source.code(),
+            Error::ConnectionLimit { source } => source.code(),
             _ => None,
         }
     }
@@ -133,7 +179,12 @@ impl Error {
             Error::Warmup { .. } => "RuntimeAdapter.WarmupFailed",
             Error::Unavailable { .. } => "RuntimeAdapter.DatabaseUnavailable",
             Error::Timeout { .. } | Error::PoolClosed => "RuntimeAdapter.Timeout",
+            Error::ConnectionClosed => "RuntimeAdapter.ConnectionClosed",
             Error::Internal(_) => "RuntimeAdapter.Internal",
+            Error::ConnectionLimit { .. } => "RuntimeAdapter.ConnectionLimit",
+            Error::CommitOutcomeUnknown { .. } => "RuntimeAdapter.CommitOutcomeUnknown",
+            Error::DeadlineExceeded { .. } => "RuntimeAdapter.DeadlineExceeded",
+            Error::RowCount { .. } => "RuntimeAdapter.RowCount",
             Error::Db(_) => "RuntimeAdapter.DatabaseError",
         }
     }
@@ -167,6 +218,9 @@ fn classify(e: &tokio_postgres::Error) -> ErrorKind {
 fn classify_code(code: &SqlState) -> ErrorKind {
     if *code == SqlState::TOO_MANY_CONNECTIONS {
         return ErrorKind::TooManyConnections;
+    }
+    if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED {
+        return ErrorKind::Serialization;
     }
     let transient = [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW];
     if transient.contains(code) || code.code().starts_with("08") {
@@ -215,6 +269,9 @@ mod tests {
         assert_eq!(classify_code(&SqlState::CANNOT_CONNECT_NOW), ErrorKind::Transient);
         assert_eq!(classify_code(&SqlState::ADMIN_SHUTDOWN), ErrorKind::Transient);
         assert_eq!(classify_code(&SqlState::CONNECTION_FAILURE), ErrorKind::Transient);
+        assert_eq!(classify_code(&SqlState::CRASH_SHUTDOWN), ErrorKind::Transient);
+        assert_eq!(classify_code(&SqlState::T_R_SERIALIZATION_FAILURE), ErrorKind::Serialization);
+        assert_eq!(classify_code(&SqlState::T_R_DEADLOCK_DETECTED), ErrorKind::Serialization);
         for permanent in [
             SqlState::INVALID_PASSWORD,
             SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
@@ -222,6 +279,10 @@ mod tests {
             SqlState::UNDEFINED_TABLE,
             SqlState::UNDEFINED_COLUMN,
             SqlState::UNIQUE_VIOLATION,
+            SqlState::SYNTAX_ERROR,
+            SqlState::INVALID_TEXT_REPRESENTATION,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::QUERY_CANCELED,
         ] {
             assert_eq!(classify_code(&permanent), ErrorKind::Permanent, "{permanent:?}");
         }

@@ -7,7 +7,9 @@
 //! connection left half-open by a frozen environment would otherwise hang it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use deadpool::managed::Object;
 

@@ -13,7 +13,10 @@
 //!   loop around a pool build.
 //! - `health`: when a check is due, and the check.
 //! - `deadline`: the time budget an invocation's deadline leaves the gate.
-//! - `db`: [`Db`], the handle a handler receives.
+//! - `db`: [`Db`], the handle a handler receives; what is retried, and
+//!   cancellation at the deadline.
+//! - `transaction`: [`Db::transaction`], closures retried whole when safe.
+//! - `retry`: backoff with full jitter, bounded by attempts and deadline.
 //! - `runtime`: [`Builder::run`], the Lambda loop, init-error reporting.
 //! - `stats`: counters and their [`Stats`] snapshot.
 #![forbid(unsafe_code)]
@@ -26,18 +29,21 @@ mod deadline;
 pub mod error;
 mod health;
 mod pool;
+mod retry;
 mod runtime;
 mod stats;
+mod transaction;
 mod warmup;
 
 pub use adapter::{Adapter, Builder};
 pub use config::{Config, ConfigError};
-pub use db::Db;
+pub use db::{Db, Idempotent, RawClient};
 pub use error::{Error, ErrorKind, Phase};
 pub use runtime::report_init_error;
 pub use stats::{RefreshReason, Stats, WarmupTimings};
+pub use transaction::Tx;
 
 pub use lambda_runtime::{Context, LambdaEvent};
 pub use tokio_postgres;
 pub use tokio_postgres::types::ToSql;
-pub use tokio_postgres::Row;
+pub use tokio_postgres::{IsolationLevel, Row};

@@ -64,6 +64,11 @@ pub struct Stats {
     pub refreshes_failed_check: u64,
     /// Refreshes that could not build a new pool; the old one stayed in use.
     pub refresh_failures: u64,
+    /// Retries made (checkouts, statements, transactions), not counting
+    /// first attempts.
+    pub retry_attempts: u64,
+    /// Times the server refused a connection for lack of slots (53300).
+    pub pool_exhausted: u64,
     /// When a database round trip last succeeded.
     pub last_success: Option<SystemTime>,
     /// When a database operation last failed.
@@ -83,6 +88,8 @@ pub(crate) struct Counters {
     pub(crate) refreshes_max_age: AtomicU64,
     pub(crate) refreshes_failed_check: AtomicU64,
     pub(crate) refresh_failures: AtomicU64,
+    pub(crate) retry_attempts: AtomicU64,
+    pub(crate) pool_exhausted: AtomicU64,
     times: Mutex<Times>,
 }
 
@@ -138,6 +145,8 @@ impl Counters {
             refreshes_max_age: read(&self.refreshes_max_age),
             refreshes_failed_check: read(&self.refreshes_failed_check),
             refresh_failures: read(&self.refresh_failures),
+            retry_attempts: read(&self.retry_attempts),
+            pool_exhausted: read(&self.pool_exhausted),
             last_success,
             last_failure: times.last_failure,
         }

@@ -7,7 +7,9 @@
 //! no prepare) and makes the server check it against the schema at INIT.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use deadpool_postgres::ClientWrapper;
 use futures_util::future::try_join_all;
@@ -60,14 +62,18 @@ pub(crate) async fn prepare(client: &ClientWrapper, statements: &Statements, bou
     }
 }
 
-/// Builds and warms a pool, retrying transient failures up to
+/// Builds and warms a pool at INIT, retrying transient failures up to
 /// `DB_WARMUP_ATTEMPTS` times, `DB_WARMUP_RETRY_DELAY_MS` apart, and never
 /// past `until` when one is given. Permanent failures return at once.
+///
+/// Inside an invocation the gate makes one attempt per call and its own
+/// retry loop (with backoff) spaces them.
 pub(crate) async fn warm(
     config: &Config,
     statements: &Statements,
     counters: &Arc<Counters>,
     liveness: &Arc<Liveness>,
+    attempts: u32,
     until: Option<Instant>,
 ) -> Result<WarmPool, Error> {
     let mut attempt = 0;
@@ -75,7 +81,7 @@ pub(crate) async fn warm(
         attempt += 1;
         let build = WarmPool::build(config, statements, counters, liveness);
         let result = match until {
-            Some(until) => tokio::time::timeout_at(until.into(), build).await.unwrap_or_else(|_| {
+            Some(until) => tokio::time::timeout_at(until, build).await.unwrap_or_else(|_| {
                 Err(Error::Timeout {
                     what: "warmup within its time budget",
                     after: until.saturating_duration_since(Instant::now()),
@@ -95,9 +101,12 @@ pub(crate) async fn warm(
             tracing::error!(%error, attempt, kind = ?error.kind(), "warmup failed permanently");
             return Err(error);
         }
-        if attempt >= config.warmup_attempts || out_of_time {
-            tracing::error!(%error, attempt, kind = ?error.kind(), "warmup failed; no attempt left");
-            return Err(Error::Unavailable { attempts: attempt, source: Box::new(error) });
+        if attempt >= attempts || out_of_time {
+            tracing::warn!(%error, attempt, kind = ?error.kind(), "warmup failed; no attempt left");
+            if attempts == 1 {
+                return Err(error);
+            }
+            return Err(Error::Unavailable { attempts: attempt, out_of_time, source: Box::new(error) });
         }
         tracing::warn!(
             %error,
@@ -106,6 +115,6 @@ pub(crate) async fn warm(
             kind = ?error.kind(),
             "warmup failed; retrying"
         );
-        tokio::time::sleep_until(next.into()).await;
+        tokio::time::sleep_until(next).await;
     }
 }

@@ -83,7 +83,7 @@ async fn a_database_down_at_init_does_not_wedge_the_environment() {
     pg.apply_sql_as_app(MIGRATION).await;
     pg.stop().await;
 
-    let env = OrdersEnv::start_with(pg, &[("DB_WARMUP_ATTEMPTS", "2"), ("DB_WARMUP_RETRY_DELAY_MS", "100")]).await;
+    let env = OrdersEnv::start_with(pg, &[("DB_WARMUP_ATTEMPTS", "2"), ("DB_WARMUP_RETRY_DELAY_MS", "100"), ("DB_RETRY_ATTEMPTS", "2")]).await;
     assert!(env.api.init_errors().is_empty(), "an unreachable database is not an init error");
 
     let down = env.api.invoke(get_order("1")).await;
@@ -101,16 +101,22 @@ async fn a_database_down_at_init_does_not_wedge_the_environment() {
 }
 
 #[tokio::test]
-async fn the_warmup_within_an_invocation_stops_before_its_deadline() {
+async fn with_the_database_unreachable_the_error_answer_beats_a_2_5_s_timeout() {
     let pg = postgres().await;
     pg.apply_sql_as_app(MIGRATION).await;
     pg.stop().await;
-    // 50 attempts 200 ms apart would take 10 s: only the deadline can end
-    // them in time. (At INIT, Lambda's own limit ends them.)
-    let env = OrdersEnv::start_with(pg, &[("DB_WARMUP_ATTEMPTS", "50"), ("DB_WARMUP_RETRY_DELAY_MS", "200")]).await;
-    let timeout = Duration::from_millis(2000);
+    // 50 retries from 200 ms would take far longer than the function's
+    // 2.5 s: only the deadline can end them in time.
+    let env = OrdersEnv::start_with(
+        pg,
+        &[("DB_WARMUP_ATTEMPTS", "1"), ("DB_RETRY_ATTEMPTS", "50"), ("DB_RETRY_BASE_DELAY_MS", "200")],
+    )
+    .await;
+    let timeout = Duration::from_millis(2500);
     let down = env.api.invoke_with(get_order("1"), InvokeOptions::default().function_timeout(timeout)).await;
-    assert!(down.outcome.is_error(), "{:?}", down.outcome);
-    assert_eq!(down.outcome.error_type(), Some("RuntimeAdapter.DatabaseUnavailable"));
+    assert_eq!(down.outcome.error_type(), Some("RuntimeAdapter.DatabaseUnavailable"), "{:?}", down.outcome);
+    let message = down.outcome.error_message().expect("a message");
+    assert!(message.contains("stopped to answer before the invocation's deadline"), "{message}");
     assert!(down.latency < timeout, "answered before the deadline: {:?}", down.latency);
+    assert!(down.latency > Duration::from_millis(1000), "it kept trying until the margin: {:?}", down.latency);
 }

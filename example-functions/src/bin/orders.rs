@@ -90,7 +90,8 @@ async fn get(db: &Db, id: &str) -> Result<ApiGatewayV2httpResponse, lambda_runti
     let Ok(id) = id.parse::<i64>() else {
         return Ok(error(400, "id must be a whole number"));
     };
-    match db.query_opt(GET_ORDER, &[&id]).await? {
+    // A read: safe to retry on another connection if this one fails.
+    match db.idempotent().query_opt(GET_ORDER, &[&id]).await? {
         Some(row) => Ok(respond(200, &Order::from_row(&row)?)),
         None => Ok(error(404, &format!("order {id} not found"))),
     }

@@ -1,0 +1,140 @@
+//! Retries: exponential backoff with full jitter, bounded by attempts and by
+//! the invocation's deadline (less the margin), whichever ends first.
+//!
+//! What may be retried is decided by the caller; this module only spaces the
+//! attempts and refuses one that could not finish before the deadline. A
+//! hand-written "5 attempts, up to 3.2 s" loop can outlive a 3 s function;
+//! this one stops early enough for the handler to answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::pool::millis;
+use crate::stats::{bump, Counters};
+
+/// No single pause is longer than this, however many attempts are allowed.
+const MAX_DELAY: Duration = Duration::from_secs(5);
+
+/// Spaces the attempts of one operation.
+#[derive(Debug)]
+pub(crate) struct Retrier {
+    attempts: u32,
+    base_delay: Duration,
+    until: Option<Instant>,
+    made: u32,
+    counters: Arc<Counters>,
+}
+
+impl Retrier {
+    pub(crate) fn new(attempts: u32, base_delay: Duration, until: Option<Instant>, counters: Arc<Counters>) -> Self {
+        Self { attempts, base_delay, until, made: 0, counters }
+    }
+
+    /// Records a failed attempt. If another is allowed and its pause ends
+    /// before the deadline, waits that pause and returns `Ok`; otherwise
+    /// returns the error to give the caller, [`Error::Unavailable`] around
+    /// `error`.
+    pub(crate) async fn backoff(&mut self, error: Error, what: &'static str) -> Result<(), Error> {
+        self.made += 1;
+        let delay = full_jitter(self.base_delay, self.made);
+        let out_of_time = self.until.is_some_and(|until| Instant::now() + delay >= until);
+        if self.made >= self.attempts || out_of_time {
+            tracing::warn!(%error, attempts = self.made, out_of_time, kind = ?error.kind(), what, "giving up");
+            return Err(Error::Unavailable { attempts: self.made, out_of_time, source: Box::new(error) });
+        }
+        bump(&self.counters.retry_attempts);
+        tracing::info!(
+            %error,
+            attempt = self.made,
+            delay_ms = millis(delay),
+            kind = ?error.kind(),
+            what,
+            "retrying"
+        );
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+}
+
+/// A pause drawn uniformly from zero to `base × 2^(attempt-1)`, capped.
+/// Full jitter spreads the retries of environments that failed together.
+pub(crate) fn full_jitter(base: Duration, attempt: u32) -> Duration {
+    let ceiling = base.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(MAX_DELAY);
+    ceiling.mul_f64(fastrand::f64())
+}
+
+/// A pause drawn uniformly from `range`.
+pub(crate) fn jitter_between(low: Duration, high: Duration) -> Duration {
+    low + (high.saturating_sub(low)).mul_f64(fastrand::f64())
+}
+
+/// Runs `future`, but no later than `until`.
+pub(crate) async fn bounded<T>(
+    until: Option<Instant>,
+    future: impl std::future::Future<Output = Result<T, Error>>,
+    what: &'static str,
+) -> Result<T, Error> {
+    match until {
+        Some(until) => {
+            let started = Instant::now();
+            tokio::time::timeout_at(until, future)
+                .await
+                .unwrap_or_else(|_| Err(Error::Timeout { what, after: started.elapsed() }))
+        }
+        None => future.await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_under_the_exponential_ceiling() {
+        let base = Duration::from_millis(200);
+        for attempt in 1..=8 {
+            let ceiling = (base * 2u32.pow(attempt - 1)).min(MAX_DELAY);
+            for _ in 0..200 {
+                assert!(full_jitter(base, attempt) <= ceiling);
+            }
+        }
+    }
+
+    #[test]
+    fn jitter_between_stays_in_range() {
+        let (low, high) = (Duration::from_secs(2), Duration::from_secs(5));
+        for _ in 0..200 {
+            let d = jitter_between(low, high);
+            assert!(d >= low && d <= high, "{d:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_pause_runs_past_the_deadline() {
+        let until = Instant::now() + Duration::from_millis(300);
+        let mut retrier = Retrier::new(100, Duration::from_millis(200), Some(until), Arc::default());
+        let mut last = Ok(());
+        while last.is_ok() {
+            last = retrier.backoff(Error::PoolClosed, "test").await;
+        }
+        assert!(Instant::now() <= until, "slept past the deadline");
+        match last {
+            Err(Error::Unavailable { out_of_time: true, .. }) => {}
+            other => panic!("expected a deadline stop, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_are_bounded() {
+        let mut retrier = Retrier::new(3, Duration::from_millis(1), None, Arc::default());
+        assert!(retrier.backoff(Error::PoolClosed, "test").await.is_ok());
+        assert!(retrier.backoff(Error::PoolClosed, "test").await.is_ok());
+        match retrier.backoff(Error::PoolClosed, "test").await {
+            Err(Error::Unavailable { attempts: 3, out_of_time: false, .. }) => {}
+            other => panic!("expected the attempt limit, got {other:?}"),
+        }
+    }
+}

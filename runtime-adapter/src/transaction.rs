@@ -1,0 +1,216 @@
+//! Transactions as closures, retried whole when that is safe.
+//!
+//! [`Db::transaction`] runs the closure between `BEGIN` and `COMMIT`. It runs
+//! it again, on a fresh connection if needed, when the server aborted the
+//! transaction for a serialization failure (40001) or a deadlock (40P01), or
+//! when the connection was lost before `COMMIT` was sent: in each case the
+//! server has rolled everything back. Statements inside are never retried on
+//! their own. If the connection is lost while `COMMIT` is in flight, nobody
+//! knows whether it committed: that is [`Error::CommitOutcomeUnknown`], never
+//! retried.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{IsolationLevel, Row};
+
+use crate::adapter::Adapter;
+use crate::db::{self, Db, Op, Out};
+use crate::error::{Error, ErrorKind};
+use crate::pool::Conn;
+use crate::retry;
+
+/// The open transaction handed to a [`Db::transaction`] closure.
+pub struct Tx {
+    conn: Arc<Conn>,
+    adapter: Adapter,
+    until: Option<Instant>,
+}
+
+impl fmt::Debug for Tx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tx").field("until", &self.until).finish_non_exhaustive()
+    }
+}
+
+impl Tx {
+    /// Runs `sql` in the transaction and returns its rows.
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::query`]; the transaction is then rolled back (and retried
+    /// whole if the error allows it).
+    pub async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
+        match self.run(sql, params, Op::Rows).await? {
+            Out::Rows(rows) => Ok(rows),
+            Out::Count(_) => Err(Error::Internal("a query returned a count".to_owned())),
+        }
+    }
+
+    /// Runs `sql`, which must return exactly one row.
+    ///
+    /// # Errors
+    ///
+    /// As [`Tx::query`], and [`Error::RowCount`].
+    pub async fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, Error> {
+        db::one(self.query(sql, params).await?)
+    }
+
+    /// Runs `sql`, which returns at most one row.
+    ///
+    /// # Errors
+    ///
+    /// As [`Tx::query`], and [`Error::RowCount`].
+    pub async fn query_opt(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, Error> {
+        db::at_most_one(self.query(sql, params).await?)
+    }
+
+    /// Runs `sql` and returns the number of rows it affected.
+    ///
+    /// # Errors
+    ///
+    /// As [`Tx::query`].
+    pub async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
+        match self.run(sql, params, Op::Count).await? {
+            Out::Count(n) => Ok(n),
+            Out::Rows(_) => Err(Error::Internal("an execute returned rows".to_owned())),
+        }
+    }
+
+    async fn run(&self, sql: &str, params: &[&(dyn ToSql + Sync)], op: Op) -> Result<Out, Error> {
+        let statement = db::prepare(&self.adapter, &self.conn, sql).await?;
+        db::execute(&self.adapter, &self.conn, &statement, params, op, self.until).await
+    }
+}
+
+impl Db {
+    /// Runs `f` in a transaction (`READ COMMITTED`, PostgreSQL's default) and
+    /// commits it; see [`Db::transaction_with`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::transaction_with`].
+    pub async fn transaction<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    where
+        F: FnMut(Tx) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        self.transaction_with(IsolationLevel::ReadCommitted, f).await
+    }
+
+    /// Runs `f` in a transaction at `isolation` and commits it when `f`
+    /// returns `Ok`; rolls back when it returns `Err`.
+    ///
+    /// `f` runs again (so it must be safe to repeat: everything it did in the
+    /// database was rolled back) after a serialization failure or deadlock,
+    /// and after the connection was lost before `COMMIT` was sent, with
+    /// backoff, up to `DB_RETRY_ATTEMPTS` attempts and never past the
+    /// deadline.
+    ///
+    /// ```no_run
+    /// # async fn example(db: &runtime_adapter::Db) -> Result<(), runtime_adapter::Error> {
+    /// let moved = db
+    ///     .transaction(|tx| async move {
+    ///         tx.execute("UPDATE stock SET n = n - 1 WHERE item = $1", &[&"tea"]).await?;
+    ///         tx.execute("INSERT INTO orders (item, quantity) VALUES ($1, 1)", &[&"tea"]).await
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `f`'s own error (after rollback); [`Error::CommitOutcomeUnknown`] when
+    /// the connection was lost while `COMMIT` was in flight;
+    /// [`Error::Unavailable`] once retries are spent.
+    pub async fn transaction_with<T, F, Fut>(&self, isolation: IsolationLevel, mut f: F) -> Result<T, Error>
+    where
+        F: FnMut(Tx) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let begin = match isolation {
+            IsolationLevel::Serializable => "BEGIN ISOLATION LEVEL SERIALIZABLE",
+            IsolationLevel::RepeatableRead => "BEGIN ISOLATION LEVEL REPEATABLE READ",
+            IsolationLevel::ReadUncommitted => "BEGIN ISOLATION LEVEL READ UNCOMMITTED",
+            _ => "BEGIN",
+        };
+        let adapter = self.adapter();
+        let until = self.until();
+        let mut retrier = self.retrier();
+        loop {
+            let conn = self.connection().await?;
+            if let Err(error) = simple(adapter, &conn, begin, until).await {
+                if error.is_transient() {
+                    retrier.backoff(error, "begin").await?;
+                    continue;
+                }
+                return Err(error);
+            }
+            let tx = Tx { conn: conn.clone(), adapter: adapter.clone(), until };
+            let value = match f(tx).await {
+                Ok(value) => value,
+                Err(error) => {
+                    rollback(adapter, &conn, until).await;
+                    if rerun(&error) {
+                        retrier.backoff(error, "transaction").await?;
+                        continue;
+                    }
+                    return Err(error);
+                }
+            };
+            if conn.is_closed() {
+                // Lost before COMMIT was sent: the server rolled it back.
+                retrier.backoff(Error::ConnectionClosed, "transaction").await?;
+                continue;
+            }
+            match simple(adapter, &conn, "COMMIT", until).await {
+                Ok(()) => return Ok(value),
+                Err(error) if error.kind() == ErrorKind::Serialization => {
+                    retrier.backoff(error, "transaction").await?;
+                }
+                // No answer from the server: it may have committed or not.
+                Err(error) if error.code().is_none() => {
+                    tracing::error!(%error, "commit outcome unknown");
+                    return Err(Error::CommitOutcomeUnknown { source: Box::new(error) });
+                }
+                // The server answered: the transaction was rolled back (a
+                // deferred constraint, say).
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+/// Whether a failed transaction may run again: the server has rolled it back
+/// and the cause is passing.
+fn rerun(error: &Error) -> bool {
+    matches!(error.kind(), ErrorKind::Serialization | ErrorKind::Transient)
+        && !matches!(error, Error::DeadlineExceeded { .. } | Error::Unavailable { .. })
+}
+
+/// One simple-protocol statement, no later than `until`.
+async fn simple(adapter: &Adapter, conn: &Conn, sql: &str, until: Option<Instant>) -> Result<(), Error> {
+    let work = async {
+        match conn.batch_execute(sql).await {
+            Ok(()) => {
+                adapter.liveness().succeeded();
+                Ok(())
+            }
+            Err(error) => Err(db::observe_failure(adapter, error)),
+        }
+    };
+    retry::bounded(until, work, "transaction control within the invocation's deadline").await
+}
+
+/// Ends a failed transaction, if its connection still lets it.
+async fn rollback(adapter: &Adapter, conn: &Conn, until: Option<Instant>) {
+    if conn.is_closed() {
+        return;
+    }
+    if let Err(error) = simple(adapter, conn, "ROLLBACK", until).await {
+        tracing::warn!(%error, "rollback failed");
+    }
+}
