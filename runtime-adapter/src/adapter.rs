@@ -190,7 +190,7 @@ impl Adapter {
         {
             let _flight = shared.maintenance.lock().await;
             if let Some(pool) = shared.install(None) {
-                pool.close().await;
+                pool.close();
             }
         }
         let limit = |error: Error| match error {
@@ -251,7 +251,7 @@ impl Adapter {
     pub async fn close(&self) {
         let _flight = self.shared.maintenance.lock().await;
         if let Some(pool) = self.shared.install(None) {
-            pool.close().await;
+            pool.close_and_wait().await;
         }
     }
 
@@ -319,7 +319,7 @@ impl Adapter {
             Ok(new) => {
                 let new = Arc::new(new);
                 shared.install(Some(new.clone()));
-                old.close().await;
+                old.close();
                 shared.counters.refreshed(RefreshReason::MaxAge);
                 tracing::info!(
                     reason = "max_age",
@@ -345,7 +345,7 @@ impl Adapter {
     async fn rebuild(&self, old: Arc<WarmPool>, until: Option<Instant>) -> Result<Arc<WarmPool>, Error> {
         let shared = &self.shared;
         shared.install(None);
-        old.close().await;
+        old.close();
         let started = Instant::now();
         let new = Arc::new(
             warmup::warm(&shared.config, &shared.statements, &shared.counters, &shared.liveness, 1, until).await?,

@@ -227,7 +227,8 @@ impl Config {
             max_concurrency,
         };
         config.check_conflicts()?;
-        Ok(config.with_session_settings())
+        let application_name = env.get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "runtime-adapter".to_owned());
+        Ok(config.with_session_settings(&application_name))
     }
 
     fn check_conflicts(&self) -> Result<(), ConfigError> {
@@ -245,7 +246,7 @@ impl Config {
     }
 
     /// Settings carried in the startup packet, so they cost no round trip.
-    fn with_session_settings(mut self) -> Self {
+    fn with_session_settings(mut self, application_name: &str) -> Self {
         let mut options = self.pg.get_options().unwrap_or_default().to_owned();
         if !options.is_empty() {
             options.push(' ');
@@ -261,8 +262,7 @@ impl Config {
             self.pg.tcp_user_timeout(self.tcp_user_timeout);
         }
         if self.pg.get_application_name().is_none() {
-            let name = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "runtime-adapter".to_owned());
-            self.pg.application_name(&name);
+            self.pg.application_name(application_name);
         }
         self
     }

@@ -38,7 +38,9 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Each successful call counts as proof of health, so a busy function skips
 /// health checks.
 pub struct Db {
-    slot: Mutex<Arc<Conn>>,
+    /// The invocation's connection; empty after a closed one was released
+    /// and before its replacement arrived.
+    slot: Mutex<Option<Arc<Conn>>>,
     adapter: Adapter,
     until: Option<Instant>,
 }
@@ -73,7 +75,7 @@ pub(crate) enum Out {
 
 impl Db {
     pub(crate) fn new(conn: Conn, adapter: Adapter, until: Option<Instant>) -> Self {
-        Self { slot: Mutex::new(Arc::new(conn)), adapter, until }
+        Self { slot: Mutex::new(Some(Arc::new(conn))), adapter, until }
     }
 
     /// Runs `sql` and returns its rows. Not retried once sent.
@@ -126,9 +128,12 @@ impl Db {
     /// The underlying tokio-postgres client, for what this handle does not
     /// cover. Calls made through it are neither retried nor bounded by the
     /// deadline, and do not count as proof of health.
-    #[must_use]
-    pub fn client(&self) -> RawClient {
-        RawClient(self.current())
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::query`], when the invocation's connection had to be replaced.
+    pub async fn client(&self) -> Result<RawClient, Error> {
+        Ok(RawClient(self.connection().await?))
     }
 
     pub(crate) fn adapter(&self) -> &Adapter {
@@ -180,24 +185,25 @@ impl Db {
         }
     }
 
-    fn current(&self) -> Arc<Conn> {
-        self.slot.lock().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-
     /// The invocation's connection; a closed one, on which nothing can have
-    /// been sent, is first replaced through the gate.
+    /// been sent, is first released to the pool (which discards it) and
+    /// replaced through the gate.
     pub(crate) async fn connection(&self) -> Result<Arc<Conn>, Error> {
-        let current = self.current();
-        if !current.is_closed() {
-            return Ok(current);
+        {
+            let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+            match slot.as_ref() {
+                Some(conn) if !conn.is_closed() => return Ok(conn.clone()),
+                Some(_) => {
+                    tracing::info!("the invocation's connection closed; replacing it");
+                    // Frees its pool slot, so that a pool of one can replace it.
+                    *slot = None;
+                }
+                None => {}
+            }
         }
-        tracing::info!("the invocation's connection closed; replacing it");
         let fresh = Arc::new(self.adapter.checkout(self.until).await?);
         let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
-        if Arc::ptr_eq(&slot, &current) {
-            *slot = fresh;
-        }
-        Ok(slot.clone())
+        Ok(slot.get_or_insert(fresh).clone())
     }
 }
 

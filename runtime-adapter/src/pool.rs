@@ -29,9 +29,10 @@ use crate::warmup::{self, Statements};
 pub(crate) type Conn = managed::Object<WarmingManager>;
 type Pool = managed::Pool<WarmingManager>;
 
-/// How long closing a pool waits for its connections to send Terminate. The
-/// connection tasks only have to write one message and shut the socket.
-const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// How long closing a pool at shutdown waits for its connections to send
+/// Terminate: they only write one message and close the socket, and Lambda
+/// gives the whole shutdown about 500 ms.
+const CLOSE_WAIT: Duration = Duration::from_millis(300);
 
 /// A pool whose connections all passed both warmup phases.
 pub(crate) struct WarmPool {
@@ -87,7 +88,7 @@ impl WarmPool {
         match opened {
             Ok(conns) => drop(conns),
             Err(e) => {
-                warm.close().await;
+                warm.close();
                 return Err(e);
             }
         }
@@ -126,13 +127,19 @@ impl WarmPool {
     }
 
     /// Closes the pool: idle connections now, checked-out ones when their
-    /// invocations return them. Each sends Terminate before its socket closes.
-    pub(crate) async fn close(&self) {
+    /// invocations return them. Each connection's task sends Terminate and
+    /// closes its socket on its own; nothing here waits for that, so a
+    /// silent peer cannot hold up the invocation that replaced the pool.
+    pub(crate) fn close(&self) {
         self.pool.close();
         self.tasks.close();
-        // Connections still checked out by concurrent invocations close when
-        // returned; waiting for them would hold up this invocation.
-        if self.pool.status().size == 0 && tokio::time::timeout(CLOSE_WAIT, self.tasks.wait()).await.is_err() {
+    }
+
+    /// Closes the pool and waits, up to a bound, until every connection has
+    /// sent Terminate and closed: for shutdown, before the process exits.
+    pub(crate) async fn close_and_wait(&self) {
+        self.close();
+        if tokio::time::timeout(CLOSE_WAIT, self.tasks.wait()).await.is_err() {
             tracing::warn!(
                 wait_ms = millis(CLOSE_WAIT),
                 "connections of the closed pool did not finish closing in time"

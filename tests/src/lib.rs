@@ -7,18 +7,25 @@
 //!   HTTP ([`RuntimeApi`]), used to invoke a function and observe its results.
 //! - [`function`]: runs a Lambda function binary as a child process pointed at the
 //!   emulator ([`Function`]) and captures its output; [`bin_path`] locates built binaries.
+//! - [`inproc`]: the library driven in-process, with invocation contexts that carry a
+//!   real deadline.
 //! - [`orders`]: fixtures for the `orders` example function (events, environment).
+//! - [`proxy`]: a loopback TCP proxy in front of the server that injects faults the server
+//!   cannot ([`FaultProxy`]): silence, resets, a cut at a precise protocol moment.
 //! - [`server_log`]: counting what the server logged per application.
 //!
 //! Everything is safe to use from parallel tests: each value owns its own temp dir, port
 //! and processes, and nothing mutates the process environment.
 
 pub mod function;
+pub mod inproc;
 pub mod orders;
 pub mod postgres;
+pub mod proxy;
 pub mod runtime_api;
 pub mod server_log;
 
 pub use function::{bin_path, Function, FunctionBuilder};
 pub use postgres::{Postgres, PostgresBuilder, APP_DATABASE, APP_PASSWORD, APP_USER};
+pub use proxy::FaultProxy;
 pub use runtime_api::{InitError, Invocation, InvokeOptions, Outcome, PendingInvocation, RuntimeApi};

@@ -65,10 +65,9 @@ async fn a_half_open_connection_fails_the_check_in_time_and_the_pool_is_rebuilt(
     let found = env.api.invoke(get_order("1")).await;
     let took = started.elapsed();
     assert_eq!(status(found.response()), 200, "{:?}", found.outcome);
-    assert!(
-        took < Duration::from_millis(timeout_ms) + Duration::from_secs(3),
-        "the check must give up after its timeout, took {took:?}"
-    );
+    // The check's timeout plus one connect and warmup on loopback.
+    assert!(took < Duration::from_millis(timeout_ms + 1000), "the check must give up after its timeout, took {took:?}");
+    eprintln!("measured: half-open connection, invocation answered in {took:?} (check timeout {timeout_ms} ms)");
     assert!(env.function.output().contains("health check failed; rebuilding the pool"), "{}", env.function.output());
     let now = env.pg.backend_pids(FUNCTION_NAME).await;
     assert!(now.iter().any(|pid| *pid != silent[0]), "a new backend serves the function: {now:?}");

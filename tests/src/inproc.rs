@@ -1,0 +1,31 @@
+//! The library driven in-process, for behaviour below the Lambda loop
+//! (transactions, cancellation): an [`Adapter`] configured like a function
+//! would be, and invocation [`Context`]s with a real deadline.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use runtime_adapter::{Adapter, Config, Context};
+
+/// An adapter warmed against `database_url` with `env` as its environment
+/// and `statements` declared.
+pub async fn adapter(database_url: &str, env: &[(&str, &str)], statements: &[&str]) -> Adapter {
+    let mut vars: HashMap<String, String> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    vars.insert("DATABASE_URL".to_owned(), database_url.to_owned());
+    let config = Config::from_lookup(|name| vars.get(name).cloned()).expect("valid test configuration");
+    let mut builder = Adapter::builder().config(config);
+    for sql in statements {
+        builder = builder.statement(*sql);
+    }
+    builder.init().await.expect("adapter init")
+}
+
+/// An invocation context whose deadline is `timeout` from now.
+#[must_use]
+pub fn context(timeout: Duration) -> Context {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970");
+    let mut context = Context::default();
+    context.request_id = "in-process".to_owned();
+    context.deadline = u64::try_from((now + timeout).as_millis()).expect("deadline fits u64");
+    context
+}

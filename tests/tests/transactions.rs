@@ -1,0 +1,183 @@
+//! Transactions and deadlines, driven in-process against a real server:
+//! 40001 reruns the whole closure once, a COMMIT cut in flight is reported
+//! as such and not retried, and a statement past the deadline is cancelled
+//! on the server.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use integration_tests::inproc::{adapter, context};
+use integration_tests::orders::postgres;
+use integration_tests::FaultProxy;
+use runtime_adapter::{Error, ErrorKind, IsolationLevel};
+use tokio::time::Instant;
+
+const SCHEMA: &str = "CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL);
+                      INSERT INTO counters VALUES (1, 0);
+                      CREATE TABLE journal (id bigserial PRIMARY KEY, note text NOT NULL);";
+
+#[tokio::test]
+async fn a_serialization_failure_reruns_the_whole_transaction_which_commits_once() {
+    let pg = postgres().await;
+    pg.apply_sql_as_app(SCHEMA).await;
+    let adapter = adapter(&pg.database_url(), &[], &[]).await;
+    let db = adapter.db(&context(Duration::from_secs(30))).await.expect("db");
+    let other = pg.app_client().await;
+
+    let attempts = AtomicU32::new(0);
+    let result = db
+        .transaction_with(IsolationLevel::RepeatableRead, |tx| {
+            let attempt = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+            let other = &other;
+            async move {
+                let n: i32 = tx.query_one("SELECT n FROM counters WHERE id = 1", &[]).await?.get(0);
+                tx.execute("INSERT INTO journal (note) VALUES ($1)", &[&format!("attempt {attempt}")]).await?;
+                if attempt == 1 {
+                    // A concurrent writer commits a change to the row this
+                    // transaction has read: its own update must fail 40001.
+                    other
+                        .execute("UPDATE counters SET n = n + 100 WHERE id = 1", &[])
+                        .await
+                        .expect("concurrent update");
+                }
+                tx.execute("UPDATE counters SET n = $1 WHERE id = 1", &[&(n + 1)]).await?;
+                Ok(n)
+            }
+        })
+        .await;
+
+    assert_eq!(attempts.load(Ordering::SeqCst), 2, "rerun once");
+    assert_eq!(result.expect("committed on the second attempt"), 100, "the rerun saw the concurrent change");
+    let n: i32 = other.query_one("SELECT n FROM counters WHERE id = 1", &[]).await.expect("n").get(0);
+    assert_eq!(n, 101, "both changes, each once");
+    let notes: Vec<String> =
+        other.query("SELECT note FROM journal", &[]).await.expect("journal").iter().map(|r| r.get(0)).collect();
+    assert_eq!(notes, ["attempt 2"], "the first attempt was rolled back whole");
+    assert_eq!(adapter.stats().retry_attempts, 1);
+}
+
+#[tokio::test]
+async fn a_handler_error_rolls_back_and_is_not_retried() {
+    let pg = postgres().await;
+    pg.apply_sql_as_app(SCHEMA).await;
+    let adapter = adapter(&pg.database_url(), &[], &[]).await;
+    let db = adapter.db(&context(Duration::from_secs(30))).await.expect("db");
+    let attempts = AtomicU32::new(0);
+    let result: Result<(), Error> = db
+        .transaction(|tx| {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tx.execute("INSERT INTO journal (note) VALUES ('kept?')", &[]).await?;
+                tx.execute("INSERT INTO counters VALUES (1, 0)", &[]).await?; // duplicate key
+                Ok(())
+            }
+        })
+        .await;
+    let error = result.expect_err("unique violation");
+    assert_eq!(error.code(), Some(&runtime_adapter::tokio_postgres::error::SqlState::UNIQUE_VIOLATION));
+    assert_eq!(error.kind(), ErrorKind::Permanent);
+    assert_eq!(attempts.load(Ordering::SeqCst), 1, "a constraint violation is not retried");
+    let count: i64 = db.query_one("SELECT count(*) FROM journal", &[]).await.expect("count").get(0);
+    assert_eq!(count, 0, "rolled back");
+}
+
+#[tokio::test]
+async fn a_commit_cut_in_flight_is_reported_as_outcome_unknown_and_not_retried() {
+    let pg = postgres().await;
+    pg.apply_sql_as_app(SCHEMA).await;
+    let proxy = FaultProxy::for_postgres(&pg).await;
+    let adapter = adapter(&proxy.url_for(&pg.database_url()), &[], &[]).await;
+    let db = adapter.db(&context(Duration::from_secs(30))).await.expect("db");
+
+    proxy.cut_after_server_sends(b"COMMIT");
+    let attempts = AtomicU32::new(0);
+    let result = db
+        .transaction(|tx| {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            async move { tx.execute("INSERT INTO journal (note) VALUES ('committed, unheard')", &[]).await }
+        })
+        .await;
+    assert!(proxy.wait_cut(Duration::from_secs(5)).await, "the cut happened");
+    match result {
+        Err(Error::CommitOutcomeUnknown { .. }) => {}
+        other => panic!("expected CommitOutcomeUnknown, got {other:?}"),
+    }
+    assert_eq!(attempts.load(Ordering::SeqCst), 1, "never retried");
+    let client = pg.app_client().await;
+    let count: i64 = client.query_one("SELECT count(*) FROM journal", &[]).await.expect("count").get(0);
+    assert_eq!(count, 1, "the server did commit: the outcome really was unknown to the client");
+}
+
+#[tokio::test]
+async fn a_connection_lost_before_commit_reruns_the_transaction() {
+    let pg = postgres().await;
+    pg.apply_sql_as_app(SCHEMA).await;
+    let adapter = adapter(&pg.database_url(), &[], &[]).await;
+    let db = adapter.db(&context(Duration::from_secs(30))).await.expect("db");
+    let attempts = AtomicU32::new(0);
+    let pg = &pg;
+    let result = db
+        .transaction(|tx| {
+            let attempt = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                tx.execute("INSERT INTO journal (note) VALUES ($1)", &[&format!("attempt {attempt}")]).await?;
+                if attempt == 1 {
+                    pg.kill_backends("runtime-adapter").await;
+                }
+                tx.execute("UPDATE counters SET n = n + 1 WHERE id = 1", &[]).await?;
+                Ok(())
+            }
+        })
+        .await;
+    result.expect("committed on a new connection");
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    let client = pg.app_client().await;
+    let notes: Vec<String> =
+        client.query("SELECT note FROM journal", &[]).await.expect("journal").iter().map(|r| r.get(0)).collect();
+    assert_eq!(notes, ["attempt 2"]);
+}
+
+#[tokio::test]
+async fn a_statement_still_running_at_the_deadline_is_cancelled_on_the_server() {
+    let pg = postgres().await;
+    let adapter = adapter(&pg.database_url(), &[("DB_DEADLINE_MARGIN_MS", "500")], &[]).await;
+    let timeout = Duration::from_millis(2000);
+    let db = adapter.db(&context(timeout)).await.expect("db");
+
+    let started = Instant::now();
+    let result = db.query("SELECT pg_sleep(30)", &[]).await;
+    let took = started.elapsed();
+    match result {
+        Err(Error::DeadlineExceeded { .. }) => {}
+        other => panic!("expected DeadlineExceeded, got {other:?}"),
+    }
+    assert!(took < timeout, "stopped before the deadline: {took:?}");
+    assert!(took >= Duration::from_millis(1400), "ran until the margin: {took:?}");
+    eprintln!("measured: pg_sleep(30) with a 2 s deadline stopped after {took:?}");
+
+    let client = pg.superuser().await;
+    let gone = async {
+        loop {
+            let running: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'",
+                    &[],
+                )
+                .await
+                .expect("pg_stat_activity")
+                .get(0);
+            if running == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), gone).await.expect("the server stopped running the statement");
+
+    // The connection, back in the pool, serves the next invocation.
+    drop(db);
+    let next = adapter.db(&context(Duration::from_secs(30))).await.expect("db");
+    let one: i32 = next.query_one("SELECT 1", &[]).await.expect("still usable").get(0);
+    assert_eq!(one, 1);
+    assert_eq!(adapter.stats().connect_attempts, 1, "the same connection");
+}
