@@ -13,17 +13,21 @@
 //! - [`proxy`]: a loopback TCP proxy in front of the server that injects faults the server
 //!   cannot ([`FaultProxy`]): silence, resets, a cut at a precise protocol moment.
 //! - [`server_log`]: counting what the server logged per application.
+//! - [`migrations`]: every migration of the examples, applied in order.
+//! - [`worker`]: fixtures for the `orders-worker` example (SQS events, environment).
 //!
 //! Everything is safe to use from parallel tests: each value owns its own temp dir, port
 //! and processes, and nothing mutates the process environment.
 
 pub mod function;
 pub mod inproc;
+pub mod migrations;
 pub mod orders;
 pub mod postgres;
 pub mod proxy;
 pub mod runtime_api;
 pub mod server_log;
+pub mod worker;
 
 pub use function::{bin_path, Function, FunctionBuilder};
 pub use postgres::{Postgres, PostgresBuilder, APP_DATABASE, APP_PASSWORD, APP_USER};
