@@ -15,10 +15,12 @@
 //! - [`server_log`]: counting what the server logged per application.
 //! - [`migrations`]: every migration of the examples, applied in order.
 //! - [`worker`]: fixtures for the `orders-worker` example (SQS events, environment).
+//! - [`cargo_lambda`]: `cargo lambda watch` as a child process, and `cargo lambda invoke`.
 //!
 //! Everything is safe to use from parallel tests: each value owns its own temp dir, port
 //! and processes, and nothing mutates the process environment.
 
+pub mod cargo_lambda;
 pub mod function;
 pub mod inproc;
 pub mod migrations;

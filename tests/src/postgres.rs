@@ -54,6 +54,7 @@ const LOG_TAIL_LINES: usize = 60;
 #[derive(Debug, Clone, Default)]
 pub struct PostgresBuilder {
     max_connections: Option<u32>,
+    port: Option<u16>,
     settings: Vec<(String, String)>,
 }
 
@@ -61,6 +62,13 @@ impl PostgresBuilder {
     /// Server `max_connections` (PostgreSQL's default is 100).
     pub fn max_connections(mut self, n: u32) -> Self {
         self.max_connections = Some(n);
+        self
+    }
+
+    /// Listen on this port instead of a free one picked at random (for a server
+    /// that tools outside the harness find at a known address).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
         self
     }
 
@@ -143,7 +151,7 @@ impl Postgres {
         }
 
         let mut pg = Postgres {
-            port: free_port(),
+            port: settings.port.unwrap_or_else(free_port),
             data_dir: dir.path().join("data"),
             log_path,
             bin_dir,
@@ -179,7 +187,9 @@ impl Postgres {
         loop {
             match pg.spawn_and_wait_ready().await {
                 Ok(()) => break,
-                Err(StartError::Exited { bind_failed: true, .. }) if attempt < START_ATTEMPTS => {
+                Err(StartError::Exited { bind_failed: true, .. })
+                    if attempt < START_ATTEMPTS && pg.settings.port.is_none() =>
+                {
                     // Another process took the port between picking and binding it.
                     attempt += 1;
                     pg.port = free_port();
