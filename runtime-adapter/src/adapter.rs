@@ -19,6 +19,7 @@ use crate::db::Db;
 use crate::deadline;
 use crate::error::{Error, ErrorKind};
 use crate::health::{self, Liveness};
+use crate::metrics::{Emf, Invocation};
 use crate::pool::{millis, Conn, WarmPool};
 use crate::retry::{self, Retrier};
 use crate::stats::{bump, Counters, RefreshReason, Stats};
@@ -80,6 +81,7 @@ impl Builder {
         }
         let adapter = Adapter {
             shared: Arc::new(Shared {
+                emf: Emf::new(&config),
                 config,
                 statements: Statements::new(self.statements),
                 counters: Arc::default(),
@@ -114,6 +116,7 @@ pub struct Adapter {
 }
 
 pub(crate) struct Shared {
+    emf: Emf,
     config: Config,
     statements: Statements,
     counters: Arc<Counters>,
@@ -148,7 +151,9 @@ impl Adapter {
     /// the invocation has; the error of a permanent failure otherwise.
     pub async fn db(&self, context: &Context) -> Result<Db, Error> {
         let until = deadline::gate_until(context, self.shared.config.deadline_margin);
+        let started = Instant::now();
         let conn = self.checkout(until).await?;
+        self.shared.counters.checkout_took(started.elapsed());
         Ok(Db::new(conn, self.clone(), until))
     }
 
@@ -232,6 +237,11 @@ impl Adapter {
         &self.shared.config
     }
 
+    /// Writes the EMF record for everything since the previous one.
+    pub(crate) fn flush_metrics(&self, invocation: Option<Invocation<'_>>) {
+        self.shared.emf.flush(&self.shared.counters, self.stats(), invocation);
+    }
+
     pub(crate) fn counters(&self) -> Arc<Counters> {
         self.shared.counters.clone()
     }
@@ -246,8 +256,8 @@ impl Adapter {
         self.shared.current().is_some()
     }
 
-    /// Closes the pool: every connection sends Terminate. Invocations after
-    /// this warm a new pool.
+    /// Closes the pool and waits (briefly) until every connection has sent
+    /// Terminate. Invocations after this warm a new pool.
     pub async fn close(&self) {
         let _flight = self.shared.maintenance.lock().await;
         if let Some(pool) = self.shared.install(None) {

@@ -62,6 +62,18 @@ pub struct Config {
     /// How long sent data may stay unacknowledged before the kernel drops the
     /// connection (`TCP_USER_TIMEOUT`). `DB_TCP_USER_TIMEOUT_MS`; default 30 s.
     pub tcp_user_timeout: Duration,
+    /// Whether a CloudWatch EMF record is written after each invocation.
+    /// `DB_METRICS` (`on` or `off`); default on.
+    pub metrics: bool,
+    /// The records' CloudWatch namespace. `DB_METRICS_NAMESPACE`; default
+    /// `RuntimeAdapter`.
+    pub metrics_namespace: String,
+    /// Statements slower than this are logged at WARN with their SQL (never
+    /// their parameters). `DB_SLOW_QUERY_MS`; default 1 s.
+    pub slow_query: Duration,
+    /// `AWS_LAMBDA_FUNCTION_NAME`: the metrics' `function_name` dimension and
+    /// the connections' `application_name`.
+    pub function_name: String,
     /// `AWS_LAMBDA_MAX_CONCURRENCY`, when Lambda runs several invocations at once.
     pub max_concurrency: Option<usize>,
 }
@@ -102,6 +114,12 @@ impl Default for Config {
             // A peer that stops acknowledging is dropped by the kernel, so a
             // silent connection cannot hold a write forever.
             tcp_user_timeout: Duration::from_secs(30),
+            // The metrics are how the dashboard and alarms see the pool.
+            metrics: true,
+            metrics_namespace: "RuntimeAdapter".to_owned(),
+            // Slower than any healthy OLTP statement; fast enough to matter.
+            slow_query: Duration::from_secs(1),
+            function_name: "runtime-adapter".to_owned(),
             max_concurrency: None,
         }
     }
@@ -126,6 +144,10 @@ impl fmt::Debug for Config {
             .field("deadline_margin", &self.deadline_margin)
             .field("tcp_keepalive_idle", &self.tcp_keepalive_idle)
             .field("tcp_user_timeout", &self.tcp_user_timeout)
+            .field("metrics", &self.metrics)
+            .field("metrics_namespace", &self.metrics_namespace)
+            .field("slow_query", &self.slow_query)
+            .field("function_name", &self.function_name)
             .field("max_concurrency", &self.max_concurrency)
             .finish()
     }
@@ -224,11 +246,14 @@ impl Config {
                 .millis("DB_TCP_KEEPALIVE_IDLE_MS", Zero::Reject)?
                 .unwrap_or(defaults.tcp_keepalive_idle),
             tcp_user_timeout: env.millis("DB_TCP_USER_TIMEOUT_MS", Zero::Allow)?.unwrap_or(defaults.tcp_user_timeout),
+            metrics: env.switch("DB_METRICS")?.unwrap_or(defaults.metrics),
+            metrics_namespace: namespace(&env)?.unwrap_or(defaults.metrics_namespace),
+            slow_query: env.millis("DB_SLOW_QUERY_MS", Zero::Reject)?.unwrap_or(defaults.slow_query),
+            function_name: env.get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or(defaults.function_name),
             max_concurrency,
         };
         config.check_conflicts()?;
-        let application_name = env.get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "runtime-adapter".to_owned());
-        Ok(config.with_session_settings(&application_name))
+        Ok(config.with_session_settings())
     }
 
     fn check_conflicts(&self) -> Result<(), ConfigError> {
@@ -246,7 +271,7 @@ impl Config {
     }
 
     /// Settings carried in the startup packet, so they cost no round trip.
-    fn with_session_settings(mut self, application_name: &str) -> Self {
+    fn with_session_settings(mut self) -> Self {
         let mut options = self.pg.get_options().unwrap_or_default().to_owned();
         if !options.is_empty() {
             options.push(' ');
@@ -262,7 +287,7 @@ impl Config {
             self.pg.tcp_user_timeout(self.tcp_user_timeout);
         }
         if self.pg.get_application_name().is_none() {
-            self.pg.application_name(application_name);
+            self.pg.application_name(&self.function_name);
         }
         self
     }
@@ -292,6 +317,17 @@ impl Lookup<'_> {
         Ok(self.number::<u64>(var, zero, expected)?.map(Duration::from_millis))
     }
 
+    fn switch(&self, var: &'static str) -> Result<Option<bool>, ConfigError> {
+        let Some(raw) = self.get(var) else { return Ok(None) };
+        match raw.to_ascii_lowercase().as_str() {
+            "on" | "true" | "1" => Ok(Some(true)),
+            "off" | "false" | "0" => Ok(Some(false)),
+            _ => {
+                Err(ConfigError::Invalid { var, problem: format!("is not on or off ({raw:?})"), expected: "on or off" })
+            }
+        }
+    }
+
     fn number<T>(&self, var: &'static str, zero: Zero, expected: &'static str) -> Result<Option<T>, ConfigError>
     where
         T: FromStr + PartialEq + Default,
@@ -312,6 +348,24 @@ impl Lookup<'_> {
             return Err(invalid("is 0, which is not allowed here".to_owned()));
         }
         Ok(Some(value))
+    }
+}
+
+fn namespace(env: &Lookup<'_>) -> Result<Option<String>, ConfigError> {
+    let var = "DB_METRICS_NAMESPACE";
+    let expected = "1 to 255 letters, digits or . - _ / # : and spaces, not starting with AWS/, e.g. RuntimeAdapter";
+    let Some(raw) = env.get(var) else { return Ok(None) };
+    let allowed = |c: char| c.is_ascii_alphanumeric() || ".-_/#: ".contains(c);
+    let problem = if raw.len() > 255 {
+        Some("is longer than 255 characters".to_owned())
+    } else if raw.starts_with("AWS/") {
+        Some("starts with AWS/, which CloudWatch reserves".to_owned())
+    } else {
+        raw.chars().find(|c| !allowed(*c)).map(|c| format!("contains {c:?}"))
+    };
+    match problem {
+        Some(problem) => Err(ConfigError::Invalid { var, problem, expected }),
+        None => Ok(Some(raw)),
     }
 }
 
@@ -374,6 +428,11 @@ mod tests {
         assert_eq!(config.deadline_margin, Duration::from_millis(500));
         assert_eq!(config.pg.get_keepalives_idle(), Duration::from_secs(60));
         assert_eq!(config.pg.get_tcp_user_timeout(), Some(&Duration::from_secs(30)));
+        assert!(config.metrics);
+        assert_eq!(config.metrics_namespace, "RuntimeAdapter");
+        assert_eq!(config.slow_query, Duration::from_secs(1));
+        assert_eq!(config.function_name, "runtime-adapter");
+        assert_eq!(config.pg.get_application_name(), Some("runtime-adapter"));
         assert_eq!(config.pg.get_options(), Some("-c statement_timeout=180000"));
     }
 
@@ -423,6 +482,10 @@ mod tests {
             ("DB_RETRY_BASE_DELAY_MS", "x", "DB_RETRY_BASE_DELAY_MS is not a whole number (\"x\"); expected a whole number of milliseconds, 0 or more, e.g. 5000"),
             ("DB_DEADLINE_MARGIN_MS", "-2", "DB_DEADLINE_MARGIN_MS is negative (-2); expected a whole number of milliseconds, 0 or more, e.g. 5000"),
             ("DB_TCP_KEEPALIVE_IDLE_MS", "0", "DB_TCP_KEEPALIVE_IDLE_MS is 0, which is not allowed here; expected a whole number of milliseconds, at least 1, e.g. 5000"),
+            ("DB_METRICS", "maybe", "DB_METRICS is not on or off (\"maybe\"); expected on or off"),
+            ("DB_METRICS_NAMESPACE", "AWS/Lambda", "DB_METRICS_NAMESPACE starts with AWS/, which CloudWatch reserves; expected 1 to 255 letters, digits or . - _ / # : and spaces, not starting with AWS/, e.g. RuntimeAdapter"),
+            ("DB_METRICS_NAMESPACE", "a{b}", "DB_METRICS_NAMESPACE contains '{'; expected 1 to 255 letters, digits or . - _ / # : and spaces, not starting with AWS/, e.g. RuntimeAdapter"),
+            ("DB_SLOW_QUERY_MS", "0", "DB_SLOW_QUERY_MS is 0, which is not allowed here; expected a whole number of milliseconds, at least 1, e.g. 5000"),
             ("DB_TCP_USER_TIMEOUT_MS", "1h", "DB_TCP_USER_TIMEOUT_MS is not a whole number (\"1h\"); expected a whole number of milliseconds, 0 or more, e.g. 5000"),
         ];
         for (var, value, message) in cases {

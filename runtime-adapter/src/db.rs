@@ -20,7 +20,7 @@ use tokio_postgres::{NoTls, Row, Statement};
 
 use crate::adapter::Adapter;
 use crate::error::{Error, ErrorKind};
-use crate::pool::Conn;
+use crate::pool::{millis, Conn};
 use crate::retry::Retrier;
 
 /// How long a cancel request may take; it opens its own connection.
@@ -176,7 +176,7 @@ impl Db {
                 }
                 Err(error) => return Err(error),
             };
-            match execute(&self.adapter, &conn, &statement, params, op, self.until).await {
+            match execute(&self.adapter, &conn, sql, &statement, params, op, self.until).await {
                 Err(error) if error.is_transient() && retry == Retry::Idempotent => {
                     retrier.backoff(error, "idempotent statement").await?;
                 }
@@ -292,6 +292,7 @@ pub(crate) async fn prepare(adapter: &Adapter, conn: &Conn, sql: &str) -> Result
 pub(crate) async fn execute(
     adapter: &Adapter,
     conn: &Conn,
+    sql: &str,
     statement: &Statement,
     params: &[&(dyn ToSql + Sync)],
     op: Op,
@@ -314,6 +315,12 @@ pub(crate) async fn execute(
         },
         None => work.await,
     };
+    let took = started.elapsed();
+    adapter.counters().query_took(took);
+    if took >= adapter.config().slow_query {
+        // The SQL text only: parameter values may be personal data or secrets.
+        tracing::warn!(sql, duration_ms = millis(took), "slow statement");
+    }
     match result {
         Ok(out) => {
             adapter.liveness().succeeded();

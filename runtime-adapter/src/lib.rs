@@ -18,7 +18,10 @@
 //! - `transaction`: [`Db::transaction`], closures retried whole when safe.
 //! - `retry`: backoff with full jitter, bounded by attempts and deadline.
 //! - `runtime`: [`Builder::run`], the Lambda loop, init-error reporting.
-//! - `stats`: counters and their [`Stats`] snapshot.
+//! - `stats`: counters, percentiles in fixed memory, and their [`Stats`]
+//!   snapshot.
+//! - `metrics`: CloudWatch EMF records, one per invocation.
+//! - `shutdown`: SIGTERM/SIGINT: pool closed with Terminate, metrics flushed.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
@@ -28,9 +31,11 @@ mod db;
 mod deadline;
 pub mod error;
 mod health;
+mod metrics;
 mod pool;
 mod retry;
 mod runtime;
+mod shutdown;
 mod stats;
 mod transaction;
 mod warmup;
@@ -40,7 +45,7 @@ pub use config::{Config, ConfigError};
 pub use db::{Db, Idempotent, RawClient};
 pub use error::{Error, ErrorKind, Phase};
 pub use runtime::report_init_error;
-pub use stats::{RefreshReason, Stats, WarmupTimings};
+pub use stats::{Percentiles, RefreshReason, Stats, WarmupTimings};
 pub use transaction::Tx;
 
 pub use lambda_runtime::{Context, LambdaEvent};

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::adapter::Builder;
 use crate::db::Db;
 use crate::error::Error;
+use crate::metrics::Invocation;
+use crate::shutdown;
 
 impl Builder {
     /// Initializes the adapter ([`Builder::init`]) during Lambda's INIT phase,
@@ -49,15 +51,25 @@ impl Builder {
                 return Err(error.into());
             }
         };
+        shutdown::install(adapter.clone()).await;
         let service = lambda_runtime::service_fn(move |event: LambdaEvent<A>| {
             let adapter = adapter.clone();
             let handler = handler.clone();
             async move {
-                let db = adapter.db(&event.context).await.map_err(|error| {
-                    tracing::error!(%error, kind = ?error.kind(), "no database connection for this invocation");
-                    Diagnostic::from(error)
-                })?;
-                handler(db, event).await.map_err(Into::into)
+                let context = event.context.clone();
+                let result = match adapter.db(&context).await {
+                    Ok(db) => handler(db, event).await.map_err(Into::into),
+                    Err(error) => {
+                        tracing::error!(%error, kind = ?error.kind(), "no database connection for this invocation");
+                        Err(Diagnostic::from(error))
+                    }
+                };
+                // After the handler, so the record holds the invocation's
+                // statements; before the answer, which may freeze the process.
+                let invocation =
+                    Invocation { request_id: &context.request_id, xray_trace_id: context.xray_trace_id.as_deref() };
+                adapter.flush_metrics(Some(invocation));
+                result
             }
         });
         lambda_runtime::run_concurrent(service).await

@@ -2,11 +2,36 @@
 //!
 //! Updates are relaxed atomics: they sit on the invocation path and need no
 //! ordering with each other. The few fields that are not counters (timings,
-//! timestamps) sit behind a mutex that is never held across an await.
+//! timestamps, percentiles) sit behind mutexes never held across an await.
+//! Percentiles come from HDR histograms of fixed size; the durations since
+//! the last metrics record are kept too, at most [`MAX_SAMPLES`] of each.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
+
+use hdrhistogram::Histogram;
+
+/// Durations kept between two metrics records, per kind: the most one EMF
+/// record can carry for a metric.
+pub(crate) const MAX_SAMPLES: usize = 100;
+
+/// Histograms cover 1 µs to 10 minutes with two significant digits.
+const HISTOGRAM_MAX_MICROS: u64 = 600_000_000;
+
+/// The 50th, 95th and 99th percentiles of a duration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Percentiles {
+    /// Values recorded.
+    pub count: u64,
+    /// Median.
+    pub p50: Duration,
+    /// 95th percentile.
+    pub p95: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+}
 
 /// Why a pool was replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +94,10 @@ pub struct Stats {
     pub retry_attempts: u64,
     /// Times the server refused a connection for lack of slots (53300).
     pub pool_exhausted: u64,
+    /// Statement durations (the adapter's [`Db`](crate::Db) calls).
+    pub query_durations: Percentiles,
+    /// Time invocations waited for their connection, gate included.
+    pub checkout_waits: Percentiles,
     /// When a database round trip last succeeded.
     pub last_success: Option<SystemTime>,
     /// When a database operation last failed.
@@ -91,6 +120,8 @@ pub(crate) struct Counters {
     pub(crate) retry_attempts: AtomicU64,
     pub(crate) pool_exhausted: AtomicU64,
     times: Mutex<Times>,
+    query: Mutex<Durations>,
+    checkout: Mutex<Durations>,
 }
 
 #[derive(Debug, Default)]
@@ -98,6 +129,49 @@ struct Times {
     last_warmup: Option<WarmupTimings>,
     warmup_total: Duration,
     last_failure: Option<SystemTime>,
+    /// Warmups since the last metrics record.
+    warmups_pending: Vec<Duration>,
+}
+
+/// One kind of duration: a histogram for percentiles, and the values since
+/// the last metrics record.
+#[derive(Debug)]
+struct Durations {
+    histogram: Histogram<u64>,
+    pending: Vec<Duration>,
+}
+
+impl Default for Durations {
+    fn default() -> Self {
+        Self {
+            histogram: Histogram::new_with_bounds(1, HISTOGRAM_MAX_MICROS, 2).expect("valid histogram bounds"),
+            pending: Vec::with_capacity(MAX_SAMPLES),
+        }
+    }
+}
+
+impl Durations {
+    fn record(&mut self, d: Duration) {
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).clamp(1, HISTOGRAM_MAX_MICROS);
+        self.histogram.saturating_record(micros);
+        if self.pending.len() < MAX_SAMPLES {
+            self.pending.push(d);
+        }
+    }
+
+    fn percentiles(&self) -> Percentiles {
+        let at = |q: f64| Duration::from_micros(self.histogram.value_at_quantile(q));
+        Percentiles { count: self.histogram.len(), p50: at(0.50), p95: at(0.95), p99: at(0.99) }
+    }
+}
+
+/// The durations recorded since the previous call to
+/// [`Counters::take_pending`], for one metrics record.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    pub(crate) warmups: Vec<Duration>,
+    pub(crate) checkouts: Vec<Duration>,
+    pub(crate) queries: Vec<Duration>,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -117,15 +191,34 @@ impl Counters {
         let mut times = self.times();
         times.last_warmup = Some(timings);
         times.warmup_total += timings.total;
+        if times.warmups_pending.len() < MAX_SAMPLES {
+            times.warmups_pending.push(timings.total);
+        }
+    }
+
+    pub(crate) fn query_took(&self, d: Duration) {
+        lock(&self.query).record(d);
+    }
+
+    pub(crate) fn checkout_took(&self, d: Duration) {
+        lock(&self.checkout).record(d);
+    }
+
+    /// The durations since the last call, for one metrics record.
+    pub(crate) fn take_pending(&self) -> Pending {
+        Pending {
+            warmups: std::mem::take(&mut self.times().warmups_pending),
+            checkouts: std::mem::take(&mut lock(&self.checkout).pending),
+            queries: std::mem::take(&mut lock(&self.query).pending),
+        }
     }
 
     pub(crate) fn failed_now(&self) {
         self.times().last_failure = Some(SystemTime::now());
     }
 
-    fn times(&self) -> std::sync::MutexGuard<'_, Times> {
-        // A panic while holding this lock leaves only plain values behind.
-        self.times.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn times(&self) -> MutexGuard<'_, Times> {
+        lock(&self.times)
     }
 
     pub(crate) fn snapshot(&self, last_success: Option<SystemTime>) -> Stats {
@@ -147,8 +240,51 @@ impl Counters {
             refresh_failures: read(&self.refresh_failures),
             retry_attempts: read(&self.retry_attempts),
             pool_exhausted: read(&self.pool_exhausted),
+            query_durations: lock(&self.query).percentiles(),
+            checkout_waits: lock(&self.checkout).percentiles(),
             last_success,
             last_failure: times.last_failure,
         }
+    }
+}
+
+/// A panic while holding one of these locks leaves only plain values behind.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_come_from_the_recorded_durations() {
+        let counters = Counters::default();
+        for ms in 1..=100 {
+            counters.query_took(Duration::from_millis(ms));
+        }
+        let p = counters.snapshot(None).query_durations;
+        assert_eq!(p.count, 100);
+        let near = |d: Duration, ms: u64| {
+            d.as_secs_f64() * 1000.0 >= ms as f64 * 0.98 && d.as_secs_f64() * 1000.0 <= ms as f64 * 1.02
+        };
+        assert!(near(p.p50, 50), "{p:?}");
+        assert!(near(p.p95, 95), "{p:?}");
+        assert!(near(p.p99, 99), "{p:?}");
+    }
+
+    #[test]
+    fn pending_durations_are_bounded_and_taken_once() {
+        let counters = Counters::default();
+        for _ in 0..(MAX_SAMPLES + 50) {
+            counters.checkout_took(Duration::from_micros(10));
+        }
+        assert_eq!(counters.take_pending().checkouts.len(), MAX_SAMPLES);
+        assert!(counters.take_pending().checkouts.is_empty());
+        assert_eq!(
+            counters.snapshot(None).checkout_waits.count,
+            (MAX_SAMPLES + 50) as u64,
+            "the histogram keeps counting"
+        );
     }
 }

@@ -82,7 +82,7 @@ impl Tx {
 
     async fn run(&self, sql: &str, params: &[&(dyn ToSql + Sync)], op: Op) -> Result<Out, Error> {
         let statement = db::prepare(&self.adapter, &self.conn, sql).await?;
-        db::execute(&self.adapter, &self.conn, &statement, params, op, self.until).await
+        db::execute(&self.adapter, &self.conn, sql, &statement, params, op, self.until).await
     }
 }
 

@@ -11,6 +11,8 @@
 //! | `POST /2018-06-01/runtime/init/error` | records an [`InitError`] (202) |
 //! | `GET /2018-06-01/runtime/restore/next` | answers 200 at once (SnapStart restore) |
 //! | `POST /2018-06-01/runtime/restore/error` | records an [`InitError`] in a separate list (202) |
+//! | `POST /2020-01-01/extension/register` | registers an extension (200, `Lambda-Extension-Identifier`) |
+//! | `GET /2020-01-01/extension/event/next` | waits for ever: this emulation sends no lifecycle events |
 //!
 //! Anything else gets 404. It owns the invocation queue, the outcome of every invocation
 //! and the counters tests wait on ([`RuntimeApi::wait_next_polls`]). Any number of
@@ -44,6 +46,8 @@ use tokio::{
 };
 
 const PREFIX: &str = "/2018-06-01/runtime";
+/// Path prefix of the Extensions API.
+const EXTENSION_PREFIX: &str = "/2020-01-01";
 const ERROR_TYPE_HEADER: &str = "lambda-runtime-function-error-type";
 const ERROR_BODY_TRAILER: &str = "lambda-runtime-function-error-body";
 /// Default account/region used in invoked-function ARNs.
@@ -260,6 +264,7 @@ struct Counters {
     init_errors: usize,
     restore_errors: usize,
     restore_polls: usize,
+    extensions_registered: usize,
 }
 
 struct Queued {
@@ -380,6 +385,11 @@ impl RuntimeApi {
         self.state.counters.borrow().delivered
     }
 
+    /// Extensions registered through `POST /2020-01-01/extension/register`.
+    pub fn extensions_registered(&self) -> usize {
+        self.state.counters.borrow().extensions_registered
+    }
+
     /// Number of `GET /restore/next` requests (SnapStart) so far.
     pub fn restore_polls(&self) -> usize {
         self.state.counters.borrow().restore_polls
@@ -467,6 +477,9 @@ type HttpResponse = Response<Full<Bytes>>;
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<HttpResponse, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    if let Some(route) = path.strip_prefix(EXTENSION_PREFIX) {
+        return Ok(extension(&state, &method, route).await);
+    }
     let Some(route) = path.strip_prefix(PREFIX) else {
         return Ok(not_found());
     };
@@ -501,6 +514,33 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<HttpRespons
         _ => not_found(),
     };
     Ok(response)
+}
+
+/// The Extensions API: registration, and an event stream that stays silent
+/// (SHUTDOWN is delivered to the runtime as SIGTERM by the test itself).
+async fn extension(state: &State, method: &Method, route: &str) -> HttpResponse {
+    match (method, route) {
+        (&Method::POST, "/extension/register") => {
+            let mut id = 0;
+            state.counters.send_modify(|c| {
+                c.extensions_registered += 1;
+                id = c.extensions_registered;
+            });
+            let body = serde_json::json!({
+                "functionName": state.function_name,
+                "functionVersion": "$LATEST",
+                "handler": "bootstrap",
+            });
+            Response::builder()
+                .status(StatusCode::OK)
+                .header("Lambda-Extension-Identifier", format!("extension-{id}"))
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body.to_string())))
+                .expect("extension register response")
+        }
+        (&Method::GET, "/extension/event/next") => std::future::pending().await,
+        _ => not_found(),
+    }
 }
 
 /// Keeps `waiting_polls` right even when the poll is abandoned (connection closed).

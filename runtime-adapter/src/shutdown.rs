@@ -1,0 +1,59 @@
+//! Graceful shutdown: on SIGTERM or SIGINT the pool is closed (every
+//! connection sends Terminate) and the final metrics record is written,
+//! well within the ~500 ms Lambda allows, then the process exits.
+//!
+//! Lambda sends the runtime SIGTERM only when an extension is registered, so
+//! a no-op internal extension is registered first, the mechanism of
+//! `lambda_runtime`'s `graceful-shutdown` feature. That feature's own
+//! handler is not used because it prints plain-text lines to stderr, which
+//! would break `AWS_LAMBDA_LOG_FORMAT=JSON`; everything here goes through
+//! `tracing`. If the registration fails (a local emulator without the
+//! Extensions API), the signals are still handled, and Lambda would simply
+//! not send SIGTERM.
+
+use lambda_extension::Extension;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::Instant;
+
+use crate::adapter::Adapter;
+use crate::pool::millis;
+
+/// Internal extension names must be unique within a function.
+const EXTENSION_NAME: &str = "runtime-adapter-graceful-shutdown";
+
+/// Registers the extension and starts waiting for the signals. Must run
+/// during INIT, before the runtime loop starts.
+pub(crate) async fn install(adapter: Adapter) {
+    match Extension::new().with_events(&[]).with_extension_name(EXTENSION_NAME).register().await {
+        Ok(extension) => {
+            tokio::spawn(async move {
+                // It subscribes to nothing: this waits until the process ends.
+                if let Err(error) = extension.run().await {
+                    tracing::debug!(%error, "the shutdown extension stopped");
+                }
+            });
+        }
+        Err(error) => {
+            tracing::warn!(%error, "could not register the shutdown extension; Lambda will not send SIGTERM");
+        }
+    }
+    let (mut terminate, mut interrupt) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::warn!(%error, "could not listen for shutdown signals");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        let started = Instant::now();
+        tracing::info!(signal = name, "shutting down: closing the pool");
+        adapter.close().await;
+        adapter.flush_metrics(None);
+        tracing::info!(signal = name, duration_ms = millis(started.elapsed()), "shutdown complete");
+        std::process::exit(0);
+    });
+}
