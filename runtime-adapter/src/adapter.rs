@@ -22,8 +22,9 @@ use crate::health::{self, Liveness};
 use crate::metrics::{Emf, Invocation};
 use crate::pool::{millis, Conn, WarmPool};
 use crate::retry::{self, Retrier};
+use crate::statement::Statements;
 use crate::stats::{bump, Counters, RefreshReason, Stats};
-use crate::warmup::{self, Statements};
+use crate::warmup;
 
 /// How long to wait, at random within these bounds, before trying again
 /// after the server ran out of connection slots: long enough for other
@@ -82,8 +83,8 @@ impl Builder {
         let adapter = Adapter {
             shared: Arc::new(Shared {
                 emf: Emf::new(&config),
+                statements: Statements::new(self.statements, config.pooler_mode),
                 config,
-                statements: Statements::new(self.statements),
                 counters: Arc::default(),
                 liveness: Arc::default(),
                 current: RwLock::new(None),
@@ -240,6 +241,10 @@ impl Adapter {
     /// Writes the EMF record for everything since the previous one.
     pub(crate) fn flush_metrics(&self, invocation: Option<Invocation<'_>>) {
         self.shared.emf.flush(&self.shared.counters, self.stats(), invocation);
+    }
+
+    pub(crate) fn statements(&self) -> &Statements {
+        &self.shared.statements
     }
 
     pub(crate) fn counters(&self) -> Arc<Counters> {

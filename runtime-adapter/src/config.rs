@@ -74,8 +74,28 @@ pub struct Config {
     /// `AWS_LAMBDA_FUNCTION_NAME`: the metrics' `function_name` dimension and
     /// the connections' `application_name`.
     pub function_name: String,
+    /// What sits between the adapter and PostgreSQL. `DB_POOLER_MODE`;
+    /// default `none`.
+    pub pooler_mode: PoolerMode,
     /// `AWS_LAMBDA_MAX_CONCURRENCY`, when Lambda runs several invocations at once.
     pub max_concurrency: Option<usize>,
+}
+
+/// What sits between the adapter and PostgreSQL, which decides how
+/// statements are sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PoolerMode {
+    /// PostgreSQL itself, or a pooler in session mode: statements are
+    /// prepared once per connection (named) and cached; `statement_timeout`
+    /// travels in the startup packet.
+    #[default]
+    None,
+    /// A pooler in transaction mode (PgBouncer `pool_mode=transaction`,
+    /// Supavisor on 6543, Neon's pooler), or RDS Proxy without pinning: only
+    /// unnamed statements, no session state; `DB_STATEMENT_TIMEOUT_MS` is
+    /// enforced by the client, which cancels the statement on the server.
+    Transaction,
 }
 
 impl Default for Config {
@@ -120,6 +140,7 @@ impl Default for Config {
             // Slower than any healthy OLTP statement; fast enough to matter.
             slow_query: Duration::from_secs(1),
             function_name: "runtime-adapter".to_owned(),
+            pooler_mode: PoolerMode::None,
             max_concurrency: None,
         }
     }
@@ -148,6 +169,7 @@ impl fmt::Debug for Config {
             .field("metrics_namespace", &self.metrics_namespace)
             .field("slow_query", &self.slow_query)
             .field("function_name", &self.function_name)
+            .field("pooler_mode", &self.pooler_mode)
             .field("max_concurrency", &self.max_concurrency)
             .finish()
     }
@@ -250,6 +272,7 @@ impl Config {
             metrics_namespace: namespace(&env)?.unwrap_or(defaults.metrics_namespace),
             slow_query: env.millis("DB_SLOW_QUERY_MS", Zero::Reject)?.unwrap_or(defaults.slow_query),
             function_name: env.get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or(defaults.function_name),
+            pooler_mode: pooler_mode(&env)?.unwrap_or(defaults.pooler_mode),
             max_concurrency,
         };
         config.check_conflicts()?;
@@ -272,12 +295,16 @@ impl Config {
 
     /// Settings carried in the startup packet, so they cost no round trip.
     fn with_session_settings(mut self) -> Self {
-        let mut options = self.pg.get_options().unwrap_or_default().to_owned();
-        if !options.is_empty() {
-            options.push(' ');
+        // Transaction-mode poolers refuse or drop startup options: there the
+        // client enforces the timeout.
+        if self.pooler_mode == PoolerMode::None {
+            let mut options = self.pg.get_options().unwrap_or_default().to_owned();
+            if !options.is_empty() {
+                options.push(' ');
+            }
+            options.push_str(&format!("-c statement_timeout={}", self.statement_timeout.as_millis()));
+            self.pg.options(&options);
         }
-        options.push_str(&format!("-c statement_timeout={}", self.statement_timeout.as_millis()));
-        self.pg.options(&options);
         self.pg.connect_timeout(self.connect_timeout);
         self.pg.keepalives(true);
         self.pg.keepalives_idle(self.tcp_keepalive_idle);
@@ -348,6 +375,20 @@ impl Lookup<'_> {
             return Err(invalid("is 0, which is not allowed here".to_owned()));
         }
         Ok(Some(value))
+    }
+}
+
+fn pooler_mode(env: &Lookup<'_>) -> Result<Option<PoolerMode>, ConfigError> {
+    let var = "DB_POOLER_MODE";
+    match env.get(var).map(|v| v.to_ascii_lowercase()).as_deref() {
+        None => Ok(None),
+        Some("none") => Ok(Some(PoolerMode::None)),
+        Some("transaction") => Ok(Some(PoolerMode::Transaction)),
+        Some(other) => Err(ConfigError::Invalid {
+            var,
+            problem: format!("is not a pooler mode ({other:?})"),
+            expected: "none (PostgreSQL itself, or a session-mode pooler) or transaction",
+        }),
     }
 }
 
@@ -485,6 +526,7 @@ mod tests {
             ("DB_METRICS", "maybe", "DB_METRICS is not on or off (\"maybe\"); expected on or off"),
             ("DB_METRICS_NAMESPACE", "AWS/Lambda", "DB_METRICS_NAMESPACE starts with AWS/, which CloudWatch reserves; expected 1 to 255 letters, digits or . - _ / # : and spaces, not starting with AWS/, e.g. RuntimeAdapter"),
             ("DB_METRICS_NAMESPACE", "a{b}", "DB_METRICS_NAMESPACE contains '{'; expected 1 to 255 letters, digits or . - _ / # : and spaces, not starting with AWS/, e.g. RuntimeAdapter"),
+            ("DB_POOLER_MODE", "session", "DB_POOLER_MODE is not a pooler mode (\"session\"); expected none (PostgreSQL itself, or a session-mode pooler) or transaction"),
             ("DB_SLOW_QUERY_MS", "0", "DB_SLOW_QUERY_MS is 0, which is not allowed here; expected a whole number of milliseconds, at least 1, e.g. 5000"),
             ("DB_TCP_USER_TIMEOUT_MS", "1h", "DB_TCP_USER_TIMEOUT_MS is not a whole number (\"1h\"); expected a whole number of milliseconds, 0 or more, e.g. 5000"),
         ];
@@ -514,6 +556,13 @@ mod tests {
             err.to_string().starts_with("DB_HEALTH_CHECK_INTERVAL_MS and DB_MAX_AGE_MS contradict each other"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn transaction_mode_sends_no_startup_options() {
+        let config = parse_with_url(&[("DB_POOLER_MODE", "transaction")]).expect("valid");
+        assert_eq!(config.pooler_mode, PoolerMode::Transaction);
+        assert_eq!(config.pg.get_options(), None);
     }
 
     #[test]

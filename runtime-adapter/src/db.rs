@@ -16,12 +16,14 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row, Statement};
+use tokio_postgres::{NoTls, Row};
 
 use crate::adapter::Adapter;
+use crate::config::PoolerMode;
 use crate::error::{Error, ErrorKind};
 use crate::pool::{millis, Conn};
 use crate::retry::Retrier;
+use crate::statement::{self, Op, Out, Prepared};
 
 /// How long a cancel request may take; it opens its own connection.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(1);
@@ -59,18 +61,6 @@ enum Retry {
     /// Also after a transient failure once sent: the handler said running
     /// it twice is harmless.
     Idempotent,
-}
-
-/// What a statement returns.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Op {
-    Rows,
-    Count,
-}
-
-pub(crate) enum Out {
-    Rows(Vec<Row>),
-    Count(u64),
 }
 
 impl Db {
@@ -282,9 +272,9 @@ pub(crate) fn at_most_one(rows: Vec<Row>) -> Result<Option<Row>, Error> {
     }
 }
 
-/// The cached statement for `sql` on `conn`, prepared on first use.
-pub(crate) async fn prepare(adapter: &Adapter, conn: &Conn, sql: &str) -> Result<Statement, Error> {
-    conn.prepare_cached(sql).await.map_err(|e| observe_failure(adapter, e))
+/// `sql` ready to run on `conn`, prepared on first use.
+pub(crate) async fn prepare(adapter: &Adapter, conn: &Conn, sql: &str) -> Result<Prepared, Error> {
+    adapter.statements().prepare(conn, sql).await.map_err(|e| observe_failure(adapter, e))
 }
 
 /// Runs a prepared statement, no later than `until`; one still running then
@@ -293,24 +283,35 @@ pub(crate) async fn execute(
     adapter: &Adapter,
     conn: &Conn,
     sql: &str,
-    statement: &Statement,
+    prepared: &Prepared,
     params: &[&(dyn ToSql + Sync)],
     op: Op,
     until: Option<Instant>,
 ) -> Result<Out, Error> {
-    let work = async {
-        match op {
-            Op::Rows => conn.query(statement, params).await.map(Out::Rows),
-            Op::Count => conn.execute(statement, params).await.map(Out::Count),
-        }
-    };
+    if prepared.parameters() != params.len() {
+        return Err(Error::Parameters { expected: prepared.parameters(), got: params.len() });
+    }
     let started = Instant::now();
-    let result = match until {
-        Some(until) => match tokio::time::timeout_at(until, work).await {
+    // Behind a transaction-mode pooler the server cannot hold a session's
+    // statement_timeout: the client enforces it.
+    let config = adapter.config();
+    let statement_timeout = (config.pooler_mode == PoolerMode::Transaction && !config.statement_timeout.is_zero())
+        .then(|| started + config.statement_timeout);
+    let stop = match (until, statement_timeout) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let work = statement::run(conn, sql, prepared, params, op);
+    let result = match stop {
+        Some(stop) => match tokio::time::timeout_at(stop, work).await {
             Ok(result) => result,
             Err(_) => {
                 cancel(conn).await;
-                return Err(Error::DeadlineExceeded { after: started.elapsed() });
+                return Err(if statement_timeout == Some(stop) {
+                    Error::StatementTimeout { after: config.statement_timeout }
+                } else {
+                    Error::DeadlineExceeded { after: started.elapsed() }
+                });
             }
         },
         None => work.await,

@@ -128,6 +128,21 @@ pub enum Error {
         /// How long it had run.
         after: Duration,
     },
+    /// A statement was given the wrong number of parameters.
+    #[error("the statement takes {expected} parameter(s), {got} given")]
+    Parameters {
+        /// Placeholders in the statement.
+        expected: usize,
+        /// Values given.
+        got: usize,
+    },
+    /// In `DB_POOLER_MODE=transaction`, a statement ran past
+    /// `DB_STATEMENT_TIMEOUT_MS`; it was cancelled on the server.
+    #[error("statement cancelled after DB_STATEMENT_TIMEOUT_MS ({} ms)", .after.as_millis())]
+    StatementTimeout {
+        /// The timeout.
+        after: Duration,
+    },
     /// `query_one` or `query_opt` got a number of rows it cannot return.
     #[error("expected {expected} row(s), got {got}")]
     RowCount {
@@ -146,7 +161,11 @@ impl Error {
             Error::Config(_) => ErrorKind::Permanent,
             Error::Db(e) | Error::Warmup { source: e, .. } => classify(e),
             Error::Timeout { .. } | Error::PoolClosed | Error::ConnectionClosed => ErrorKind::Transient,
-            Error::Internal(_) | Error::RowCount { .. } | Error::CommitOutcomeUnknown { .. } => ErrorKind::Permanent,
+            Error::Internal(_)
+            | Error::RowCount { .. }
+            | Error::Parameters { .. }
+            | Error::StatementTimeout { .. }
+            | Error::CommitOutcomeUnknown { .. } => ErrorKind::Permanent,
             Error::Unavailable { source, .. } => source.kind(),
             Error::ConnectionLimit { .. } => ErrorKind::TooManyConnections,
             Error::DeadlineExceeded { .. } => ErrorKind::Permanent,
@@ -185,6 +204,8 @@ impl Error {
             Error::CommitOutcomeUnknown { .. } => "RuntimeAdapter.CommitOutcomeUnknown",
             Error::DeadlineExceeded { .. } => "RuntimeAdapter.DeadlineExceeded",
             Error::RowCount { .. } => "RuntimeAdapter.RowCount",
+            Error::Parameters { .. } => "RuntimeAdapter.Parameters",
+            Error::StatementTimeout { .. } => "RuntimeAdapter.StatementTimeout",
             Error::Db(_) => "RuntimeAdapter.DatabaseError",
         }
     }

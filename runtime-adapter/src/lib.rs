@@ -16,6 +16,8 @@
 //! - `db`: [`Db`], the handle a handler receives; what is retried, and
 //!   cancellation at the deadline.
 //! - `transaction`: [`Db::transaction`], closures retried whole when safe.
+//! - `statement`: how statements reach the server: named and cached, or
+//!   unnamed for transaction-mode poolers (`DB_POOLER_MODE`).
 //! - `retry`: backoff with full jitter, bounded by attempts and deadline.
 //! - `runtime`: [`Builder::run`], the Lambda loop, init-error reporting.
 //! - `stats`: counters, percentiles in fixed memory, and their [`Stats`]
@@ -36,12 +38,13 @@ mod pool;
 mod retry;
 mod runtime;
 mod shutdown;
+mod statement;
 mod stats;
 mod transaction;
 mod warmup;
 
 pub use adapter::{Adapter, Builder};
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, PoolerMode};
 pub use db::{Db, Idempotent, RawClient};
 pub use error::{Error, ErrorKind, Phase};
 pub use runtime::report_init_error;

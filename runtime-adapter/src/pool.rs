@@ -23,8 +23,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::error::{Error, Phase};
 use crate::health::Liveness;
+use crate::statement::Statements;
 use crate::stats::{bump, Counters, WarmupTimings};
-use crate::warmup::{self, Statements};
+use crate::warmup;
 
 pub(crate) type Conn = managed::Object<WarmingManager>;
 type Pool = managed::Pool<WarmingManager>;

@@ -18,10 +18,11 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{IsolationLevel, Row};
 
 use crate::adapter::Adapter;
-use crate::db::{self, Db, Op, Out};
+use crate::db::{self, Db};
 use crate::error::{Error, ErrorKind};
 use crate::pool::Conn;
 use crate::retry;
+use crate::statement::{Op, Out};
 
 /// The open transaction handed to a [`Db::transaction`] closure.
 pub struct Tx {
@@ -81,8 +82,8 @@ impl Tx {
     }
 
     async fn run(&self, sql: &str, params: &[&(dyn ToSql + Sync)], op: Op) -> Result<Out, Error> {
-        let statement = db::prepare(&self.adapter, &self.conn, sql).await?;
-        db::execute(&self.adapter, &self.conn, sql, &statement, params, op, self.until).await
+        let prepared = db::prepare(&self.adapter, &self.conn, sql).await?;
+        db::execute(&self.adapter, &self.conn, sql, &prepared, params, op, self.until).await
     }
 }
 

@@ -3,8 +3,9 @@
 //!
 //! Phase 1 is a raw round trip: it proves the connection layer (socket,
 //! authentication, server accepting queries). Phase 2 prepares each declared
-//! statement, which caches it on the connection (the first invocation pays
-//! no prepare) and makes the server check it against the schema at INIT.
+//! statement (see `statement`), which caches it on the connection (the first
+//! invocation pays no prepare) and makes the server check it against the
+//! schema at INIT.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,31 +13,16 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use deadpool_postgres::ClientWrapper;
-use futures_util::future::try_join_all;
 
 use crate::config::Config;
 use crate::error::{Error, Phase};
 use crate::health::Liveness;
 use crate::pool::WarmPool;
+use crate::statement::Statements;
 use crate::stats::{bump, Counters};
 
 /// Phase 1's round trip. The comment names it in the server's logs.
 pub(crate) const ROUND_TRIP_SQL: &str = "/* runtime-adapter warmup */ SELECT 1";
-
-/// The SQL statements an application declares; each is prepared on every
-/// connection during warmup phase 2.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Statements(Arc<[String]>);
-
-impl Statements {
-    pub(crate) fn new(statements: Vec<String>) -> Self {
-        Self(statements.into())
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.0.len()
-    }
-}
 
 pub(crate) async fn round_trip(client: &ClientWrapper, bound: Duration) -> Result<(), Error> {
     match tokio::time::timeout(bound, client.simple_query(ROUND_TRIP_SQL)).await {
@@ -46,18 +32,14 @@ pub(crate) async fn round_trip(client: &ClientWrapper, bound: Duration) -> Resul
     }
 }
 
-/// Prepares every statement on one connection. tokio-postgres pipelines the
-/// requests, so this costs about one round trip however many there are.
+/// Phase 2 on one connection: the declared statements checked against the
+/// schema and prepared; see [`Statements::warm`].
 pub(crate) async fn prepare(client: &ClientWrapper, statements: &Statements, bound: Duration) -> Result<(), Error> {
-    let all = try_join_all(statements.0.iter().map(|sql| async move {
-        client.prepare_cached(sql).await.map_err(|source| Error::Warmup {
-            phase: Phase::Prepare,
-            statement: Some(sql.clone()),
-            source,
-        })
-    }));
-    match tokio::time::timeout(bound, all).await {
-        Ok(result) => result.map(drop),
+    match tokio::time::timeout(bound, statements.warm(client)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err((sql, source))) => {
+            Err(Error::Warmup { phase: Phase::Prepare, statement: (!sql.is_empty()).then_some(sql), source })
+        }
         Err(_) => Err(Error::Timeout { what: "warmup phase 2 (prepare)", after: bound }),
     }
 }

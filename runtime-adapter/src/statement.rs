@@ -1,0 +1,165 @@
+//! How statements reach the server, by [`PoolerMode`].
+//!
+//! - `none`: each statement is prepared once per connection under a name
+//!   (tokio-postgres's `s0`, `s1`, …) and cached on it; a run is one round
+//!   trip (Bind/Execute).
+//! - `transaction`: a transaction-mode pooler hands each transaction a
+//!   different server connection, where a named statement does not exist
+//!   (or, worse, another client's does). Statements are therefore sent
+//!   unnamed, with their parameter types (`query_typed`): Parse, Bind and
+//!   Execute in one round trip. The types are learnt once per SQL text by
+//!   preparing it inside a `BEGIN … COMMIT` (one server connection), closing
+//!   it there, and cached for the environment.
+//!
+//! Either way the handle's API is the same, so a handler works unchanged.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use deadpool_postgres::ClientWrapper;
+use futures_util::future::try_join_all;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Row, Statement};
+
+use crate::config::PoolerMode;
+
+/// The statements an application declares, checked (and in `none` mode
+/// prepared) on every connection during warmup phase 2, and the parameter
+/// types learnt in `transaction` mode.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Statements {
+    declared: Arc<[String]>,
+    mode: PoolerMode,
+    types: Arc<Mutex<HashMap<String, Arc<[Type]>>>>,
+}
+
+/// A statement ready to run on one connection.
+#[derive(Debug, Clone)]
+pub(crate) enum Prepared {
+    /// Prepared under a name on this connection.
+    Named(Statement),
+    /// Sent unnamed with these parameter types.
+    Unnamed(Arc<[Type]>),
+}
+
+impl Prepared {
+    /// The number of parameters the statement takes.
+    pub(crate) fn parameters(&self) -> usize {
+        match self {
+            Prepared::Named(statement) => statement.params().len(),
+            Prepared::Unnamed(types) => types.len(),
+        }
+    }
+}
+
+/// What a run returns.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Op {
+    Rows,
+    Count,
+}
+
+pub(crate) enum Out {
+    Rows(Vec<Row>),
+    Count(u64),
+}
+
+impl Statements {
+    pub(crate) fn new(declared: Vec<String>, mode: PoolerMode) -> Self {
+        Self { declared: declared.into(), mode, types: Arc::default() }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.declared.len()
+    }
+
+    /// Warmup phase 2 on one connection: every declared statement checked
+    /// against the schema, and prepared for use. About one round trip in
+    /// `none` mode (the prepares are pipelined), three in `transaction` mode.
+    pub(crate) async fn warm(&self, client: &ClientWrapper) -> Result<(), (String, tokio_postgres::Error)> {
+        match self.mode {
+            PoolerMode::None => try_join_all(
+                self.declared
+                    .iter()
+                    .map(|sql| async move { client.prepare_cached(sql).await.map_err(|e| (sql.clone(), e)) }),
+            )
+            .await
+            .map(drop),
+            PoolerMode::Transaction => self.describe(client, &self.declared).await,
+        }
+    }
+
+    /// `sql` ready to run on `client`, prepared on first use.
+    pub(crate) async fn prepare(&self, client: &ClientWrapper, sql: &str) -> Result<Prepared, tokio_postgres::Error> {
+        match self.mode {
+            PoolerMode::None => client.prepare_cached(sql).await.map(Prepared::Named),
+            PoolerMode::Transaction => {
+                if let Some(types) = self.cached(sql) {
+                    return Ok(Prepared::Unnamed(types));
+                }
+                self.describe(client, &[sql.to_owned()]).await.map_err(|(_, e)| e)?;
+                let types = self.cached(sql).unwrap_or_default();
+                Ok(Prepared::Unnamed(types))
+            }
+        }
+    }
+
+    fn cached(&self, sql: &str) -> Option<Arc<[Type]>> {
+        self.types.lock().unwrap_or_else(PoisonError::into_inner).get(sql).cloned()
+    }
+
+    /// Learns the parameter types of `sqls` by preparing them inside one
+    /// transaction, which keeps a transaction-mode pooler on one server
+    /// connection, and closing them before it ends: no named statement
+    /// outlives it.
+    async fn describe(&self, client: &ClientWrapper, sqls: &[String]) -> Result<(), (String, tokio_postgres::Error)> {
+        let no_sql = |e| (String::new(), e);
+        client.batch_execute("BEGIN").await.map_err(no_sql)?;
+        let prepared = try_join_all(
+            sqls.iter()
+                .map(|sql| async move { client.prepare(sql).await.map(|s| (sql, s)).map_err(|e| (sql.clone(), e)) }),
+        )
+        .await;
+        let described = match prepared {
+            Ok(statements) => statements,
+            Err(error) => {
+                // The failed Parse aborted the transaction; end it.
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(error);
+            }
+        };
+        let mut types = Vec::with_capacity(described.len());
+        for (sql, statement) in described {
+            types.push((sql.clone(), Arc::<[Type]>::from(statement.params())));
+            // Dropping it sends Close, ahead of the COMMIT below.
+            drop(statement);
+        }
+        client.batch_execute("COMMIT").await.map_err(no_sql)?;
+        self.types.lock().unwrap_or_else(PoisonError::into_inner).extend(types);
+        Ok(())
+    }
+}
+
+/// Runs `prepared` (the statement for `sql`) with `params`, whose count the
+/// caller has checked against [`Prepared::parameters`].
+pub(crate) async fn run(
+    client: &ClientWrapper,
+    sql: &str,
+    prepared: &Prepared,
+    params: &[&(dyn ToSql + Sync)],
+    op: Op,
+) -> Result<Out, tokio_postgres::Error> {
+    match prepared {
+        Prepared::Named(statement) => match op {
+            Op::Rows => client.query(statement, params).await.map(Out::Rows),
+            Op::Count => client.execute(statement, params).await.map(Out::Count),
+        },
+        Prepared::Unnamed(types) => {
+            let typed: Vec<(&(dyn ToSql + Sync), Type)> = params.iter().copied().zip(types.iter().cloned()).collect();
+            match op {
+                Op::Rows => client.query_typed(sql, &typed).await.map(Out::Rows),
+                Op::Count => client.execute_typed(sql, &typed).await.map(Out::Count),
+            }
+        }
+    }
+}
