@@ -243,8 +243,10 @@ fn classify_code(code: &SqlState) -> ErrorKind {
     if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED {
         return ErrorKind::Serialization;
     }
+    // 08P01 (protocol violation) is what a pooler answers to a startup
+    // parameter it does not support: retrying cannot fix it.
     let transient = [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW];
-    if transient.contains(code) || code.code().starts_with("08") {
+    if transient.contains(code) || (code.code().starts_with("08") && *code != SqlState::PROTOCOL_VIOLATION) {
         return ErrorKind::Transient;
     }
     ErrorKind::Permanent
@@ -304,6 +306,7 @@ mod tests {
             SqlState::INVALID_TEXT_REPRESENTATION,
             SqlState::INSUFFICIENT_PRIVILEGE,
             SqlState::QUERY_CANCELED,
+            SqlState::PROTOCOL_VIOLATION,
         ] {
             assert_eq!(classify_code(&permanent), ErrorKind::Permanent, "{permanent:?}");
         }

@@ -10,14 +10,7 @@ use runtime_adapter::{Adapter, Config, Context};
 /// An adapter warmed against `database_url` with `env` as its environment
 /// and `statements` declared.
 pub async fn adapter(database_url: &str, env: &[(&str, &str)], statements: &[&str]) -> Adapter {
-    let mut vars: HashMap<String, String> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-    vars.insert("DATABASE_URL".to_owned(), database_url.to_owned());
-    let config = Config::from_lookup(|name| vars.get(name).cloned()).expect("valid test configuration");
-    let mut builder = Adapter::builder().config(config);
-    for sql in statements {
-        builder = builder.statement(*sql);
-    }
-    builder.init().await.expect("adapter init")
+    try_adapter(database_url, env, statements).await.expect("adapter init")
 }
 
 /// An invocation context whose deadline is `timeout` from now.
@@ -28,4 +21,24 @@ pub fn context(timeout: Duration) -> Context {
     context.request_id = "in-process".to_owned();
     context.deadline = u64::try_from((now + timeout).as_millis()).expect("deadline fits u64");
     context
+}
+
+/// As [`adapter`], returning the init error instead of panicking on it.
+///
+/// # Errors
+///
+/// The adapter's init error.
+pub async fn try_adapter(
+    database_url: &str,
+    env: &[(&str, &str)],
+    statements: &[&str],
+) -> Result<Adapter, runtime_adapter::Error> {
+    let mut vars: HashMap<String, String> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    vars.insert("DATABASE_URL".to_owned(), database_url.to_owned());
+    let config = Config::from_lookup(|name| vars.get(name).cloned())?;
+    let mut builder = Adapter::builder().config(config);
+    for sql in statements {
+        builder = builder.statement(*sql);
+    }
+    builder.init().await
 }

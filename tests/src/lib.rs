@@ -1,6 +1,7 @@
 //! Shared test-support harness for the workspace's integration tests.
 //!
 //! Modules:
+//! - [`pgbouncer`]: a throwaway PgBouncer in front of a [`Postgres`], in a chosen pool mode.
 //! - [`postgres`]: a throwaway PostgreSQL server per test ([`Postgres`]) with the `app`
 //!   role/database, log access and fault injection (terminate/stop backends, stop/restart).
 //! - [`runtime_api`]: an in-process emulation of the AWS Lambda Runtime API over real
@@ -25,6 +26,7 @@ pub mod function;
 pub mod inproc;
 pub mod migrations;
 pub mod orders;
+pub mod pgbouncer;
 pub mod postgres;
 pub mod proxy;
 pub mod runtime_api;

@@ -89,9 +89,9 @@ impl PostgresBuilder {
 
 /// OS identity the server binaries run as.
 #[derive(Debug, Clone, Copy)]
-struct RunAs {
-    uid: u32,
-    gid: u32,
+pub(crate) struct RunAs {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
 }
 
 /// Why a server start attempt failed.
@@ -660,7 +660,7 @@ fn signal(pid: i32, signal: &str) {
 
 /// A loopback port that was free a moment ago and that no other server of this process
 /// has used (the kernel may hand a just-released port out again).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     loop {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -675,7 +675,7 @@ fn free_port() -> u16 {
 }
 
 /// The `postgres` OS user when running as root, else `None` (run as ourselves).
-fn run_as() -> Option<RunAs> {
+pub(crate) fn run_as() -> Option<RunAs> {
     let euid = fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or_else(|_| {
         let out = Command::new("id").arg("-u").output().expect("run `id -u`");
         String::from_utf8_lossy(&out.stdout).trim().parse().expect("parse `id -u` output")

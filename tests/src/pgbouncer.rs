@@ -1,0 +1,118 @@
+//! A throwaway PgBouncer (Debian's `pgbouncer`) in front of a [`Postgres`],
+//! in the pooling mode and with the server pool size a test asks for.
+//! Started on its own loopback port, as the `postgres` OS user when running
+//! as root (PgBouncer refuses root), stopped on drop.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tokio::time::Instant;
+
+use crate::postgres::{free_port, run_as, Postgres, APP_DATABASE, APP_PASSWORD, APP_USER};
+
+const BINARY: &str = "/usr/sbin/pgbouncer";
+
+/// A running PgBouncer; see the [module docs](self).
+#[derive(Debug)]
+pub struct PgBouncer {
+    port: u16,
+    child: Child,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl PgBouncer {
+    /// PgBouncer in front of `pg`'s `app` database: `pool_mode` (`transaction`
+    /// or `session`) with `server_pool_size` server connections.
+    pub async fn start(pg: &Postgres, pool_mode: &str, server_pool_size: u32) -> PgBouncer {
+        assert!(
+            std::path::Path::new(BINARY).exists(),
+            "pgbouncer is not installed: run scripts/setup (apt-get install pgbouncer)"
+        );
+        let dir = tempfile::Builder::new().prefix("pgbouncer-it-").tempdir().expect("temp dir for pgbouncer");
+        let port = free_port();
+        let log = dir.path().join("pgbouncer.log");
+        let ini = dir.path().join("pgbouncer.ini");
+        let users = dir.path().join("userlist.txt");
+        fs::write(&users, format!("\"{APP_USER}\" \"{APP_PASSWORD}\"\n")).expect("write userlist");
+        fs::write(
+            &ini,
+            format!(
+                "[databases]\n\
+                 {APP_DATABASE} = host=127.0.0.1 port={pg_port} dbname={APP_DATABASE}\n\
+                 [pgbouncer]\n\
+                 listen_addr = 127.0.0.1\n\
+                 listen_port = {port}\n\
+                 unix_socket_dir =\n\
+                 auth_type = scram-sha-256\n\
+                 auth_file = {users}\n\
+                 pool_mode = {pool_mode}\n\
+                 default_pool_size = {server_pool_size}\n\
+                 min_pool_size = 0\n\
+                 reserve_pool_size = 0\n\
+                 max_client_conn = 500\n\
+                 server_reset_query =\n\
+                 ignore_startup_parameters = extra_float_digits, options\n\
+                 logfile = {log}\n\
+                 pidfile = {pid}\n",
+                pg_port = pg.port(),
+                users = users.display(),
+                log = log.display(),
+                pid = dir.path().join("pgbouncer.pid").display(),
+            ),
+        )
+        .expect("write pgbouncer.ini");
+        let mut command = Command::new(BINARY);
+        command.arg(&ini).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        if let Some(user) = run_as() {
+            std::os::unix::fs::chown(dir.path(), Some(user.uid), Some(user.gid)).expect("chown pgbouncer dir");
+            for file in [&ini, &users] {
+                std::os::unix::fs::chown(file, Some(user.uid), Some(user.gid)).expect("chown pgbouncer file");
+                fs::set_permissions(file, fs::Permissions::from_mode(0o600)).expect("chmod pgbouncer file");
+            }
+            command.uid(user.uid).gid(user.gid);
+        }
+        let child = command.spawn().expect("spawn pgbouncer");
+        let bouncer = PgBouncer { port, child, log, _dir: dir };
+        bouncer.wait_ready().await;
+        bouncer
+    }
+
+    /// Port PgBouncer listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The `app` database through PgBouncer.
+    pub fn database_url(&self) -> String {
+        format!("postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/{APP_DATABASE}", self.port)
+    }
+
+    /// PgBouncer's own log.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "pgbouncer did not start; its log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
