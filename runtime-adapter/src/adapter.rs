@@ -20,6 +20,7 @@ use crate::deadline;
 use crate::error::{Error, ErrorKind};
 use crate::health::{self, Liveness};
 use crate::metrics::{Emf, Invocation};
+use crate::random::Entropy;
 use crate::pool::{millis, Conn, WarmPool};
 use crate::retry::{self, Retrier};
 use crate::statement::Statements;
@@ -87,6 +88,7 @@ impl Builder {
                 config,
                 counters: Arc::default(),
                 liveness: Arc::default(),
+                entropy: Arc::default(),
                 current: RwLock::new(None),
                 maintenance: tokio::sync::Mutex::new(()),
             }),
@@ -122,6 +124,7 @@ pub(crate) struct Shared {
     statements: Statements,
     counters: Arc<Counters>,
     liveness: Arc<Liveness>,
+    entropy: Arc<Entropy>,
     /// The warmed pool in use, if any. Replaced only under `maintenance`.
     current: RwLock<Option<Arc<WarmPool>>>,
     /// Makes warmups, refreshes, checks and rebuilds single-flight.
@@ -161,9 +164,7 @@ impl Adapter {
     /// A warmed connection, through the gate, retrying transient failures
     /// with backoff within `until`.
     pub(crate) async fn checkout(&self, until: Option<Instant>) -> Result<Conn, Error> {
-        let config = &self.shared.config;
-        let mut retrier =
-            Retrier::new(config.retry_attempts, config.retry_base_delay, until, self.shared.counters.clone());
+        let mut retrier = self.retrier(until);
         loop {
             let attempt = async { self.ready_pool(until).await?.checkout().await };
             match retry::bounded(until, attempt, "checkout within the invocation's deadline").await {
@@ -203,7 +204,7 @@ impl Adapter {
             Error::Warmup { source, .. } | Error::Db(source) => Error::ConnectionLimit { source },
             other => other,
         };
-        let delay = retry::jitter_between(EXHAUSTED_BACKOFF.0, EXHAUSTED_BACKOFF.1);
+        let delay = retry::jitter_between(EXHAUSTED_BACKOFF.0, EXHAUSTED_BACKOFF.1, shared.entropy.fraction());
         let out_of_time = until.is_some_and(|until| Instant::now() + delay >= until);
         tracing::warn!(
             %error,
@@ -243,6 +244,18 @@ impl Adapter {
         self.shared.emf.flush(&self.shared.counters, self.stats(), invocation);
     }
 
+    /// A retry loop's pacing, within `until`.
+    pub(crate) fn retrier(&self, until: Option<Instant>) -> Retrier {
+        let config = &self.shared.config;
+        Retrier::new(
+            config.retry_attempts,
+            config.retry_base_delay,
+            until,
+            self.shared.counters.clone(),
+            self.shared.entropy.clone(),
+        )
+    }
+
     pub(crate) fn statements(&self) -> &Statements {
         &self.shared.statements
     }
@@ -267,6 +280,51 @@ impl Adapter {
         let _flight = self.shared.maintenance.lock().await;
         if let Some(pool) = self.shared.install(None) {
             pool.close_and_wait().await;
+        }
+    }
+
+    /// SnapStart, before the snapshot: closes the pool (every connection
+    /// sends Terminate, and no connection or credential stays in memory)
+    /// and drops what INIT recorded, which belongs to the publish, not to
+    /// the environments restored from it.
+    pub(crate) async fn before_snapshot(&self) {
+        self.close().await;
+        self.shared.emf.rebase(&self.shared.counters, self.stats());
+        tracing::info!("snapshot: pool closed");
+    }
+
+    /// SnapStart, after a restore: new randomness, clocks reset, and the
+    /// pool rebuilt and re-warmed (credentials resolved again) before the
+    /// first invocation. A database unreachable now is not fatal: the first
+    /// invocation warms the pool, as after a normal INIT.
+    ///
+    /// # Errors
+    ///
+    /// A permanent warmup failure (bad credentials, missing relation, …).
+    pub(crate) async fn after_restore(&self) -> Result<(), Error> {
+        let shared = &self.shared;
+        shared.entropy.reseed();
+        shared.liveness.reset();
+        let started = Instant::now();
+        let until = deadline::init_until(started);
+        let attempts = shared.config.warmup_attempts;
+        let _flight = shared.maintenance.lock().await;
+        match warmup::warm(&shared.config, &shared.statements, &shared.counters, &shared.liveness, attempts, until)
+            .await
+        {
+            Ok(pool) => {
+                shared.install(Some(Arc::new(pool)));
+                tracing::info!(duration_ms = millis(started.elapsed()), "restore: pool re-warmed");
+                Ok(())
+            }
+            Err(error) if matches!(error.kind(), ErrorKind::Transient | ErrorKind::TooManyConnections) => {
+                tracing::warn!(%error, kind = ?error.kind(), "database unreachable after restore; the first invocation will warm the pool");
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, "re-warming after restore failed");
+                Err(error)
+            }
         }
     }
 
@@ -377,8 +435,13 @@ impl Shared {
         self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// Puts `pool` in place and returns the one it replaces.
+    /// Puts `pool` in place and returns the one it replaces. A new pool gets
+    /// its lifetime here: the maximum age less up to 10 % jitter, so that
+    /// environments started together spread their refreshes out.
     fn install(&self, pool: Option<Arc<WarmPool>>) -> Option<Arc<WarmPool>> {
+        if let Some(pool) = &pool {
+            pool.set_lifetime(self.config.max_age.mul_f64(1.0 - 0.1 * self.entropy.fraction()));
+        }
         std::mem::replace(&mut *self.current.write().unwrap_or_else(PoisonError::into_inner), pool)
     }
 }

@@ -135,8 +135,7 @@ impl Db {
     }
 
     pub(crate) fn retrier(&self) -> Retrier {
-        let config = self.adapter.config();
-        Retrier::new(config.retry_attempts, config.retry_base_delay, self.until, self.adapter.counters())
+        self.adapter.retrier(self.until)
     }
 
     async fn rows(&self, retry: Retry, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {

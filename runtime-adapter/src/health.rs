@@ -35,6 +35,12 @@ impl Default for Liveness {
 }
 
 impl Liveness {
+    /// Forgets every success, as if none had happened (after a SnapStart
+    /// restore, the snapshot's clocks prove nothing).
+    pub(crate) fn reset(&self) {
+        self.last_success.store(0, Ordering::Relaxed);
+    }
+
     pub(crate) fn succeeded(&self) {
         let nanos = self.epoch.elapsed().as_nanos() as u64 + 1;
         self.last_success.fetch_max(nanos, Ordering::Relaxed);

@@ -23,6 +23,10 @@
 //! - `stats`: counters, percentiles in fixed memory, and their [`Stats`]
 //!   snapshot.
 //! - `metrics`: CloudWatch EMF records, one per invocation.
+//! - `random`: the environment's jitter source, reseeded after a SnapStart
+//!   restore.
+//! - `snapstart`: the pool released before a SnapStart snapshot and re-warmed
+//!   after restore.
 //! - `shutdown`: SIGTERM/SIGINT: pool closed with Terminate, metrics flushed.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -35,9 +39,11 @@ pub mod error;
 mod health;
 mod metrics;
 mod pool;
+mod random;
 mod retry;
 mod runtime;
 mod shutdown;
+mod snapstart;
 mod statement;
 mod stats;
 mod transaction;

@@ -76,6 +76,14 @@ impl Emf {
         }
     }
 
+    /// Starts the next record from `now`, dropping what happened before
+    /// (the publish-time INIT of a SnapStart snapshot). The next record
+    /// still counts as the environment's cold start.
+    pub(crate) fn rebase(&self, counters: &Counters, now: Stats) {
+        drop(counters.take_pending());
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).reported = now;
+    }
+
     /// Writes the record for everything since the previous one to stdout.
     pub(crate) fn flush(&self, counters: &Counters, now: Stats, invocation: Option<Invocation<'_>>) {
         let Some(record) = self.record(counters, now, invocation) else { return };

@@ -84,7 +84,7 @@ impl WarmPool {
             pool,
             tasks,
             built: started,
-            expires_after: AtomicU64::new(jittered(config.max_age).as_nanos() as u64),
+            expires_after: AtomicU64::new(config.max_age.as_nanos() as u64),
         };
         match opened {
             Ok(conns) => drop(conns),
@@ -121,6 +121,11 @@ impl WarmPool {
         self.age(now).as_nanos() as u64 >= self.expires_after.load(Ordering::Relaxed)
     }
 
+    /// Sets the age at which the pool is due for a refresh.
+    pub(crate) fn set_lifetime(&self, lifetime: Duration) {
+        self.expires_after.store(lifetime.as_nanos() as u64, Ordering::Relaxed);
+    }
+
     /// Moves the refresh `by` later, after a refresh that could not build a
     /// replacement.
     pub(crate) fn postpone_expiry(&self, now: Instant, by: Duration) {
@@ -147,12 +152,6 @@ impl WarmPool {
             );
         }
     }
-}
-
-/// Up to 10 % less than `max_age`, so environments started together spread
-/// their refreshes out instead of reconnecting at once.
-fn jittered(max_age: Duration) -> Duration {
-    max_age.mul_f64(1.0 - 0.1 * fastrand::f64())
 }
 
 pub(crate) fn millis(d: Duration) -> f64 {

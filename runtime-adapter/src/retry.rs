@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::pool::millis;
+use crate::random::Entropy;
 use crate::stats::{bump, Counters};
 
 /// No single pause is longer than this, however many attempts are allowed.
@@ -26,11 +27,18 @@ pub(crate) struct Retrier {
     until: Option<Instant>,
     made: u32,
     counters: Arc<Counters>,
+    entropy: Arc<Entropy>,
 }
 
 impl Retrier {
-    pub(crate) fn new(attempts: u32, base_delay: Duration, until: Option<Instant>, counters: Arc<Counters>) -> Self {
-        Self { attempts, base_delay, until, made: 0, counters }
+    pub(crate) fn new(
+        attempts: u32,
+        base_delay: Duration,
+        until: Option<Instant>,
+        counters: Arc<Counters>,
+        entropy: Arc<Entropy>,
+    ) -> Self {
+        Self { attempts, base_delay, until, made: 0, counters, entropy }
     }
 
     /// Records a failed attempt. If another is allowed and its pause ends
@@ -39,7 +47,7 @@ impl Retrier {
     /// `error`.
     pub(crate) async fn backoff(&mut self, error: Error, what: &'static str) -> Result<(), Error> {
         self.made += 1;
-        let delay = full_jitter(self.base_delay, self.made);
+        let delay = full_jitter(self.base_delay, self.made, self.entropy.fraction());
         let out_of_time = self.until.is_some_and(|until| Instant::now() + delay >= until);
         if self.made >= self.attempts || out_of_time {
             tracing::warn!(%error, attempts = self.made, out_of_time, kind = ?error.kind(), what, "giving up");
@@ -59,16 +67,17 @@ impl Retrier {
     }
 }
 
-/// A pause drawn uniformly from zero to `base × 2^(attempt-1)`, capped.
-/// Full jitter spreads the retries of environments that failed together.
-pub(crate) fn full_jitter(base: Duration, attempt: u32) -> Duration {
+/// A pause at `fraction` (a uniform draw from `[0, 1)`) of the way from zero
+/// to `base × 2^(attempt-1)`, capped. Full jitter spreads the retries of
+/// environments that failed together.
+pub(crate) fn full_jitter(base: Duration, attempt: u32, fraction: f64) -> Duration {
     let ceiling = base.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(MAX_DELAY);
-    ceiling.mul_f64(fastrand::f64())
+    ceiling.mul_f64(fraction)
 }
 
-/// A pause drawn uniformly from `range`.
-pub(crate) fn jitter_between(low: Duration, high: Duration) -> Duration {
-    low + (high.saturating_sub(low)).mul_f64(fastrand::f64())
+/// A pause at `fraction` of the way from `low` to `high`.
+pub(crate) fn jitter_between(low: Duration, high: Duration, fraction: f64) -> Duration {
+    low + (high.saturating_sub(low)).mul_f64(fraction)
 }
 
 /// Runs `future`, but no later than `until`.
@@ -97,8 +106,9 @@ mod tests {
         let base = Duration::from_millis(200);
         for attempt in 1..=8 {
             let ceiling = (base * 2u32.pow(attempt - 1)).min(MAX_DELAY);
+            let entropy = Entropy::default();
             for _ in 0..200 {
-                assert!(full_jitter(base, attempt) <= ceiling);
+                assert!(full_jitter(base, attempt, entropy.fraction()) <= ceiling);
             }
         }
     }
@@ -106,8 +116,9 @@ mod tests {
     #[test]
     fn jitter_between_stays_in_range() {
         let (low, high) = (Duration::from_secs(2), Duration::from_secs(5));
+        let entropy = Entropy::default();
         for _ in 0..200 {
-            let d = jitter_between(low, high);
+            let d = jitter_between(low, high, entropy.fraction());
             assert!(d >= low && d <= high, "{d:?}");
         }
     }
@@ -115,7 +126,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn no_pause_runs_past_the_deadline() {
         let until = Instant::now() + Duration::from_millis(300);
-        let mut retrier = Retrier::new(100, Duration::from_millis(200), Some(until), Arc::default());
+        let mut retrier = Retrier::new(100, Duration::from_millis(200), Some(until), Arc::default(), Arc::default());
         let mut last = Ok(());
         while last.is_ok() {
             last = retrier.backoff(Error::PoolClosed, "test").await;
@@ -129,7 +140,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn attempts_are_bounded() {
-        let mut retrier = Retrier::new(3, Duration::from_millis(1), None, Arc::default());
+        let mut retrier = Retrier::new(3, Duration::from_millis(1), None, Arc::default(), Arc::default());
         assert!(retrier.backoff(Error::PoolClosed, "test").await.is_ok());
         assert!(retrier.backoff(Error::PoolClosed, "test").await.is_ok());
         match retrier.backoff(Error::PoolClosed, "test").await {

@@ -3,6 +3,7 @@
 
 use std::fmt::Debug;
 use std::future::Future;
+use std::sync::Arc;
 
 use futures_util::Stream;
 use lambda_runtime::{Diagnostic, IntoFunctionResponse, LambdaEvent};
@@ -15,13 +16,17 @@ use crate::db::Db;
 use crate::error::Error;
 use crate::metrics::Invocation;
 use crate::shutdown;
+use crate::snapstart::SnapStart;
 
 impl Builder {
     /// Initializes the adapter ([`Builder::init`]) during Lambda's INIT phase,
     /// then runs the Lambda loop with `handler`, which receives a warmed
     /// [`Db`] with each event.
     ///
-    /// Uses `lambda_runtime::run_concurrent`: with `AWS_LAMBDA_MAX_CONCURRENCY`
+    /// Under SnapStart the pool is closed before the snapshot and re-warmed
+    /// after each restore (see the `snapstart` module).
+    ///
+    /// Runs `lambda_runtime`'s concurrent loop: with `AWS_LAMBDA_MAX_CONCURRENCY`
     /// above 1 (Lambda Managed Instances) that many invocations run at once
     /// and share the pool; otherwise one at a time.
     ///
@@ -52,6 +57,7 @@ impl Builder {
             }
         };
         shutdown::install(adapter.clone()).await;
+        let snap_start = Arc::new(SnapStart(adapter.clone()));
         let service = lambda_runtime::service_fn(move |event: LambdaEvent<A>| {
             let adapter = adapter.clone();
             let handler = handler.clone();
@@ -72,7 +78,12 @@ impl Builder {
                 result
             }
         });
-        lambda_runtime::run_concurrent(service).await
+        let runtime = lambda_runtime::Runtime::new(service)
+            .layer(lambda_runtime::layers::TracingLayer::new())
+            .register_snapstart_resource(snap_start);
+        // Boxed: the runtime's future type is deep enough to overflow the
+        // compiler's query depth in the caller's `main`.
+        Box::pin(runtime.run_concurrent()).await
     }
 }
 

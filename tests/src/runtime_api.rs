@@ -9,7 +9,7 @@
 //! | `POST /2018-06-01/runtime/invocation/{id}/response` | completes it with [`Outcome::Response`] (202) |
 //! | `POST /2018-06-01/runtime/invocation/{id}/error` | completes it with [`Outcome::Error`] (202) |
 //! | `POST /2018-06-01/runtime/init/error` | records an [`InitError`] (202) |
-//! | `GET /2018-06-01/runtime/restore/next` | answers 200 at once (SnapStart restore) |
+//! | `GET /2018-06-01/runtime/restore/next` | waits until the test restores the snapshot ([`RuntimeApi::restore`]), then 200 |
 //! | `POST /2018-06-01/runtime/restore/error` | records an [`InitError`] in a separate list (202) |
 //! | `POST /2020-01-01/extension/register` | registers an extension (200, `Lambda-Extension-Identifier`) |
 //! | `GET /2020-01-01/extension/event/next` | waits for ever: this emulation sends no lifecycle events |
@@ -284,6 +284,8 @@ struct State {
     counters: watch::Sender<Counters>,
     init_errors: Mutex<Vec<InitError>>,
     restore_errors: Mutex<Vec<InitError>>,
+    /// Restores granted by the test; each `/restore/next` poll takes one.
+    restores: watch::Sender<usize>,
     rejected: Mutex<Vec<String>>,
 }
 
@@ -333,6 +335,7 @@ impl RuntimeApi {
             counters: watch::Sender::new(Counters::default()),
             init_errors: Mutex::new(Vec::new()),
             restore_errors: Mutex::new(Vec::new()),
+            restores: watch::Sender::new(0),
             rejected: Mutex::new(Vec::new()),
         });
         let server = tokio::spawn(serve(listener, state.clone()));
@@ -388,6 +391,19 @@ impl RuntimeApi {
     /// Extensions registered through `POST /2020-01-01/extension/register`.
     pub fn extensions_registered(&self) -> usize {
         self.state.counters.borrow().extensions_registered
+    }
+
+    /// Restores the SnapStart snapshot: the oldest waiting (or next)
+    /// `GET /restore/next` answers.
+    pub fn restore(&self) {
+        self.state.restores.send_modify(|granted| *granted += 1);
+    }
+
+    /// Waits until `n` `GET /restore/next` polls arrived (the function is at
+    /// its snapshot point); false on timeout.
+    pub async fn wait_restore_polls(&self, n: usize, timeout: Duration) -> bool {
+        let mut counters = self.state.counters.subscribe();
+        tokio::time::timeout(timeout, counters.wait_for(|c| c.restore_polls >= n)).await.is_ok_and(|r| r.is_ok())
     }
 
     /// Number of `GET /restore/next` requests (SnapStart) so far.
@@ -486,7 +502,14 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<HttpRespons
     let response = match (&method, route) {
         (&Method::GET, "/invocation/next") => next_invocation(&state).await,
         (&Method::GET, "/restore/next") => {
-            state.counters.send_modify(|c| c.restore_polls += 1);
+            let mut poll = 0;
+            state.counters.send_modify(|c| {
+                c.restore_polls += 1;
+                poll = c.restore_polls;
+            });
+            // The snapshot is taken while this waits; the test restores it.
+            let mut restores = state.restores.subscribe();
+            let _ = restores.wait_for(|granted| *granted >= poll).await;
             empty(StatusCode::OK)
         }
         (&Method::POST, "/init/error") => {
