@@ -80,12 +80,8 @@ impl WarmPool {
             .map_err(|e| Error::Internal(format!("building the pool: {e}")))?;
 
         let opened = try_join_all((0..config.pool_size).map(|_| checkout(&pool))).await;
-        let warm = Self {
-            pool,
-            tasks,
-            built: started,
-            expires_after: AtomicU64::new(config.max_age.as_nanos() as u64),
-        };
+        let warm =
+            Self { pool, tasks, built: started, expires_after: AtomicU64::new(config.max_age.as_nanos() as u64) };
         match opened {
             Ok(conns) => drop(conns),
             Err(e) => {

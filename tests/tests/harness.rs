@@ -423,7 +423,8 @@ async fn runtime_api_invoke_timeout_explains_what_happened() {
 async fn runtime_api_restore_next_waits_for_the_restore() {
     let api = RuntimeApi::start().await;
     let addr = api.addr();
-    let poll = tokio::spawn(async move { request(&addr, Method::GET, "/2018-06-01/runtime/restore/next", &[], "").await });
+    let poll =
+        tokio::spawn(async move { request(&addr, Method::GET, "/2018-06-01/runtime/restore/next", &[], "").await });
     assert!(api.wait_restore_polls(1, Duration::from_secs(5)).await);
     assert!(!poll.is_finished(), "blocks until restored");
     api.restore();

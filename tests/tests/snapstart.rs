@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use integration_tests::orders::{get_order, orders_function, post_valid_order, status, FUNCTION_NAME, MIGRATION, STARTUP};
+use integration_tests::orders::{
+    get_order, orders_function, post_valid_order, status, FUNCTION_NAME, MIGRATION, STARTUP,
+};
 use integration_tests::server_log::Log;
 use integration_tests::{Function, Postgres, RuntimeApi};
 use tokio::time::Instant;
@@ -81,8 +83,7 @@ async fn the_pool_is_closed_before_the_snapshot_and_rewarmed_before_the_first_in
 #[tokio::test]
 async fn a_database_unreachable_at_restore_defers_the_warmup_to_the_first_invocation() {
     let pg = postgres().await;
-    let (api, function) =
-        at_snapshot(&pg, &[("DB_WARMUP_ATTEMPTS", "2"), ("DB_WARMUP_RETRY_DELAY_MS", "100")]).await;
+    let (api, function) = at_snapshot(&pg, &[("DB_WARMUP_ATTEMPTS", "2"), ("DB_WARMUP_RETRY_DELAY_MS", "100")]).await;
     pg.stop().await;
     api.restore();
     assert!(api.wait_next_polls(1, STARTUP).await, "no crash: the runtime polls: {}", function.output());
