@@ -20,6 +20,13 @@ pub struct Config {
     /// Where and how to connect; parsed from `DATABASE_URL`. Its `Debug`
     /// redacts the password.
     pub pg: tokio_postgres::Config,
+    /// Where the password comes from: `DATABASE_URL`, a Secrets Manager
+    /// secret (`DB_SECRET_ARN`) or RDS IAM tokens (`DB_IAM_AUTH`); resolved
+    /// at every pool build. Its `Debug` shows no secret.
+    pub credentials: crate::credentials::Credentials,
+    /// `sslmode` (in `DATABASE_URL`, or `DB_SSLMODE`) and `DB_SSL_ROOT_CERT`,
+    /// with the rustls connector built from them; default `prefer`, as libpq.
+    pub tls: crate::tls::Tls,
     /// Connections in the pool. `DB_POOL_SIZE`; default:
     /// `AWS_LAMBDA_MAX_CONCURRENCY` when set, else 1.
     pub pool_size: usize,
@@ -102,6 +109,9 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             pg: tokio_postgres::Config::new(),
+            // The URL's password, and libpq's default sslmode (prefer).
+            credentials: crate::credentials::Credentials::default(),
+            tls: crate::tls::Tls::default(),
             // One invocation at a time needs one connection; more would only
             // take slots other environments need.
             pool_size: 1,
@@ -151,6 +161,8 @@ impl fmt::Debug for Config {
         // `tokio_postgres::Config`'s own `Debug` redacts the password.
         f.debug_struct("Config")
             .field("pg", &self.pg)
+            .field("credentials", &self.credentials)
+            .field("tls", &self.tls)
             .field("pool_size", &self.pool_size)
             .field("pool_timeout", &self.pool_timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -238,8 +250,14 @@ impl Config {
             .or(max_concurrency)
             .unwrap_or(defaults.pool_size);
 
+        let connection = crate::credentials::Connection::from_lookup(
+            &|var| env.get(var),
+            env.millis("DB_CONNECT_TIMEOUT_MS", Zero::Reject)?.unwrap_or(defaults.connect_timeout),
+        )?;
         let config = Self {
-            pg: database_url(&env)?,
+            pg: connection.pg,
+            credentials: connection.credentials,
+            tls: connection.tls,
             pool_size,
             pool_timeout: env.millis("DB_POOL_TIMEOUT_MS", Zero::Reject)?.unwrap_or(defaults.pool_timeout),
             connect_timeout: env.millis("DB_CONNECT_TIMEOUT_MS", Zero::Reject)?.unwrap_or(defaults.connect_timeout),
@@ -280,6 +298,7 @@ impl Config {
     }
 
     fn check_conflicts(&self) -> Result<(), ConfigError> {
+        self.credentials.check(&self.tls, self.max_age)?;
         if self.health_check_interval > Duration::ZERO && self.health_check_interval >= self.max_age {
             return Err(ConfigError::Conflict {
                 vars: "DB_HEALTH_CHECK_INTERVAL_MS and DB_MAX_AGE_MS",
@@ -408,30 +427,6 @@ fn namespace(env: &Lookup<'_>) -> Result<Option<String>, ConfigError> {
         Some(problem) => Err(ConfigError::Invalid { var, problem, expected }),
         None => Ok(Some(raw)),
     }
-}
-
-const URL_FORM: &str = "postgres://USER:PASSWORD@HOST:PORT/DATABASE";
-
-fn database_url(env: &Lookup<'_>) -> Result<tokio_postgres::Config, ConfigError> {
-    let var = "DATABASE_URL";
-    let raw = env.get(var).ok_or(ConfigError::Missing { var, expected: URL_FORM })?;
-    // tokio-postgres's parse errors can quote the offending part, which may be
-    // the password, so none of its text reaches the message.
-    let invalid = |problem: &str| ConfigError::Invalid { var, problem: problem.to_owned(), expected: URL_FORM };
-    if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
-        return Err(invalid("is not a postgres:// URL"));
-    }
-    let pg = tokio_postgres::Config::from_str(&raw).map_err(|_| invalid("is not a valid connection URL"))?;
-    if pg.get_hosts().is_empty() {
-        return Err(invalid("names no host"));
-    }
-    if pg.get_user().is_none_or(str::is_empty) {
-        return Err(invalid("names no user"));
-    }
-    if pg.get_dbname().is_none_or(str::is_empty) {
-        return Err(invalid("names no database"));
-    }
-    Ok(pg)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
 use crate::adapter::Adapter;
 use crate::config::PoolerMode;
@@ -334,7 +334,11 @@ pub(crate) async fn execute(
 /// on after the function gave up on it.
 pub(crate) async fn cancel(conn: &Conn) {
     let token = conn.cancel_token();
-    match tokio::time::timeout(CANCEL_TIMEOUT, token.cancel_query(NoTls)).await {
+    // Boxed: the TLS handshake's future type is deep enough to overflow the
+    // compiler's query depth in handlers that await a statement.
+    let request: futures_util::future::BoxFuture<'_, Result<(), tokio_postgres::Error>> =
+        Box::pin(token.cancel_query(crate::pool::cancel_tls(conn)));
+    match tokio::time::timeout(CANCEL_TIMEOUT, request).await {
         Ok(Ok(())) => tracing::warn!("statement still running at the deadline; cancelled it on the server"),
         Ok(Err(error)) => tracing::warn!(%error, "could not cancel the statement running at the deadline"),
         Err(_) => tracing::warn!("cancelling the statement running at the deadline timed out"),

@@ -143,6 +143,31 @@ pub enum Error {
         /// The timeout.
         after: Duration,
     },
+    /// The database credentials could not be obtained: the Secrets Manager
+    /// secret could not be read or has the wrong shape, or no AWS
+    /// credentials or region were at hand to sign an RDS IAM token.
+    #[error("{what} failed: {problem}")]
+    Credentials {
+        /// The step: "reading the Secrets Manager secret named by DB_SECRET_ARN", …
+        what: &'static str,
+        /// What went wrong, from AWS's error code and message; never a secret.
+        problem: String,
+        /// Whether another attempt may succeed (network, throttling, AWS's
+        /// own failures), as opposed to a missing secret or denied access.
+        transient: bool,
+    },
+    /// The server's TLS certificate failed a check that `sslmode` asked for.
+    #[error("TLS verification of the database server failed (sslmode={mode}): {check}")]
+    Tls {
+        /// Which check failed.
+        check: crate::tls::TlsCheck,
+        /// The `sslmode` in force (after libpq's rule for `require` with
+        /// `DB_SSL_ROOT_CERT`).
+        mode: crate::tls::SslMode,
+        /// The handshake's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
     /// `query_one` or `query_opt` got a number of rows it cannot return.
     #[error("expected {expected} row(s), got {got}")]
     RowCount {
@@ -169,6 +194,8 @@ impl Error {
             Error::Unavailable { source, .. } => source.kind(),
             Error::ConnectionLimit { .. } => ErrorKind::TooManyConnections,
             Error::DeadlineExceeded { .. } => ErrorKind::Permanent,
+            Error::Credentials { transient: true, .. } => ErrorKind::Transient,
+            Error::Credentials { .. } | Error::Tls { .. } => ErrorKind::Permanent,
         }
     }
 
@@ -204,6 +231,8 @@ impl Error {
             Error::CommitOutcomeUnknown { .. } => "RuntimeAdapter.CommitOutcomeUnknown",
             Error::DeadlineExceeded { .. } => "RuntimeAdapter.DeadlineExceeded",
             Error::RowCount { .. } => "RuntimeAdapter.RowCount",
+            Error::Credentials { .. } => "RuntimeAdapter.CredentialsUnavailable",
+            Error::Tls { .. } => "RuntimeAdapter.TlsVerificationFailed",
             Error::Parameters { .. } => "RuntimeAdapter.Parameters",
             Error::StatementTimeout { .. } => "RuntimeAdapter.StatementTimeout",
             Error::Db(_) => "RuntimeAdapter.DatabaseError",

@@ -5,6 +5,9 @@
 //! - [`config`]: the settings, read once from the environment at INIT.
 //! - [`error`]: the one error type and its classification by SQLSTATE and
 //!   connection state.
+//! - [`credentials`]: where the address and credentials come from (URL,
+//!   Secrets Manager, RDS IAM tokens), resolved at every pool build.
+//! - [`tls`]: libpq's `sslmode` on rustls, trust roots, certificate checks.
 //! - `adapter`: [`Adapter`] and its [`Builder`]; the gate every invocation
 //!   passes (warmup, max-age refresh, health check), single-flight.
 //! - `pool`: one generation of the deadpool pool; every connection it opens
@@ -33,6 +36,7 @@
 
 mod adapter;
 pub mod config;
+pub mod credentials;
 mod db;
 mod deadline;
 pub mod error;
@@ -46,6 +50,7 @@ mod shutdown;
 mod snapstart;
 mod statement;
 mod stats;
+pub mod tls;
 mod transaction;
 mod warmup;
 

@@ -17,10 +17,10 @@ use deadpool::managed::{self, Metrics, PoolError, RecycleError, RecycleResult, T
 use deadpool_postgres::{ClientWrapper, Connect, ManagerConfig, RecyclingMethod};
 use futures_util::future::{try_join_all, BoxFuture};
 use tokio::task::JoinHandle;
-use tokio_postgres::NoTls;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::credentials::{self, Session};
 use crate::error::{Error, Phase};
 use crate::health::Liveness;
 use crate::statement::Statements;
@@ -57,11 +57,16 @@ impl WarmPool {
         liveness: &Arc<Liveness>,
     ) -> Result<Self, Error> {
         let started = Instant::now();
+        // Once per build: a rotated secret is picked up by the next refresh.
+        let session = Box::pin(config.credentials.resolve(&config.pg)).await?;
         let tasks = TaskTracker::new();
+        let connect = TrackedConnect { tasks: tasks.clone(), tls: config.tls.clone() };
         let manager = WarmingManager {
+            session,
+            connect: connect.clone(),
             inner: deadpool_postgres::Manager::from_connect(
                 config.pg.clone(),
-                TrackedConnect { tasks: tasks.clone() },
+                connect,
                 // `Fast` only looks at whether the connection is closed: no
                 // round trip per checkout. Health is the adapter's business.
                 ManagerConfig { recycling_method: RecyclingMethod::Fast },
@@ -169,6 +174,10 @@ async fn checkout(pool: &Pool) -> Result<Conn, Error> {
 
 /// deadpool-postgres's manager, plus both warmup phases on each new connection.
 pub(crate) struct WarmingManager {
+    /// The credentials of this generation.
+    session: Arc<Session>,
+    /// Opens connections; `inner` only recycles them.
+    connect: TrackedConnect,
     inner: deadpool_postgres::Manager,
     statements: Statements,
     phase_timeout: Duration,
@@ -185,12 +194,12 @@ impl managed::Manager for WarmingManager {
     async fn create(&self) -> Result<ClientWrapper, Error> {
         bump(&self.counters.connect_attempts);
         let started = Instant::now();
-        let client = match self.inner.create().await {
+        // Boxed: the TLS and AWS futures inside are deep types.
+        let client = match Box::pin(self.open()).await {
             Ok(client) => client,
-            Err(source) => {
+            Err(error) => {
                 bump(&self.counters.connect_failures);
                 self.counters.failed_now();
-                let error = Error::Warmup { phase: Phase::Connect, statement: None, source };
                 tracing::warn!(error = %error, kind = ?error.kind(), "connect failed");
                 return Err(error);
             }
@@ -232,16 +241,64 @@ impl managed::Manager for WarmingManager {
     }
 }
 
-/// Opens connections for deadpool-postgres and drives each in a task of the
-/// pool's [`TaskTracker`].
+impl WarmingManager {
+    /// Opens one connection with this generation's credentials (a fresh IAM
+    /// token each time). If it fails to authenticate (28P01, 28000), the
+    /// credentials are resolved once more and the connection tried again:
+    /// the secret may have been rotated since the pool was built.
+    async fn open(&self) -> Result<ClientWrapper, Error> {
+        let pg = self.session.connection_config().await?;
+        let error = match self.connect.open(&pg).await {
+            Ok((client, task)) => return Ok(ClientWrapper::new(client, task)),
+            Err(error) => error,
+        };
+        if !credentials::is_auth_failure(&error) || !self.session.renew().await {
+            return Err(self.connect_error(error));
+        }
+        bump(&self.counters.connect_attempts);
+        let pg = self.session.connection_config().await?;
+        match self.connect.open(&pg).await {
+            Ok((client, task)) => Ok(ClientWrapper::new(client, task)),
+            Err(error) => Err(self.connect_error(error)),
+        }
+    }
+
+    /// A failed connect, with a certificate check that failed named.
+    fn connect_error(&self, source: tokio_postgres::Error) -> Error {
+        match crate::tls::failed_check(&source) {
+            Some(check) => Error::Tls { check, mode: self.connect.tls.effective_mode(), source },
+            None => Error::Warmup { phase: Phase::Connect, statement: None, source },
+        }
+    }
+}
+
+/// Opens connections, with the configured TLS, and drives each in a task of
+/// the pool's [`TaskTracker`].
 ///
 /// deadpool-postgres aborts the task whose handle it is given when it drops a
 /// client, which would cut the socket before tokio-postgres writes Terminate.
 /// So it gets the handle of an already finished task, and the connection's
 /// own task runs until tokio-postgres, seeing its client dropped, has sent
 /// Terminate and closed the socket.
+#[derive(Clone)]
 struct TrackedConnect {
     tasks: TaskTracker,
+    tls: crate::tls::Tls,
+}
+
+impl TrackedConnect {
+    async fn open(
+        &self,
+        pg: &tokio_postgres::Config,
+    ) -> Result<(tokio_postgres::Client, JoinHandle<()>), tokio_postgres::Error> {
+        let (client, connection) = pg.connect(self.tls.connector()).await?;
+        self.tasks.spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+        Ok((client, tokio::spawn(std::future::ready(()))))
+    }
 }
 
 impl Connect for TrackedConnect {
@@ -249,15 +306,19 @@ impl Connect for TrackedConnect {
         &self,
         pg: &tokio_postgres::Config,
     ) -> BoxFuture<'_, Result<(tokio_postgres::Client, JoinHandle<()>), tokio_postgres::Error>> {
+        // Unused: `WarmingManager::create` opens connections through `open`
+        // with the resolved credentials; deadpool's manager only recycles.
         let pg = pg.clone();
-        Box::pin(async move {
-            let (client, connection) = pg.connect(NoTls).await?;
-            self.tasks.spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "connection ended with an error");
-                }
-            });
-            Ok((client, tokio::spawn(std::future::ready(()))))
-        })
+        Box::pin(async move { self.open(&pg).await })
+    }
+}
+
+/// The TLS connector `conn` was opened with, for its cancel request, which
+/// opens a connection of its own. Should the pool be gone already, the
+/// request is still encrypted when the connection's `sslmode` asks for it.
+pub(crate) fn cancel_tls(conn: &Conn) -> tokio_postgres_rustls::MakeRustlsConnect {
+    match managed::Object::pool(conn) {
+        Some(pool) => pool.manager().connect.tls.connector(),
+        None => crate::tls::Tls::default().connector(),
     }
 }
