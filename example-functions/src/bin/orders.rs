@@ -12,8 +12,9 @@ use aws_lambda_events::encodings::Body;
 use aws_lambda_events::http::{HeaderValue, Method};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
+use example_functions::order::NewOrder;
 use runtime_adapter::{Adapter, Db, LambdaEvent, Row};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 
 /// Declared to the adapter: prepared on every connection at INIT, so a
@@ -48,15 +49,6 @@ impl Order {
     }
 }
 
-/// The body of `POST /orders`. `quantity` is read wide so that an
-/// out-of-range number gets a 400 that says so, not a parse error.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewOrder {
-    item: String,
-    quantity: i64,
-}
-
 async fn handle(
     db: Db,
     event: LambdaEvent<ApiGatewayV2httpRequest>,
@@ -82,6 +74,7 @@ async fn create(db: &Db, request: &ApiGatewayV2httpRequest) -> Result<ApiGateway
         Ok(new) => new,
         Err(message) => return Ok(error(400, &message)),
     };
+    // Not retried once sent: a second attempt could insert the order twice.
     let row = db.query_one(INSERT_ORDER, &[&new.item, &new.quantity]).await?;
     Ok(respond(201, &Order::from_row(&row)?))
 }
@@ -97,27 +90,16 @@ async fn get(db: &Db, id: &str) -> Result<ApiGatewayV2httpResponse, lambda_runti
     }
 }
 
-struct ValidOrder {
-    item: String,
-    quantity: i32,
-}
-
-fn parse_new_order(request: &ApiGatewayV2httpRequest) -> Result<ValidOrder, String> {
+/// The order in the request's body (base64-decoded if API Gateway encoded
+/// it), validated; the error message is fit for the client.
+fn parse_new_order(request: &ApiGatewayV2httpRequest) -> Result<NewOrder, String> {
     let body = request.body.as_deref().ok_or("the body is missing")?;
     let bytes = if request.is_base64_encoded {
         base64::engine::general_purpose::STANDARD.decode(body).map_err(|_| "the body is not valid base64")?
     } else {
         body.as_bytes().to_vec()
     };
-    let new: NewOrder = serde_json::from_slice(&bytes).map_err(|e| format!("the body is not a valid order: {e}"))?;
-    if new.item.trim().is_empty() {
-        return Err("item must not be empty".to_owned());
-    }
-    let quantity = i32::try_from(new.quantity)
-        .ok()
-        .filter(|q| *q > 0)
-        .ok_or_else(|| format!("quantity must be between 1 and {}", i32::MAX))?;
-    Ok(ValidOrder { item: new.item, quantity })
+    NewOrder::parse(&bytes).map_err(|e| e.to_string())
 }
 
 fn respond(status: i64, body: &impl Serialize) -> ApiGatewayV2httpResponse {
