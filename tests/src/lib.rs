@@ -17,14 +17,20 @@
 //! - [`migrations`]: every migration of the examples, applied in order.
 //! - [`worker`]: fixtures for the `orders-worker` example (SQS events, environment).
 //! - [`cargo_lambda`]: `cargo lambda watch` as a child process, and `cargo lambda invoke`.
+//! - [`certs`]: a test CA and server certificates made with rcgen, and a PostgreSQL with
+//!   `ssl=on` serving them.
+//! - [`moto`]: moto's server (Secrets Manager) as a child process, and the environment
+//!   that points the adapter at it; botocore's RDS IAM token for comparison.
 //!
 //! Everything is safe to use from parallel tests: each value owns its own temp dir, port
 //! and processes, and nothing mutates the process environment.
 
 pub mod cargo_lambda;
+pub mod certs;
 pub mod function;
 pub mod inproc;
 pub mod migrations;
+pub mod moto;
 pub mod orders;
 pub mod pgbouncer;
 pub mod postgres;

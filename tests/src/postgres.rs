@@ -719,3 +719,26 @@ fn pg_bin_dir() -> PathBuf {
         ),
     }
 }
+
+/// A new temp directory holding `files` (name, contents), each readable only
+/// by the OS user the server runs as (mode 0600): for settings that name a
+/// file the server reads, such as `ssl_cert_file` and `ssl_key_file`. Keep it
+/// as long as the server runs.
+pub fn files_for_server(files: &[(&str, &str)]) -> TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::Builder::new().prefix("pg-files-").tempdir().expect("create temp dir for server files");
+    let owner = run_as();
+    for (name, contents) in files {
+        let path = dir.path().join(name);
+        fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod 0600");
+        if let Some(user) = owner {
+            std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid)).expect("chown server file to postgres");
+        }
+    }
+    if let Some(user) = owner {
+        std::os::unix::fs::chown(dir.path(), Some(user.uid), Some(user.gid))
+            .expect("chown server files dir to postgres");
+    }
+    dir
+}

@@ -1,0 +1,141 @@
+//! TLS with rustls and libpq's sslmode meanings, against a throwaway
+//! PostgreSQL with `ssl=on` and a CA made at test time.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use integration_tests::certs::{tls_postgres, TestCa};
+use integration_tests::inproc::context;
+use integration_tests::orders::{get_order, orders_function, status, FUNCTION_NAME, MIGRATION};
+use integration_tests::{Postgres, RuntimeApi, APP_DATABASE, APP_PASSWORD, APP_USER};
+use runtime_adapter::tls::{SslMode, TlsCheck};
+use runtime_adapter::{Adapter, Config, Error, ErrorKind};
+
+const INVOCATION: Duration = Duration::from_secs(20);
+
+fn url(host: &str, pg: &Postgres, sslmode: &str) -> String {
+    format!("postgres://{APP_USER}:{APP_PASSWORD}@{host}:{}/{APP_DATABASE}?sslmode={sslmode}", pg.port())
+}
+
+async fn init(url: &str, root_cert: Option<&std::path::Path>) -> Result<Adapter, Error> {
+    let mut vars = HashMap::from([("DATABASE_URL".to_owned(), url.to_owned())]);
+    if let Some(root) = root_cert {
+        vars.insert("DB_SSL_ROOT_CERT".to_owned(), root.display().to_string());
+    }
+    // One attempt: a refused certificate must fail at once, not be retried.
+    vars.insert("DB_WARMUP_ATTEMPTS".to_owned(), "1".to_owned());
+    let config = Config::from_lookup(|name| vars.get(name).cloned()).expect("valid test configuration");
+    Adapter::builder().config(config).init().await
+}
+
+/// Whether the adapter's session is encrypted, as the server sees it.
+async fn encrypted(adapter: &Adapter) -> bool {
+    let db = adapter.db(&context(INVOCATION)).await.expect("a connection");
+    db.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.expect("pg_stat_ssl").get(0)
+}
+
+fn tls_failure(error: &Error) -> (TlsCheck, SslMode) {
+    match error {
+        Error::Tls { check, mode, .. } => (*check, *mode),
+        other => panic!("expected a TLS verification error, got: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn verify_full_connects_with_the_ca_and_checks_the_host_name() {
+    let ca = TestCa::new("runtime-adapter test CA");
+    let (pg, _files) = tls_postgres(&ca.server_cert(&["localhost"])).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = ca.write_pem(dir.path());
+
+    let adapter = init(&url("localhost", &pg, "verify-full"), Some(&root)).await.expect("verify-full with the CA");
+    assert!(encrypted(&adapter).await, "the session is encrypted");
+    assert_eq!(adapter.config().tls.effective_mode(), SslMode::VerifyFull);
+
+    // The certificate names `localhost`, not 127.0.0.1.
+    let error = init(&url("127.0.0.1", &pg, "verify-full"), Some(&root)).await.expect_err("wrong host name");
+    assert_eq!(tls_failure(&error), (TlsCheck::HostName, SslMode::VerifyFull));
+    assert_eq!(error.kind(), ErrorKind::Permanent);
+    assert_eq!(error.error_type(), "RuntimeAdapter.TlsVerificationFailed");
+    let message = error.to_string();
+    assert!(message.contains("sslmode=verify-full"), "{message}");
+    assert!(message.contains("the host name check failed"), "{message}");
+
+    // verify-ca checks the CA only, so the other name is fine.
+    let adapter = init(&url("127.0.0.1", &pg, "verify-ca"), Some(&root)).await.expect("verify-ca");
+    assert!(encrypted(&adapter).await);
+}
+
+#[tokio::test]
+async fn an_unknown_ca_is_refused_with_a_clear_error() {
+    let ca = TestCa::new("the server's CA");
+    let (pg, _files) = tls_postgres(&ca.server_cert(&["localhost"])).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let other = TestCa::new("some other CA").write_pem(dir.path());
+
+    for mode in ["verify-full", "verify-ca"] {
+        let error = init(&url("localhost", &pg, mode), Some(&other)).await.expect_err("unknown CA");
+        assert_eq!(tls_failure(&error).0, TlsCheck::CertificateAuthority, "{mode}");
+        let message = error.to_string();
+        assert!(message.contains("the CA check failed"), "{message}");
+        assert!(message.contains("DB_SSL_ROOT_CERT"), "the message says what to set: {message}");
+    }
+    // Without DB_SSL_ROOT_CERT only Mozilla's roots are trusted.
+    let error = init(&url("localhost", &pg, "verify-full"), None).await.expect_err("test CA is no public root");
+    assert_eq!(tls_failure(&error).0, TlsCheck::CertificateAuthority);
+
+    // `require` encrypts without verifying, as in libpq...
+    let adapter = init(&url("localhost", &pg, "require"), None).await.expect("require without a root certificate");
+    assert!(encrypted(&adapter).await);
+    // ...unless a root certificate is given: then it verifies the CA, as libpq does.
+    let error = init(&url("localhost", &pg, "require"), Some(&other)).await.expect_err("require + root cert");
+    assert_eq!(tls_failure(&error), (TlsCheck::CertificateAuthority, SslMode::VerifyCa));
+}
+
+#[tokio::test]
+async fn require_refuses_a_server_without_tls() {
+    let pg = Postgres::start().await;
+    let mark = pg.log_mark();
+    let error = init(&url("127.0.0.1", &pg, "require"), None).await.expect_err("no plaintext fallback");
+    assert_eq!(error.kind(), ErrorKind::Permanent, "{error}");
+    assert!(error.to_string().contains("server does not support TLS"), "{error}");
+    let log = pg.log_since(mark);
+    assert!(!log.contains("connection authorized"), "no plaintext session was opened:\n{log}");
+
+    // `prefer` falls back to plaintext; `disable` never tries TLS.
+    for mode in ["prefer", "disable"] {
+        let adapter = init(&url("127.0.0.1", &pg, mode), None).await.expect(mode);
+        assert!(!encrypted(&adapter).await, "{mode}");
+    }
+}
+
+#[tokio::test]
+async fn prefer_encrypts_when_the_server_offers_tls() {
+    let ca = TestCa::new("prefer CA");
+    let (pg, _files) = tls_postgres(&ca.server_cert(&["localhost"])).await;
+    let adapter = init(&url("127.0.0.1", &pg, "prefer"), None).await.expect("prefer");
+    assert!(encrypted(&adapter).await, "prefer uses TLS when offered");
+}
+
+#[tokio::test]
+async fn the_orders_function_runs_over_verified_tls() {
+    let ca = TestCa::new("orders CA");
+    let (pg, _files) = tls_postgres(&ca.server_cert(&["localhost"])).await;
+    pg.apply_sql_as_app(MIGRATION).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = ca.write_pem(dir.path()).display().to_string();
+    let api = RuntimeApi::start_for(FUNCTION_NAME).await;
+    let url = url("localhost", &pg, "verify-full");
+    let mut function =
+        orders_function(&pg, &[("DATABASE_URL", url.as_str()), ("DB_SSL_ROOT_CERT", root.as_str())]).spawn(&api);
+    let found = api.invoke(get_order("1")).await;
+    assert_eq!(status(found.response()), 404, "output:\n{}", function.output());
+    let ssl: Vec<bool> = pg
+        .query(&format!("SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = '{FUNCTION_NAME}'"))
+        .await
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(!ssl.is_empty() && ssl.iter().all(|s| *s), "the function's sessions are encrypted: {ssl:?}");
+    function.kill();
+}
