@@ -147,7 +147,8 @@ impl Connection {
         let mode = match url_mode {
             Some(raw) => SslMode::parse(&raw).ok_or_else(|| ConfigError::Invalid {
                 var: "DATABASE_URL",
-                problem: format!("has sslmode={raw}, which is not one of libpq's modes"),
+                // Never quoted: a URL's parts may hold the password.
+                problem: "has an sslmode that is not one of libpq's modes".to_owned(),
                 expected: SSLMODE_FORM,
             })?,
             None => SslMode::Prefer,
@@ -696,7 +697,10 @@ mod tests {
         assert_eq!(connection(&[("DATABASE_URL", "postgres://u:p@h/d")]).expect("url").tls.mode(), SslMode::Prefer);
 
         let cases = [
-            (vec![("DATABASE_URL", "postgres://u:p@h/d?sslmode=allow")], "DATABASE_URL has sslmode=allow"),
+            (
+                vec![("DATABASE_URL", "postgres://u:p@h/d?sslmode=allow")],
+                "DATABASE_URL has an sslmode that is not one of libpq's modes",
+            ),
             (vec![("DATABASE_URL", "postgres://u:p@h/d"), ("DB_HOST", "x")], "DB_HOST is set as well as DATABASE_URL"),
             (vec![("DB_HOST", "h"), ("DB_NAME", "d")], "DB_USER is not set"),
             (vec![("DB_HOST", "h"), ("DB_PORT", "0"), ("DB_NAME", "d"), ("DB_USER", "u")], "DB_PORT is not a port"),
