@@ -100,6 +100,19 @@ pub async fn postgres() -> Postgres {
     Postgres::builder().setting("log_min_duration_statement", "0").start().await
 }
 
+/// As [`postgres`], also logging clients that leave without the Terminate
+/// message (at `debug1` the server logs "unexpected EOF on client
+/// connection"), with the `orders` schema applied.
+pub async fn postgres_watching_closes() -> Postgres {
+    let pg = Postgres::builder()
+        .setting("log_min_duration_statement", "0")
+        .setting("log_min_messages", "debug1")
+        .start()
+        .await;
+    pg.apply_sql_as_app(MIGRATION).await;
+    pg
+}
+
 /// The `orders` binary configured for `pg`, with `env` on top.
 #[must_use]
 pub fn orders_function(pg: &Postgres, env: &[(&str, &str)]) -> FunctionBuilder {

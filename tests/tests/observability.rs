@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
-use integration_tests::orders::{get_order, post_valid_order, status, OrdersEnv, FUNCTION_NAME, MIGRATION};
+use integration_tests::orders::{
+    get_order, post_valid_order, postgres_watching_closes, status, OrdersEnv, FUNCTION_NAME,
+};
 use integration_tests::server_log::Log;
-use integration_tests::Postgres;
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -164,13 +165,7 @@ async fn a_slow_statement_is_logged_with_its_sql_and_without_its_parameters() {
 
 #[tokio::test]
 async fn sigterm_closes_every_connection_with_terminate_within_500_ms() {
-    // debug1 makes the server log a client that left without Terminate.
-    let pg = Postgres::builder()
-        .setting("log_min_duration_statement", "0")
-        .setting("log_min_messages", "debug1")
-        .start()
-        .await;
-    pg.apply_sql_as_app(MIGRATION).await;
+    let pg = postgres_watching_closes().await;
     let mut env = OrdersEnv::start_with(pg, &[("AWS_LAMBDA_MAX_CONCURRENCY", "4")]).await;
     assert_eq!(env.api.extensions_registered(), 1, "the shutdown extension registered during INIT");
     assert_eq!(status(env.api.invoke(post_valid_order("tea", 1)).await.response()), 201);

@@ -3,21 +3,15 @@
 
 use std::time::Duration;
 
-use integration_tests::orders::{get_order, post_valid_order, status, OrdersEnv, FUNCTION_NAME, MIGRATION};
+use integration_tests::orders::{
+    get_order, post_valid_order, postgres_watching_closes, status, OrdersEnv, FUNCTION_NAME,
+};
 use integration_tests::server_log::Log;
-use integration_tests::Postgres;
 
 #[tokio::test]
 async fn after_max_age_a_new_warmed_connection_replaces_the_old_one_which_closes_cleanly() {
     let max_age_ms = 1500;
-    // At debug1 the server logs a client that went away without Terminate
-    // ("unexpected EOF on client connection").
-    let pg = Postgres::builder()
-        .setting("log_min_duration_statement", "0")
-        .setting("log_min_messages", "debug1")
-        .start()
-        .await;
-    pg.apply_sql_as_app(MIGRATION).await;
+    let pg = postgres_watching_closes().await;
     let env = OrdersEnv::start_with(
         pg,
         &[("DB_MAX_AGE_MS", &max_age_ms.to_string()), ("DB_HEALTH_CHECK_INTERVAL_MS", "1000")],

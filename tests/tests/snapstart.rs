@@ -5,24 +5,13 @@
 use std::time::Duration;
 
 use integration_tests::orders::{
-    get_order, orders_function, post_valid_order, status, FUNCTION_NAME, MIGRATION, STARTUP,
+    get_order, orders_function, post_valid_order, postgres_watching_closes, status, FUNCTION_NAME, STARTUP,
 };
 use integration_tests::server_log::Log;
 use integration_tests::{Function, Postgres, RuntimeApi};
 use tokio::time::Instant;
 
 const SNAP_START: (&str, &str) = ("AWS_LAMBDA_INITIALIZATION_TYPE", "snap-start");
-
-/// A server that logs clients leaving without Terminate (debug1).
-async fn postgres() -> Postgres {
-    let pg = Postgres::builder()
-        .setting("log_min_duration_statement", "0")
-        .setting("log_min_messages", "debug1")
-        .start()
-        .await;
-    pg.apply_sql_as_app(MIGRATION).await;
-    pg
-}
 
 /// Starts `orders` under SnapStart and waits until it sits at the snapshot
 /// point (`/restore/next`).
@@ -38,7 +27,7 @@ async fn at_snapshot(pg: &Postgres, env: &[(&str, &str)]) -> (RuntimeApi, Functi
 
 #[tokio::test]
 async fn the_pool_is_closed_before_the_snapshot_and_rewarmed_before_the_first_invocation() {
-    let pg = postgres().await;
+    let pg = postgres_watching_closes().await;
     let (api, function) = at_snapshot(&pg, &[("AWS_LAMBDA_MAX_CONCURRENCY", "2")]).await;
 
     // INIT warmed as usual (both phases), then closed everything cleanly.
@@ -82,7 +71,7 @@ async fn the_pool_is_closed_before_the_snapshot_and_rewarmed_before_the_first_in
 
 #[tokio::test]
 async fn a_database_unreachable_at_restore_defers_the_warmup_to_the_first_invocation() {
-    let pg = postgres().await;
+    let pg = postgres_watching_closes().await;
     let (api, function) = at_snapshot(&pg, &[("DB_WARMUP_ATTEMPTS", "2"), ("DB_WARMUP_RETRY_DELAY_MS", "100")]).await;
     pg.stop().await;
     api.restore();
@@ -96,7 +85,7 @@ async fn a_database_unreachable_at_restore_defers_the_warmup_to_the_first_invoca
 
 #[tokio::test]
 async fn a_permanent_failure_at_restore_is_reported_with_its_cause() {
-    let pg = postgres().await;
+    let pg = postgres_watching_closes().await;
     let (api, mut function) = at_snapshot(&pg, &[]).await;
     // The schema changed while the snapshot waited.
     pg.apply_sql_as_app("ALTER TABLE orders RENAME COLUMN quantity TO amount").await;
@@ -112,7 +101,7 @@ async fn a_permanent_failure_at_restore_is_reported_with_its_cause() {
 
 #[tokio::test]
 async fn without_snapstart_nothing_changes() {
-    let pg = postgres().await;
+    let pg = postgres_watching_closes().await;
     let api = RuntimeApi::start_for(FUNCTION_NAME).await;
     let function = orders_function(&pg, &[]).spawn(&api);
     assert!(api.wait_next_polls(1, STARTUP).await, "{}", function.output());
