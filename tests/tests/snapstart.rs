@@ -108,3 +108,29 @@ async fn without_snapstart_nothing_changes() {
     assert_eq!(api.restore_polls(), 0, "no restore lifecycle");
     assert_eq!(pg.connection_count(FUNCTION_NAME).await, 1, "the INIT pool stays open");
 }
+
+#[tokio::test]
+async fn a_server_restarted_during_the_snapshot_does_not_matter() {
+    let pg = postgres_watching_closes().await;
+    let (api, function) = at_snapshot(&pg, &[]).await;
+    pg.restart().await;
+    api.restore();
+    assert!(api.wait_next_polls(1, STARTUP).await, "{}", function.output());
+    let mark = pg.log_mark();
+    let created = api.invoke(post_valid_order("tea", 1)).await;
+    assert_eq!(status(created.response()), 201, "{:?}", created.outcome);
+    let first = Log::new(pg.log_since(mark)).counts();
+    assert_eq!((first.connections, first.parses), (0, 0), "warmed after restore, before the first invocation");
+}
+
+#[tokio::test]
+async fn a_missing_table_fails_the_publish_init_with_its_name() {
+    let pg = Postgres::start().await;
+    let api = RuntimeApi::start_for(FUNCTION_NAME).await;
+    let mut function = orders_function(&pg, &[SNAP_START]).spawn(&api);
+    let error = api.wait_init_error(STARTUP).await.unwrap_or_else(|| panic!("no init error: {}", function.output()));
+    let message = error.error_message().expect("a message");
+    assert!(message.contains(r#"relation "orders" does not exist"#), "{message}");
+    assert!(function.wait_exit(STARTUP).await.is_some_and(|s| !s.success()));
+    assert_eq!(api.restore_polls(), 0, "no snapshot of a failed INIT");
+}
