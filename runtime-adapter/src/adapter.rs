@@ -335,6 +335,7 @@ impl Adapter {
             let now = Instant::now();
             if !pool.is_expired(now) && !shared.liveness.check_due(now, interval) {
                 bump(&shared.counters.health_checks_skipped);
+                tracing::debug!("health check skipped: a round trip succeeded within the interval");
                 return Ok(pool);
             }
         }
