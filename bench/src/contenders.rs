@@ -1,0 +1,188 @@
+//! The contenders, and one running instance of one: a function process
+//! against its own emulated Runtime API.
+
+use std::time::Duration;
+
+use integration_tests::orders::get_order;
+use integration_tests::{bin_path, Function, FunctionBuilder, Invocation, Postgres, RuntimeApi, APP_PASSWORD};
+use integration_tests::{APP_DATABASE, APP_USER};
+use serde_json::Value;
+
+/// How long a function may take to reach its runtime loop (the fixed-sleep
+/// contender sleeps 2.5 s first).
+const STARTUP: Duration = Duration::from_secs(30);
+
+/// The order every invocation reads (inserted by the driver).
+pub(crate) const ORDER_ID: &str = "1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Contender {
+    /// The real `orders` binary on runtime-adapter.
+    Adapter,
+    /// The same with `DB_METRICS=off`: what the per-invocation EMF record costs.
+    AdapterMetricsOff,
+    Bare,
+    DeadpoolVerified,
+    CheckEveryRequest,
+    ConnectPerInvocation,
+    #[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
+    Sqlx,
+    FixedSleep,
+}
+
+impl Contender {
+    /// The strategies users pick, adapter first, bare second.
+    pub(crate) fn strategies() -> Vec<Self> {
+        let mut all = vec![
+            Self::Adapter,
+            Self::Bare,
+            Self::DeadpoolVerified,
+            Self::CheckEveryRequest,
+            Self::ConnectPerInvocation,
+        ];
+        if cfg!(feature = "sqlx") {
+            all.push(Self::Sqlx);
+        }
+        all
+    }
+
+    /// Compared on warm invocations: the strategies, and the adapter without metrics.
+    pub(crate) fn warm() -> Vec<Self> {
+        let mut all = Self::strategies();
+        all.insert(1, Self::AdapterMetricsOff);
+        all
+    }
+
+    /// Compared on cold starts.
+    pub(crate) fn cold() -> Vec<Self> {
+        let mut all = Self::strategies();
+        all.insert(2, Self::FixedSleep);
+        all
+    }
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Adapter => "runtime-adapter (`orders`)",
+            Self::AdapterMetricsOff => "runtime-adapter, `DB_METRICS=off`",
+            Self::Bare => "bare tokio-postgres client",
+            Self::DeadpoolVerified => "deadpool-postgres `Verified`",
+            Self::CheckEveryRequest => "`SELECT 1` before every request",
+            Self::ConnectPerInvocation => "connect per invocation",
+            Self::Sqlx => "sqlx `PgPool` (defaults)",
+            Self::FixedSleep => "2.5 s sleep + 2 verification queries",
+        }
+    }
+
+    /// `BENCH_STRATEGY` of `bench-contender`; `None` for the adapter.
+    fn strategy(self) -> Option<&'static str> {
+        match self {
+            Self::Adapter | Self::AdapterMetricsOff => None,
+            Self::Bare => Some("bare"),
+            Self::DeadpoolVerified => Some("deadpool-verified"),
+            Self::CheckEveryRequest => Some("check-every-request"),
+            Self::ConnectPerInvocation => Some("connect-per-invocation"),
+            Self::Sqlx => Some("sqlx"),
+            Self::FixedSleep => Some("fixed-sleep"),
+        }
+    }
+
+    fn slug(self) -> &'static str {
+        match self {
+            Self::Adapter => "adapter",
+            Self::AdapterMetricsOff => "adapter-metrics-off",
+            other => other.strategy().unwrap_or("adapter"),
+        }
+    }
+
+    /// The process for this contender against the server at `port`; `purpose`
+    /// makes its function name (and so its `application_name`) unique.
+    pub(crate) fn builder(self, port: u16, purpose: &str) -> FunctionBuilder {
+        let binary = match self {
+            Self::Adapter | Self::AdapterMetricsOff => "orders",
+            _ => "bench-contender",
+        };
+        let url = format!("postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{port}/{APP_DATABASE}");
+        let mut builder = Function::builder(bin_path(binary))
+            .name(format!("bench-{}-{purpose}", self.slug()))
+            .env("DATABASE_URL", url)
+            .env("AWS_LAMBDA_LOG_LEVEL", "info");
+        if let Some(strategy) = self.strategy() {
+            builder = builder.env("BENCH_STRATEGY", strategy);
+        }
+        if self == Self::AdapterMetricsOff {
+            builder = builder.env("DB_METRICS", "off");
+        }
+        builder
+    }
+}
+
+/// One contender's function process and its Runtime API.
+pub(crate) struct Running {
+    pub(crate) contender: Contender,
+    pub(crate) name: String,
+    pub(crate) api: RuntimeApi,
+    pub(crate) function: Function,
+    event: Value,
+    /// Invocations served so far.
+    pub(crate) served: usize,
+    /// Peak resident memory when it had served [`FOOTPRINT_INVOCATIONS`].
+    pub(crate) peak_rss_at_footprint: Option<u64>,
+}
+
+/// Invocations after which the peak memory of a function is read.
+pub(crate) const FOOTPRINT_INVOCATIONS: usize = 1000;
+
+impl Running {
+    /// Starts `contender` against `pg` (or a proxy in front of it at
+    /// `port`), with `env` on top, and waits until its INIT is over.
+    pub(crate) async fn start(
+        contender: Contender,
+        pg: &Postgres,
+        port: Option<u16>,
+        purpose: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let name = format!("bench-{}-{purpose}", contender.slug());
+        let api = RuntimeApi::start_for(&name).await;
+        let mut builder = contender.builder(port.unwrap_or(pg.port()), purpose);
+        for (key, value) in env {
+            builder = builder.env(key, value);
+        }
+        let function = builder.spawn(&api);
+        assert!(
+            api.wait_next_polls(1, STARTUP).await,
+            "{} never reached its runtime loop; its output:\n{}",
+            contender.label(),
+            function.output()
+        );
+        Self { contender, name, api, function, event: get_order(ORDER_ID), served: 0, peak_rss_at_footprint: None }
+    }
+
+    /// `GET /orders/1`, waited for; panics unless it answers 200.
+    pub(crate) async fn invoke(&mut self) -> Invocation {
+        let invocation = self.api.invoke(self.event.clone()).await;
+        self.served += 1;
+        check_found(self.contender, &invocation);
+        if self.served == FOOTPRINT_INVOCATIONS {
+            self.peak_rss_at_footprint = self.peak_rss();
+        }
+        invocation
+    }
+
+    /// Bytes of peak resident memory (`VmHWM`) of the function process.
+    pub(crate) fn peak_rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.function.pid())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kib * 1024)
+    }
+}
+
+/// Panics unless `invocation` answered 200 with the order.
+pub(crate) fn check_found(contender: Contender, invocation: &Invocation) {
+    let status = match &invocation.outcome {
+        integration_tests::Outcome::Response(response) => response["statusCode"].as_i64(),
+        integration_tests::Outcome::Error { .. } => None,
+    };
+    assert_eq!(status, Some(200), "{} did not answer 200: {:?}", contender.label(), invocation.outcome);
+}

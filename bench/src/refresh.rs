@@ -1,0 +1,63 @@
+//! Refresh cost: an adapter whose pool reaches its maximum age every second,
+//! invoked at a steady pace; the invocations that replaced the pool against
+//! the others. It connects through the counting proxy ([`crate::wire`]),
+//! which tells which invocation opened a connection without reading the
+//! function's growing output after each one; the hop it adds is in both
+//! kinds of invocation and in the connect the target is stated in.
+
+use std::time::{Duration, Instant};
+
+use integration_tests::Postgres;
+
+use crate::cold::{field, Warmup};
+use crate::contenders::{Contender, Running};
+use crate::summary::Summary;
+use crate::wire::CountingProxy;
+
+/// `DB_MAX_AGE_MS`: short, so that a run of seconds sees several refreshes.
+const MAX_AGE_MS: &str = "1000";
+/// `DB_HEALTH_CHECK_INTERVAL_MS` must be shorter than the maximum age; at the
+/// pace below a round trip succeeds every few milliseconds, so no check runs.
+const HEALTH_CHECK_INTERVAL_MS: &str = "900";
+const PACE: Duration = Duration::from_millis(5);
+
+#[derive(Debug)]
+pub(crate) struct RefreshResult {
+    pub(crate) normal: Summary,
+    pub(crate) refreshing: Summary,
+    /// The new pools' warmups, as the adapter logged them.
+    pub(crate) warmups: Vec<Warmup>,
+    /// The adapter's own `duration_ms` of each refresh.
+    pub(crate) durations_ms: Vec<f64>,
+}
+
+pub(crate) async fn run(pg: &Postgres, duration: Duration) -> RefreshResult {
+    let env = [("DB_MAX_AGE_MS", MAX_AGE_MS), ("DB_HEALTH_CHECK_INTERVAL_MS", HEALTH_CHECK_INTERVAL_MS)];
+    let proxy = CountingProxy::start(pg.port()).await;
+    let mut instance = Running::start(Contender::Adapter, pg, Some(proxy.port()), "refresh", &env).await;
+    let mut normal = Vec::new();
+    let mut refreshing = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        let before = proxy.counts();
+        let invocation = instance.invoke().await;
+        if proxy.counts().since(before).connections > 0 {
+            refreshing.push(invocation.latency);
+        } else {
+            normal.push(invocation.latency);
+        }
+        tokio::time::sleep(PACE).await;
+    }
+    let output = instance.function.output();
+    RefreshResult {
+        normal: Summary::of(&normal),
+        refreshing: Summary::of(&refreshing),
+        // The first warmup is INIT's.
+        warmups: Warmup::parse_all(&output).into_iter().skip(1).collect(),
+        durations_ms: refreshed_lines(&output).iter().filter_map(|line| field(line, "duration_ms")).collect(),
+    }
+}
+
+fn refreshed_lines(output: &str) -> Vec<&str> {
+    output.lines().filter(|line| line.contains("pool refreshed")).collect()
+}
