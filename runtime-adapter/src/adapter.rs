@@ -241,7 +241,7 @@ impl Adapter {
 
     /// Writes the EMF record for everything since the previous one.
     pub(crate) fn flush_metrics(&self, invocation: Option<Invocation<'_>>) {
-        self.shared.emf.flush(&self.shared.counters, self.stats(), invocation);
+        self.shared.emf.flush(&self.shared.counters, invocation);
     }
 
     /// A retry loop's pacing, within `until`.
@@ -289,7 +289,7 @@ impl Adapter {
     /// the environments restored from it.
     pub(crate) async fn before_snapshot(&self) {
         self.close().await;
-        self.shared.emf.rebase(&self.shared.counters, self.stats());
+        self.shared.emf.rebase(&self.shared.counters);
         tracing::info!("snapshot: pool closed");
     }
 

@@ -12,30 +12,30 @@
 //! recorder, as it must not install a tracing subscriber. The metric names
 //! are an interface; the dashboard and alarms in `template.yaml` use them.
 
+use std::fmt::Write as _;
 use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Map, Value};
-
 use crate::config::Config;
-use crate::stats::{Counters, Pending, Stats};
+use crate::stats::{Counters, Pending};
 
-/// Reads a counter from a snapshot.
-type Count = fn(&Stats) -> u64;
+/// Reads a counter.
+type Count = fn(&Counters) -> &AtomicU64;
 /// Reads the pending values of a duration.
 type Values = fn(&Pending) -> &[Duration];
 
 /// Counters, as deltas since the previous record.
 const COUNTS: [(&str, Count); 8] = [
-    ("HealthChecksRun", |s| s.health_checks_run),
-    ("HealthChecksSkipped", |s| s.health_checks_skipped),
-    ("PoolRefreshes", |s| s.refreshes_max_age),
-    ("PoolRebuilds", |s| s.refreshes_failed_check),
-    ("ConnectAttempts", |s| s.connect_attempts),
-    ("ConnectFailures", |s| s.connect_failures),
-    ("PoolExhausted", |s| s.pool_exhausted),
-    ("RetryAttempts", |s| s.retry_attempts),
+    ("HealthChecksRun", |c| &c.health_checks_run),
+    ("HealthChecksSkipped", |c| &c.health_checks_skipped),
+    ("PoolRefreshes", |c| &c.refreshes_max_age),
+    ("PoolRebuilds", |c| &c.refreshes_failed_check),
+    ("ConnectAttempts", |c| &c.connect_attempts),
+    ("ConnectFailures", |c| &c.connect_failures),
+    ("PoolExhausted", |c| &c.pool_exhausted),
+    ("RetryAttempts", |c| &c.retry_attempts),
 ];
 
 /// Durations, as the values recorded since the previous record.
@@ -50,44 +50,57 @@ pub(crate) struct Invocation<'a> {
 }
 
 /// Writes the environment's EMF records.
+///
+/// A record is on every invocation's path, so its text is assembled
+/// directly, with the parts that never change (the namespace, the function
+/// name, the counters' declarations) prepared once.
 #[derive(Debug)]
 pub(crate) struct Emf {
     enabled: bool,
-    namespace: String,
-    function_name: String,
+    /// `"Namespace":…,"Dimensions":[["function_name"]]`.
+    directive: String,
+    /// `"function_name":…`.
+    dimension: String,
+    /// The counters' declarations, always present.
+    declared_counts: String,
     state: Mutex<State>,
 }
 
 #[derive(Debug)]
 struct State {
     /// The counters as of the previous record.
-    reported: Stats,
+    reported: [u64; COUNTS.len()],
     /// Whether the next record is the environment's first.
     cold: bool,
 }
 
 impl Emf {
     pub(crate) fn new(config: &Config) -> Self {
+        let quote = |text: &str| serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned());
+        let mut declared_counts = String::from(r#"{"Name":"ColdStart","Unit":"Count"}"#);
+        for (name, _) in COUNTS {
+            let _ = write!(declared_counts, r#",{{"Name":"{name}","Unit":"Count"}}"#);
+        }
         Self {
             enabled: config.metrics,
-            namespace: config.metrics_namespace.clone(),
-            function_name: config.function_name.clone(),
-            state: Mutex::new(State { reported: Stats::default(), cold: true }),
+            directive: format!(r#""Namespace":{},"Dimensions":[["function_name"]]"#, quote(&config.metrics_namespace)),
+            dimension: format!(r#""function_name":{}"#, quote(&config.function_name)),
+            declared_counts,
+            state: Mutex::new(State { reported: [0; COUNTS.len()], cold: true }),
         }
     }
 
-    /// Starts the next record from `now`, dropping what happened before
-    /// (the publish-time INIT of a SnapStart snapshot). The next record
-    /// still counts as the environment's cold start.
-    pub(crate) fn rebase(&self, counters: &Counters, now: Stats) {
+    /// Starts the next record from now, dropping what happened before (the
+    /// publish-time INIT of a SnapStart snapshot). The next record still
+    /// counts as the environment's cold start.
+    pub(crate) fn rebase(&self, counters: &Counters) {
         drop(counters.take_pending());
-        self.state.lock().unwrap_or_else(PoisonError::into_inner).reported = now;
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).reported = read(counters);
     }
 
     /// Writes the record for everything since the previous one to stdout.
-    pub(crate) fn flush(&self, counters: &Counters, now: Stats, invocation: Option<Invocation<'_>>) {
-        let Some(record) = self.record(counters, now, invocation) else { return };
-        let mut line = record.to_string();
+    pub(crate) fn flush(&self, counters: &Counters, invocation: Option<Invocation<'_>>) {
+        let Some(mut line) = self.record(counters, invocation) else { return };
         line.push('\n');
         // One write under stdout's lock: log lines cannot interleave with it.
         if let Err(error) = std::io::stdout().lock().write_all(line.as_bytes()) {
@@ -95,60 +108,73 @@ impl Emf {
         }
     }
 
-    /// The record for everything since the previous one; `None` when
-    /// metrics are off.
-    pub(crate) fn record(&self, counters: &Counters, now: Stats, invocation: Option<Invocation<'_>>) -> Option<Value> {
+    /// The record (a JSON object) for everything since the previous one;
+    /// `None` when metrics are off.
+    pub(crate) fn record(&self, counters: &Counters, invocation: Option<Invocation<'_>>) -> Option<String> {
         if !self.enabled {
             return None;
         }
+        let now = read(counters);
         let pending = counters.take_pending();
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let cold = std::mem::replace(&mut state.cold, false);
-        let before = std::mem::replace(&mut state.reported, now.clone());
+        let before = std::mem::replace(&mut state.reported, now);
         drop(state);
 
-        let mut declared = vec![json!({ "Name": "ColdStart", "Unit": "Count" })];
-        let mut record = Map::new();
-        record.insert("function_name".to_owned(), json!(self.function_name));
-        record.insert("ColdStart".to_owned(), json!(u64::from(cold)));
-        for (name, read) in COUNTS {
-            declared.push(json!({ "Name": name, "Unit": "Count" }));
-            record.insert(name.to_owned(), json!(read(&now).saturating_sub(read(&before))));
-        }
-        for (name, read) in DURATIONS {
-            let values: Vec<f64> = read(&pending).iter().map(|d| (d.as_secs_f64() * 1e6).round() / 1e3).collect();
-            // Every declared metric needs a value: an empty one is left out.
-            if !values.is_empty() {
-                declared.push(json!({ "Name": name, "Unit": "Milliseconds" }));
-                record.insert(name.to_owned(), json!(values));
+        let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+        let mut record = String::with_capacity(1024);
+        let _ = write!(
+            record,
+            r#"{{"_aws":{{"Timestamp":{timestamp},"CloudWatchMetrics":[{{{},"Metrics":[{}"#,
+            self.directive, self.declared_counts
+        );
+        // Every declared metric needs a value: an empty duration is left out.
+        for (name, values) in DURATIONS {
+            if !values(&pending).is_empty() {
+                let _ = write!(record, r#",{{"Name":"{name}","Unit":"Milliseconds"}}"#);
             }
+        }
+        let _ = write!(record, r#"]}}]}},{},"ColdStart":{}"#, self.dimension, u8::from(cold));
+        for (i, (name, _)) in COUNTS.iter().enumerate() {
+            let _ = write!(record, r#","{name}":{}"#, now[i].saturating_sub(before[i]));
+        }
+        for (name, values) in DURATIONS {
+            let values = values(&pending);
+            if values.is_empty() {
+                continue;
+            }
+            let _ = write!(record, r#","{name}":["#);
+            for (i, d) in values.iter().enumerate() {
+                let ms = (d.as_secs_f64() * 1e6).round() / 1e3;
+                let _ = write!(record, "{}{ms}", if i == 0 { "" } else { "," });
+            }
+            record.push(']');
         }
         if let Some(invocation) = invocation {
-            record.insert("function_request_id".to_owned(), json!(invocation.request_id));
+            let quote = |text: &str| serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned());
+            let _ = write!(record, r#","function_request_id":{}"#, quote(invocation.request_id));
             if let Some(trace) = invocation.xray_trace_id {
-                record.insert("xray_trace_id".to_owned(), json!(trace));
+                let _ = write!(record, r#","xray_trace_id":{}"#, quote(trace));
             }
         }
-        let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        record.insert(
-            "_aws".to_owned(),
-            json!({
-                "Timestamp": timestamp,
-                "CloudWatchMetrics": [{
-                    "Namespace": self.namespace,
-                    "Dimensions": [["function_name"]],
-                    "Metrics": declared,
-                }],
-            }),
-        );
-        Some(Value::Object(record))
+        record.push('}');
+        Some(record)
     }
+}
+
+fn read(counters: &Counters) -> [u64; COUNTS.len()] {
+    COUNTS.map(|(_, count)| count(counters).load(Ordering::Relaxed))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::stats::{bump, WarmupTimings};
+    use serde_json::{json, Value};
+
+    fn parse(record: String) -> Value {
+        serde_json::from_str(&record).unwrap_or_else(|e| panic!("not JSON ({e}): {record}"))
+    }
 
     fn emf() -> Emf {
         let config = Config { function_name: "orders".to_owned(), ..Config::default() };
@@ -161,7 +187,7 @@ mod tests {
         let emf = emf();
         bump(&counters.connect_attempts);
         counters.warmed(WarmupTimings { total: Duration::from_micros(5250), ..WarmupTimings::default() });
-        let first = emf.record(&counters, counters.snapshot(None), None).expect("on");
+        let first = parse(emf.record(&counters, None).expect("on"));
         assert_eq!(first["ColdStart"], 1);
         assert_eq!(first["ConnectAttempts"], 1);
         assert_eq!(first["WarmupDuration"], json!([5.25]));
@@ -169,13 +195,9 @@ mod tests {
 
         bump(&counters.health_checks_skipped);
         counters.query_took(Duration::from_micros(1500));
-        let second = emf
-            .record(
-                &counters,
-                counters.snapshot(None),
-                Some(Invocation { request_id: "r-2", xray_trace_id: Some("Root=1") }),
-            )
-            .expect("on");
+        let second = parse(
+            emf.record(&counters, Some(Invocation { request_id: "r-2", xray_trace_id: Some("Root=1") })).expect("on"),
+        );
         assert_eq!(second["ColdStart"], 0);
         assert_eq!(second["ConnectAttempts"], 0, "a delta, not a total");
         assert_eq!(second["HealthChecksSkipped"], 1);
@@ -197,6 +219,6 @@ mod tests {
     fn switched_off_writes_nothing() {
         let config = Config { metrics: false, ..Config::default() };
         let counters = Counters::default();
-        assert!(Emf::new(&config).record(&counters, counters.snapshot(None), None).is_none());
+        assert!(Emf::new(&config).record(&counters, None).is_none());
     }
 }

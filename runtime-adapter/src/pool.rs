@@ -207,14 +207,23 @@ impl managed::Manager for WarmingManager {
         bump(&self.counters.connect_successes);
         let connect = started.elapsed();
 
+        // Both phases go out together: tokio-postgres pipelines them on the
+        // connection, phase 1 first, so the warmup costs about one round trip
+        // after the connect instead of two. The connection is handed out only
+        // if both passed; phase 1's failure is the one reported.
         let phase = Instant::now();
-        warmup::round_trip(&client, self.phase_timeout).await?;
+        let phase1 = async {
+            let result = warmup::round_trip(&client, self.phase_timeout).await;
+            (result, phase.elapsed())
+        };
+        let phase2 = async {
+            let result = warmup::prepare(&client, &self.statements, self.phase_timeout).await;
+            (result, phase.elapsed())
+        };
+        let ((phase1, round_trip), (phase2, prepare)) = tokio::join!(phase1, phase2);
+        phase1?;
         self.liveness.succeeded();
-        let round_trip = phase.elapsed();
-
-        let phase = Instant::now();
-        warmup::prepare(&client, &self.statements, self.phase_timeout).await?;
-        let prepare = phase.elapsed();
+        phase2?;
 
         let mut timings = self.timings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         timings.connect = timings.connect.max(connect);
