@@ -20,13 +20,15 @@ use tokio_postgres::Row;
 
 use crate::adapter::Adapter;
 use crate::config::PoolerMode;
+use crate::deadline;
 use crate::error::{Error, ErrorKind};
-use crate::pool::{millis, Conn};
+use crate::lease::Conn;
+use crate::pool::millis;
 use crate::retry::Retrier;
 use crate::statement::{self, Op, Out, Prepared};
 
 /// How long a cancel request may take; it opens its own connection.
-const CANCEL_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const CANCEL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A warmed connection, held for one invocation.
 ///
@@ -122,8 +124,12 @@ impl Db {
     /// # Errors
     ///
     /// As [`Db::query`], when the invocation's connection had to be replaced.
+    /// The adapter cannot see what is sent through it: if a transaction is
+    /// left open, the connection's next checkout rolls it back first.
     pub async fn client(&self) -> Result<RawClient, Error> {
-        Ok(RawClient(self.connection().await?))
+        let conn = self.connection().await?;
+        conn.state().raw_used();
+        Ok(RawClient(conn))
     }
 
     pub(crate) fn adapter(&self) -> &Adapter {
@@ -157,7 +163,7 @@ impl Db {
         loop {
             let conn = self.connection().await?;
             // A prepare changes no data: its failure is always safe to retry.
-            let statement = match prepare(&self.adapter, &conn, sql).await {
+            let statement = match prepare(&self.adapter, &conn, sql, self.until).await {
                 Ok(statement) => statement,
                 Err(error) if error.is_transient() => {
                     retrier.backoff(error, "prepare").await?;
@@ -174,19 +180,30 @@ impl Db {
         }
     }
 
-    /// The invocation's connection; a closed one, on which nothing can have
-    /// been sent, is first released to the pool (which discards it) and
-    /// replaced through the gate.
+    /// The invocation's connection. A closed one, on which nothing can have
+    /// been sent, or one left in an unknown state (a call or transaction
+    /// abandoned by the handler), is first released (the pool discards it)
+    /// and replaced through the gate.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InTransaction`] while this handle's own transaction is open:
+    /// a statement sent now would silently join it.
     pub(crate) async fn connection(&self) -> Result<Arc<Conn>, Error> {
         {
             let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
             match slot.as_ref() {
-                Some(conn) if !conn.is_closed() => return Ok(conn.clone()),
-                Some(_) => {
+                Some(conn) if conn.is_closed() => {
                     tracing::info!("the invocation's connection closed; replacing it");
                     // Frees its pool slot, so that a pool of one can replace it.
                     *slot = None;
                 }
+                Some(conn) if conn.state().is_unknown() => {
+                    tracing::info!("the invocation's connection was left mid-request or mid-transaction; replacing it");
+                    *slot = None;
+                }
+                Some(conn) if conn.state().open_transaction().is_some() => return Err(Error::InTransaction),
+                Some(conn) => return Ok(conn.clone()),
                 None => {}
             }
         }
@@ -272,8 +289,14 @@ pub(crate) fn at_most_one(rows: Vec<Row>) -> Result<Option<Row>, Error> {
 }
 
 /// `sql` ready to run on `conn`, prepared on first use.
-pub(crate) async fn prepare(adapter: &Adapter, conn: &Conn, sql: &str) -> Result<Prepared, Error> {
-    adapter.statements().prepare(conn, sql).await.map_err(|e| observe_failure(adapter, e))
+pub(crate) async fn prepare(
+    adapter: &Adapter,
+    conn: &Conn,
+    sql: &str,
+    until: Option<Instant>,
+) -> Result<Prepared, Error> {
+    deadline::before(until, "statement")?;
+    conn.sent(adapter.statements().prepare(conn, sql)).await.map_err(|e| observe_failure(adapter, e))
 }
 
 /// Runs a prepared statement, no later than `until`; one still running then
@@ -290,6 +313,7 @@ pub(crate) async fn execute(
     if prepared.parameters() != params.len() {
         return Err(Error::Parameters { expected: prepared.parameters(), got: params.len() });
     }
+    deadline::before(until, "statement")?;
     let started = Instant::now();
     // Behind a transaction-mode pooler the server cannot hold a session's
     // statement_timeout: the client enforces it.
@@ -300,19 +324,31 @@ pub(crate) async fn execute(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let work = statement::run(conn, sql, prepared, params, op);
+    let work = conn.sent(statement::run(conn, sql, prepared, params, op));
     let result = match stop {
-        Some(stop) => match tokio::time::timeout_at(stop, work).await {
-            Ok(result) => result,
-            Err(_) => {
-                cancel(conn).await;
-                return Err(if statement_timeout == Some(stop) {
-                    Error::StatementTimeout { after: config.statement_timeout }
-                } else {
-                    Error::DeadlineExceeded { after: started.elapsed() }
-                });
+        Some(stop) => {
+            let mut work = std::pin::pin!(work);
+            match tokio::time::timeout_at(stop, work.as_mut()).await {
+                Ok(result) => result,
+                Err(_) => {
+                    // Cancel it, and wait (briefly) for its answer, so that
+                    // the session is idle again and the connection reusable;
+                    // if that does not come in time, dropping the statement
+                    // marks the connection for closing.
+                    let budget = CANCEL_TIMEOUT.min(config.deadline_margin / 2);
+                    let settled = async {
+                        cancel(conn, budget).await;
+                        work.as_mut().await
+                    };
+                    let _ = tokio::time::timeout(budget, settled).await;
+                    return Err(if statement_timeout == Some(stop) {
+                        Error::StatementTimeout { after: config.statement_timeout }
+                    } else {
+                        Error::DeadlineExceeded { after: started.elapsed() }
+                    });
+                }
             }
-        },
+        }
         None => work.await,
     };
     let took = started.elapsed();
@@ -332,13 +368,8 @@ pub(crate) async fn execute(
 
 /// Asks the server to cancel what `conn` is running, so that it does not go
 /// on after the function gave up on it.
-pub(crate) async fn cancel(conn: &Conn) {
-    let token = conn.cancel_token();
-    // Boxed: the TLS handshake's future type is deep enough to overflow the
-    // compiler's query depth in handlers that await a statement.
-    let request: futures_util::future::BoxFuture<'_, Result<(), tokio_postgres::Error>> =
-        Box::pin(token.cancel_query(crate::pool::cancel_tls(conn)));
-    match tokio::time::timeout(CANCEL_TIMEOUT, request).await {
+pub(crate) async fn cancel(conn: &Conn, within: Duration) {
+    match tokio::time::timeout(within, conn.cancel(crate::pool::cancel_tls(conn.object()))).await {
         Ok(Ok(())) => tracing::warn!("statement still running at the deadline; cancelled it on the server"),
         Ok(Err(error)) => tracing::warn!(%error, "could not cancel the statement running at the deadline"),
         Err(_) => tracing::warn!("cancelling the statement running at the deadline timed out"),

@@ -33,3 +33,13 @@ pub(crate) fn init_until(started: Instant) -> Option<Instant> {
     let snap_start = std::env::var("AWS_LAMBDA_INITIALIZATION_TYPE").is_ok_and(|t| t == "snap-start");
     (!snap_start).then_some(started + INIT_BUDGET)
 }
+
+/// Refuses to start `step` once `until` (the deadline less the margin) has
+/// passed: nothing may be sent then, so that the error can say that nothing
+/// was.
+pub(crate) fn before(until: Option<Instant>, step: &'static str) -> Result<(), crate::error::Error> {
+    match until {
+        Some(until) if Instant::now() >= until => Err(crate::error::Error::DeadlineReached { step }),
+        _ => Ok(()),
+    }
+}

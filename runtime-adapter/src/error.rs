@@ -8,7 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use tokio_postgres::error::SqlState;
+use tokio_postgres::error::{Severity, SqlState};
 
 use crate::config::ConfigError;
 
@@ -128,6 +128,28 @@ pub enum Error {
         /// How long it had run.
         after: Duration,
     },
+    /// The invocation's deadline less `DB_DEADLINE_MARGIN_MS` had passed
+    /// before the step began: nothing was sent to the server.
+    #[error("{step} not sent: the invocation's deadline less DB_DEADLINE_MARGIN_MS had passed")]
+    DeadlineReached {
+        /// What was not sent: "statement", "BEGIN", "COMMIT", …
+        step: &'static str,
+    },
+    /// `COMMIT` rolled the transaction back: a statement in it had failed
+    /// (its error was handled inside the closure, which then returned `Ok`),
+    /// and PostgreSQL answers `COMMIT` of a failed transaction with
+    /// `ROLLBACK`. Nothing was committed.
+    #[error("the transaction was rolled back, not committed: a statement in it failed earlier and the closure returned Ok; nothing was committed")]
+    CommitRolledBack,
+    /// The [`Db`](crate::Db) handle was used while its own transaction was
+    /// open (inside the [`Db::transaction`](crate::Db::transaction) closure):
+    /// the statement would have joined the transaction. Nothing was sent.
+    #[error("the Db handle was used inside its own transaction; run statements through the Tx the closure received")]
+    InTransaction,
+    /// A [`Tx`](crate::Tx) was used after its transaction ended (it was kept
+    /// past the closure, in a spawned task for example). Nothing was sent.
+    #[error("the Tx was used after its transaction ended")]
+    TransactionEnded,
     /// A statement was given the wrong number of parameters.
     #[error("the statement takes {expected} parameter(s), {got} given")]
     Parameters {
@@ -190,7 +212,11 @@ impl Error {
             | Error::RowCount { .. }
             | Error::Parameters { .. }
             | Error::StatementTimeout { .. }
-            | Error::CommitOutcomeUnknown { .. } => ErrorKind::Permanent,
+            | Error::CommitOutcomeUnknown { .. }
+            | Error::CommitRolledBack
+            | Error::InTransaction
+            | Error::TransactionEnded
+            | Error::DeadlineReached { .. } => ErrorKind::Permanent,
             Error::Unavailable { source, .. } => source.kind(),
             Error::ConnectionLimit { .. } => ErrorKind::TooManyConnections,
             Error::DeadlineExceeded { .. } => ErrorKind::Permanent,
@@ -229,13 +255,37 @@ impl Error {
             Error::Internal(_) => "RuntimeAdapter.Internal",
             Error::ConnectionLimit { .. } => "RuntimeAdapter.ConnectionLimit",
             Error::CommitOutcomeUnknown { .. } => "RuntimeAdapter.CommitOutcomeUnknown",
-            Error::DeadlineExceeded { .. } => "RuntimeAdapter.DeadlineExceeded",
+            Error::DeadlineExceeded { .. } | Error::DeadlineReached { .. } => "RuntimeAdapter.DeadlineExceeded",
+            Error::CommitRolledBack => "RuntimeAdapter.CommitRolledBack",
+            Error::InTransaction | Error::TransactionEnded => "RuntimeAdapter.TransactionMisuse",
             Error::RowCount { .. } => "RuntimeAdapter.RowCount",
             Error::Credentials { .. } => "RuntimeAdapter.CredentialsUnavailable",
             Error::Tls { .. } => "RuntimeAdapter.TlsVerificationFailed",
             Error::Parameters { .. } => "RuntimeAdapter.Parameters",
             Error::StatementTimeout { .. } => "RuntimeAdapter.StatementTimeout",
             Error::Db(_) => "RuntimeAdapter.DatabaseError",
+        }
+    }
+}
+
+impl Error {
+    /// Whether this error, met by `COMMIT`, leaves its outcome unknown: no
+    /// answer came (the connection was lost or the wait ran out), or the
+    /// server ended the session (FATAL), was shutting down (class 57) or the
+    /// link to it failed (class 08) while the COMMIT may have run.
+    pub(crate) fn leaves_commit_unknown(&self) -> bool {
+        match self {
+            Error::Db(e) => match e.as_db_error() {
+                None => true,
+                Some(db) => {
+                    let class = &db.code().code()[..2];
+                    matches!(db.parsed_severity(), Some(Severity::Fatal | Severity::Panic))
+                        || class == "08"
+                        || class == "57"
+                }
+            },
+            Error::Timeout { .. } | Error::ConnectionClosed => true,
+            _ => false,
         }
     }
 }

@@ -73,11 +73,11 @@ impl Liveness {
 /// enough: it costs no further round trip.
 pub(crate) async fn check(pool: &WarmPool, timeout: Duration) -> Result<(), Error> {
     let conn = pool.checkout().await?;
-    if Object::metrics(&conn).recycled.is_none() {
+    if Object::metrics(conn.object()).recycled.is_none() {
         tracing::debug!("health check satisfied by a freshly warmed connection");
         return Ok(());
     }
-    match tokio::time::timeout(timeout, conn.simple_query(HEALTH_CHECK_SQL)).await {
+    match tokio::time::timeout(timeout, conn.sent(conn.simple_query(HEALTH_CHECK_SQL))).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(Error::Db(e)),
         Err(_) => Err(Error::Timeout { what: "health check (DB_HEALTH_CHECK_TIMEOUT_MS)", after: timeout }),

@@ -35,12 +35,14 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod adapter;
+mod cancel;
 pub mod config;
 pub mod credentials;
 mod db;
 mod deadline;
 pub mod error;
 mod health;
+mod lease;
 mod metrics;
 mod pool;
 mod random;

@@ -19,15 +19,16 @@ use futures_util::future::{try_join_all, BoxFuture};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
+use crate::cancel::CancelTarget;
 use crate::config::Config;
 use crate::credentials::{self, Session};
 use crate::error::{Error, Phase};
 use crate::health::Liveness;
+use crate::lease::{Conn, Connection};
 use crate::statement::Statements;
 use crate::stats::{bump, Counters, WarmupTimings};
 use crate::warmup;
 
-pub(crate) type Conn = managed::Object<WarmingManager>;
 type Pool = managed::Pool<WarmingManager>;
 
 /// How long closing a pool at shutdown waits for its connections to send
@@ -160,7 +161,7 @@ pub(crate) fn millis(d: Duration) -> f64 {
 }
 
 async fn checkout(pool: &Pool) -> Result<Conn, Error> {
-    pool.get().await.map_err(|e| match e {
+    pool.get().await.map(Conn::new).map_err(|e| match e {
         PoolError::Backend(e) => e,
         PoolError::Timeout(TimeoutType::Wait) => Error::Timeout {
             what: "waiting for a pooled connection (DB_POOL_TIMEOUT_MS)",
@@ -188,15 +189,15 @@ pub(crate) struct WarmingManager {
 }
 
 impl managed::Manager for WarmingManager {
-    type Type = ClientWrapper;
+    type Type = Connection;
     type Error = Error;
 
-    async fn create(&self) -> Result<ClientWrapper, Error> {
+    async fn create(&self) -> Result<Connection, Error> {
         bump(&self.counters.connect_attempts);
         let started = Instant::now();
         // Boxed: the TLS and AWS futures inside are deep types.
-        let client = match Box::pin(self.open()).await {
-            Ok(client) => client,
+        let (client, cancel_target) = match Box::pin(self.open()).await {
+            Ok(opened) => opened,
             Err(error) => {
                 bump(&self.counters.connect_failures);
                 self.counters.failed_now();
@@ -235,30 +236,54 @@ impl managed::Manager for WarmingManager {
             phase2_ms = millis(prepare),
             "connection warmed"
         );
-        Ok(client)
+        Ok(Connection::new(client, cancel_target))
     }
 
-    async fn recycle(&self, client: &mut ClientWrapper, metrics: &Metrics) -> RecycleResult<Error> {
-        self.inner.recycle(client, metrics).await.map_err(|e| match e {
+    async fn recycle(&self, conn: &mut Connection, metrics: &Metrics) -> RecycleResult<Error> {
+        self.inner.recycle(conn.client_mut(), metrics).await.map_err(|e| match e {
             RecycleError::Message(m) => RecycleError::Message(m),
             RecycleError::Backend(e) => RecycleError::Backend(Error::Db(e)),
-        })
+        })?;
+        // A checkout that was not idle is taken out of the pool when it is
+        // released (`Conn`'s drop); this is the last line of defence.
+        if !conn.state().is_idle() {
+            return Err(RecycleError::message("the session was left mid-request or mid-transaction"));
+        }
+        // Raw calls may have left a transaction open: end it before reuse.
+        if conn.state().take_raw() {
+            let rollback = tokio::time::timeout(self.phase_timeout, conn.simple_query("ROLLBACK")).await;
+            if !matches!(rollback, Ok(Ok(_))) {
+                return Err(RecycleError::message("rolling back after raw use failed"));
+            }
+        }
+        Ok(())
     }
 
-    fn detach(&self, client: &mut ClientWrapper) {
-        self.inner.detach(client);
+    fn detach(&self, conn: &mut Connection) {
+        self.inner.detach(conn.client_mut());
     }
 }
 
 impl WarmingManager {
+    /// Counts a connection released mid-request or mid-transaction.
+    pub(crate) fn abandoned(&self) {
+        bump(&self.counters.abandoned_sessions);
+    }
+
+    /// Runs `work` (the rollback of an abandoned session) in the pool's
+    /// tasks, which shutdown waits for.
+    pub(crate) fn track(&self, work: impl std::future::Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
+        self.connect.tasks.spawn(work)
+    }
+
     /// Opens one connection with this generation's credentials (a fresh IAM
     /// token each time). If it fails to authenticate (28P01, 28000), the
     /// credentials are resolved once more and the connection tried again:
     /// the secret may have been rotated since the pool was built.
-    async fn open(&self) -> Result<ClientWrapper, Error> {
+    async fn open(&self) -> Result<(ClientWrapper, Option<CancelTarget>), Error> {
         let pg = self.session.connection_config().await?;
         let error = match self.connect.open(&pg).await {
-            Ok((client, task)) => return Ok(ClientWrapper::new(client, task)),
+            Ok((client, task)) => return Ok((ClientWrapper::new(client, task), CancelTarget::of(&pg))),
             Err(error) => error,
         };
         if !credentials::is_auth_failure(&error) || !self.session.renew().await {
@@ -267,7 +292,7 @@ impl WarmingManager {
         bump(&self.counters.connect_attempts);
         let pg = self.session.connection_config().await?;
         match self.connect.open(&pg).await {
-            Ok((client, task)) => Ok(ClientWrapper::new(client, task)),
+            Ok((client, task)) => Ok((ClientWrapper::new(client, task), CancelTarget::of(&pg))),
             Err(error) => Err(self.connect_error(error)),
         }
     }
@@ -325,7 +350,7 @@ impl Connect for TrackedConnect {
 /// The TLS connector `conn` was opened with, for its cancel request, which
 /// opens a connection of its own. Should the pool be gone already, the
 /// request is still encrypted when the connection's `sslmode` asks for it.
-pub(crate) fn cancel_tls(conn: &Conn) -> tokio_postgres_rustls::MakeRustlsConnect {
+pub(crate) fn cancel_tls(conn: &managed::Object<WarmingManager>) -> tokio_postgres_rustls::MakeRustlsConnect {
     match managed::Object::pool(conn) {
         Some(pool) => pool.manager().connect.tls.connector(),
         None => crate::tls::Tls::default().connector(),

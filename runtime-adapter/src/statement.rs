@@ -9,7 +9,10 @@
 //!   unnamed, with their parameter types (`query_typed`): Parse, Bind and
 //!   Execute in one round trip. The types are learnt once per SQL text by
 //!   preparing it inside a `BEGIN … COMMIT` (one server connection), closing
-//!   it there, and cached for the environment.
+//!   it there, and cached for the environment. Inside the application's own
+//!   transaction, which already holds one server connection, the statement
+//!   is only prepared and closed: no transaction control is sent, which
+//!   would end the application's transaction halfway.
 //!
 //! Either way the handle's API is the same, so a handler works unchanged.
 
@@ -22,6 +25,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Row, Statement};
 
 use crate::config::PoolerMode;
+use crate::lease::Connection;
 
 /// The statements an application declares, checked (and in `none` mode
 /// prepared) on every connection during warmup phase 2, and the parameter
@@ -89,16 +93,23 @@ impl Statements {
         }
     }
 
-    /// `sql` ready to run on `client`, prepared on first use.
-    pub(crate) async fn prepare(&self, client: &ClientWrapper, sql: &str) -> Result<Prepared, tokio_postgres::Error> {
+    /// `sql` ready to run on `conn`, prepared on first use.
+    pub(crate) async fn prepare(&self, conn: &Connection, sql: &str) -> Result<Prepared, tokio_postgres::Error> {
         match self.mode {
-            PoolerMode::None => client.prepare_cached(sql).await.map(Prepared::Named),
+            PoolerMode::None => conn.prepare_cached(sql).await.map(Prepared::Named),
             PoolerMode::Transaction => {
                 if let Some(types) = self.cached(sql) {
                     return Ok(Prepared::Unnamed(types));
                 }
-                self.describe(client, &[sql.to_owned()]).await.map_err(|(_, e)| e)?;
-                let types = self.cached(sql).unwrap_or_default();
+                let types = if conn.state().open_transaction().is_some() {
+                    // Parse/Describe and Close only, inside the open transaction.
+                    let statement = conn.prepare(sql).await?;
+                    Arc::<[Type]>::from(statement.params())
+                } else {
+                    self.describe(conn, &[sql.to_owned()]).await.map_err(|(_, e)| e)?;
+                    self.cached(sql).unwrap_or_default()
+                };
+                self.types.lock().unwrap_or_else(PoisonError::into_inner).insert(sql.to_owned(), types.clone());
                 Ok(Prepared::Unnamed(types))
             }
         }
@@ -124,7 +135,9 @@ impl Statements {
             Ok(statements) => statements,
             Err(error) => {
                 // The failed Parse aborted the transaction; end it.
-                let _ = client.batch_execute("ROLLBACK").await;
+                if client.batch_execute("ROLLBACK").await.is_err() {
+                    tracing::debug!("rolling back a failed describe failed");
+                }
                 return Err(error);
             }
         };

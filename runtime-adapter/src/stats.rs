@@ -94,6 +94,10 @@ pub struct Stats {
     pub retry_attempts: u64,
     /// Times the server refused a connection for lack of slots (53300).
     pub pool_exhausted: u64,
+    /// Connections released mid-request or mid-transaction (a dropped or
+    /// panicked call, an abandoned transaction): each was rolled back before
+    /// going back to the pool, or closed when that failed.
+    pub abandoned_sessions: u64,
     /// Statement durations (the adapter's [`Db`](crate::Db) calls).
     pub query_durations: Percentiles,
     /// Time invocations waited for their connection, gate included.
@@ -119,6 +123,7 @@ pub(crate) struct Counters {
     pub(crate) refresh_failures: AtomicU64,
     pub(crate) retry_attempts: AtomicU64,
     pub(crate) pool_exhausted: AtomicU64,
+    pub(crate) abandoned_sessions: AtomicU64,
     times: Mutex<Times>,
     query: Mutex<Durations>,
     checkout: Mutex<Durations>,
@@ -240,6 +245,7 @@ impl Counters {
             refresh_failures: read(&self.refresh_failures),
             retry_attempts: read(&self.retry_attempts),
             pool_exhausted: read(&self.pool_exhausted),
+            abandoned_sessions: read(&self.abandoned_sessions),
             query_durations: lock(&self.query).percentiles(),
             checkout_waits: lock(&self.checkout).percentiles(),
             last_success,

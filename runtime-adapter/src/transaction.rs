@@ -8,19 +8,28 @@
 //! their own. If the connection is lost while `COMMIT` is in flight, nobody
 //! knows whether it committed: that is [`Error::CommitOutcomeUnknown`], never
 //! retried.
+//!
+//! What the handler does around it cannot leak the transaction: dropped
+//! (a `timeout` or `select!`), or unwound by a panic, the transaction leaves
+//! its connection marked, and the connection is closed instead of reused
+//! (see `lease`), so the server rolls it back. A closure that handled a
+//! statement's error and returned `Ok` gets [`Error::CommitRolledBack`]:
+//! PostgreSQL answers `COMMIT` of a failed transaction with `ROLLBACK`.
 
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::time::Instant;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{IsolationLevel, Row};
 
 use crate::adapter::Adapter;
 use crate::db::{self, Db};
+use crate::deadline;
 use crate::error::{Error, ErrorKind};
-use crate::pool::Conn;
+use crate::lease::{Conn, OpenTransaction};
 use crate::retry;
 use crate::statement::{Op, Out};
 
@@ -29,6 +38,9 @@ pub struct Tx {
     conn: Arc<Conn>,
     adapter: Adapter,
     until: Option<Instant>,
+    /// The transaction's number on its session: a `Tx` kept past its
+    /// transaction sends nothing.
+    number: u32,
 }
 
 impl fmt::Debug for Tx {
@@ -82,13 +94,26 @@ impl Tx {
     }
 
     async fn run(&self, sql: &str, params: &[&(dyn ToSql + Sync)], op: Op) -> Result<Out, Error> {
-        let prepared = db::prepare(&self.adapter, &self.conn, sql).await?;
-        db::execute(&self.adapter, &self.conn, sql, &prepared, params, op, self.until).await
+        if self.conn.state().open_transaction() != Some(self.number) {
+            return Err(Error::TransactionEnded);
+        }
+        let result = async {
+            let prepared = db::prepare(&self.adapter, &self.conn, sql, self.until).await?;
+            db::execute(&self.adapter, &self.conn, sql, &prepared, params, op, self.until).await
+        }
+        .await;
+        if result.is_err() {
+            // Whatever the closure does with the error, the transaction may
+            // now be aborted: its COMMIT is checked.
+            self.conn.state().failed_in_transaction();
+        }
+        result
     }
 }
 
 impl Db {
-    /// Runs `f` in a transaction (`READ COMMITTED`, PostgreSQL's default) and
+    /// Runs `f` in a transaction at the server's default isolation level
+    /// (`default_transaction_isolation`, `READ COMMITTED` unless changed) and
     /// commits it; see [`Db::transaction_with`].
     ///
     /// # Errors
@@ -111,6 +136,12 @@ impl Db {
     /// backoff, up to `DB_RETRY_ATTEMPTS` attempts and never past the
     /// deadline.
     ///
+    /// Statements go through the [`Tx`] that `f` receives. The `Db` itself
+    /// refuses statements while its transaction is open
+    /// ([`Error::InTransaction`]). If this future is dropped before it
+    /// finishes, or `f` panics, the transaction is rolled back: its
+    /// connection is closed instead of being reused.
+    ///
     /// ```no_run
     /// # async fn example(db: &runtime_adapter::Db) -> Result<(), runtime_adapter::Error> {
     /// let moved = db
@@ -124,8 +155,12 @@ impl Db {
     ///
     /// # Errors
     ///
-    /// `f`'s own error (after rollback); [`Error::CommitOutcomeUnknown`] when
-    /// the connection was lost while `COMMIT` was in flight;
+    /// `f`'s own error (after rollback); [`Error::CommitRolledBack`] when a
+    /// statement failed inside and `f` returned `Ok` anyway (nothing was
+    /// committed); [`Error::CommitOutcomeUnknown`] when the connection was
+    /// lost, or the server shut down, while `COMMIT` was in flight;
+    /// [`Error::DeadlineReached`] when the deadline less the margin passed
+    /// before `BEGIN` or `COMMIT` could be sent (nothing was committed);
     /// [`Error::Unavailable`] once retries are spent.
     pub async fn transaction_with<T, F, Fut>(&self, isolation: IsolationLevel, mut f: F) -> Result<T, Error>
     where
@@ -143,6 +178,10 @@ impl Db {
         let mut retrier = self.retrier();
         loop {
             let conn = self.connection().await?;
+            deadline::before(until, "BEGIN")?;
+            // Marked open before BEGIN is sent: dropped from here on, this
+            // future leaves the connection to be closed, not reused.
+            let open = conn.state().begin();
             if let Err(error) = simple(adapter, &conn, begin, until).await {
                 if error.is_transient() {
                     retrier.backoff(error, "begin").await?;
@@ -150,11 +189,11 @@ impl Db {
                 }
                 return Err(error);
             }
-            let tx = Tx { conn: conn.clone(), adapter: adapter.clone(), until };
+            let tx = Tx { conn: conn.clone(), adapter: adapter.clone(), until, number: open.number() };
             let value = match f(tx).await {
                 Ok(value) => value,
                 Err(error) => {
-                    rollback(adapter, &conn, until).await;
+                    rollback(adapter, &conn, until, open).await;
                     if rerun(&error) {
                         retrier.backoff(error, "transaction").await?;
                         continue;
@@ -167,18 +206,11 @@ impl Db {
                 retrier.backoff(Error::ConnectionClosed, "transaction").await?;
                 continue;
             }
-            match simple(adapter, &conn, "COMMIT", until).await {
+            match commit(adapter, &conn, until, open).await {
                 Ok(()) => return Ok(value),
                 Err(error) if error.kind() == ErrorKind::Serialization => {
                     retrier.backoff(error, "transaction").await?;
                 }
-                // No answer from the server: it may have committed or not.
-                Err(error) if error.code().is_none() => {
-                    tracing::error!(%error, "commit outcome unknown");
-                    return Err(Error::CommitOutcomeUnknown { source: Box::new(error) });
-                }
-                // The server answered: the transaction was rolled back (a
-                // deferred constraint, say).
                 Err(error) => return Err(error),
             }
         }
@@ -192,9 +224,11 @@ fn rerun(error: &Error) -> bool {
         && !matches!(error, Error::DeadlineExceeded { .. } | Error::Unavailable { .. })
 }
 
-/// One simple-protocol statement, no later than `until`.
+/// One simple-protocol statement, no later than `until`, and not sent at all
+/// once `until` has passed.
 async fn simple(adapter: &Adapter, conn: &Conn, sql: &str, until: Option<Instant>) -> Result<(), Error> {
-    let work = async {
+    deadline::before(until, "transaction control")?;
+    let work = conn.sent(async {
         match conn.batch_execute(sql).await {
             Ok(()) => {
                 adapter.liveness().succeeded();
@@ -202,16 +236,59 @@ async fn simple(adapter: &Adapter, conn: &Conn, sql: &str, until: Option<Instant
             }
             Err(error) => Err(db::observe_failure(adapter, error)),
         }
-    };
+    });
     retry::bounded(until, work, "transaction control within the invocation's deadline").await
 }
 
-/// Ends a failed transaction, if its connection still lets it.
-async fn rollback(adapter: &Adapter, conn: &Conn, until: Option<Instant>) {
+/// Commits the open transaction, and says what became of it.
+///
+/// When a statement in it failed (or was abandoned, or raw calls ran in it),
+/// the transaction may be aborted, and PostgreSQL would answer `COMMIT` with
+/// the tag `ROLLBACK` and no error. So `SELECT 1` goes ahead of `COMMIT` in
+/// the same round trip: in an aborted transaction it fails with 25P02 and the
+/// server skips the `COMMIT`.
+async fn commit(
+    adapter: &Adapter,
+    conn: &Conn,
+    until: Option<Instant>,
+    open: OpenTransaction<'_>,
+) -> Result<(), Error> {
+    let sql = if conn.state().commit_needs_check() { "SELECT 1; COMMIT" } else { "COMMIT" };
+    match simple(adapter, conn, sql, until).await {
+        Ok(()) => {
+            open.ended();
+            Ok(())
+        }
+        // Not sent: the transaction stays open, and `open`, dropped, has its
+        // connection closed, which rolls it back.
+        Err(error @ Error::DeadlineReached { .. }) => Err(error),
+        Err(error) if error.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) => {
+            rollback(adapter, conn, until, open).await;
+            tracing::warn!("a statement of the transaction had failed; COMMIT would have rolled it back");
+            Err(Error::CommitRolledBack)
+        }
+        Err(error) if error.leaves_commit_unknown() => {
+            tracing::error!(%error, "commit outcome unknown");
+            Err(Error::CommitOutcomeUnknown { source: Box::new(error) })
+        }
+        // The server answered with an error: the transaction was rolled back
+        // (a deferred constraint, a serialization failure).
+        Err(error) => {
+            open.ended();
+            Err(error)
+        }
+    }
+}
+
+/// Ends a failed transaction, if its connection still lets it. Unless the
+/// server answered the `ROLLBACK`, `open` is dropped unended, and the
+/// connection is closed instead of reused.
+async fn rollback(adapter: &Adapter, conn: &Conn, until: Option<Instant>, open: OpenTransaction<'_>) {
     if conn.is_closed() {
         return;
     }
-    if let Err(error) = simple(adapter, conn, "ROLLBACK", until).await {
-        tracing::warn!(%error, "rollback failed");
+    match simple(adapter, conn, "ROLLBACK", until).await {
+        Ok(()) => open.ended(),
+        Err(error) => tracing::warn!(%error, "rollback failed; the connection will be closed"),
     }
 }

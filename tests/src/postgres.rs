@@ -388,6 +388,22 @@ impl Postgres {
         self.superuser().await.query_one(&sql, &[&value]).await.expect("count backends in pg_stat_activity").get(0)
     }
 
+    /// Terminate (`pg_terminate_backend`) every client backend logged in as
+    /// `user` without waiting for them to exit; returns how many were
+    /// signalled. Behind a pooler this cuts its server connections.
+    pub async fn kill_backends_of_user(&self, user: &str) -> i64 {
+        self.superuser()
+            .await
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE usename = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                &[&user],
+            )
+            .await
+            .expect("terminate backends")
+            .get(0)
+    }
+
     /// Terminate (`pg_terminate_backend`) every client backend with this
     /// `application_name` and return their pids. Waits up to 5 s for each to exit, except
     /// for backends frozen with [`Postgres::stop_backend`] (they exit once continued).

@@ -26,7 +26,7 @@ use std::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::{
@@ -95,7 +95,7 @@ struct Shared {
     next_id: AtomicU64,
     accepted: AtomicUsize,
     /// Open proxied connections by id.
-    connections: Mutex<HashMap<u64, watch::Sender<State>>>,
+    connections: Mutex<HashMap<u64, (Instant, watch::Sender<State>)>>,
     /// Number of entries in `connections`, to wait on.
     open: watch::Sender<usize>,
     trigger: Mutex<Option<Trigger>>,
@@ -103,7 +103,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn connections(&self) -> MutexGuard<'_, HashMap<u64, watch::Sender<State>>> {
+    fn connections(&self) -> MutexGuard<'_, HashMap<u64, (Instant, watch::Sender<State>)>> {
         self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -115,14 +115,21 @@ impl Shared {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (state, _) = watch::channel(State::Open);
         let mut connections = self.connections();
-        connections.insert(id, state.clone());
+        connections.insert(id, (Instant::now(), state.clone()));
         self.open.send_replace(connections.len());
         Arc::new(Link { id, state, shared: Arc::clone(self) })
     }
 
     /// Move every open connection whose state is in `from` to `to`; returns how many moved.
     fn transition_all(&self, from: &[State], to: State) -> usize {
-        self.connections().values().filter(|state| transition(state, from, to)).count()
+        self.transition_older(Duration::ZERO, from, to)
+    }
+
+    fn transition_older(&self, age: Duration, from: &[State], to: State) -> usize {
+        self.connections()
+            .values()
+            .filter(|(opened, state)| opened.elapsed() >= age && transition(state, from, to))
+            .count()
     }
 
     fn arm(&self, direction: Direction, pattern: &[u8]) {
@@ -312,6 +319,13 @@ impl FaultProxy {
     /// 0), and the upstream side closed. Returns how many connections were reset.
     pub fn reset_all(&self) -> usize {
         self.shared.transition_all(&[State::Open, State::Silenced], State::Reset)
+    }
+
+    /// As [`FaultProxy::reset_all`], for the connections open for at least
+    /// `age`: the pooled ones, not a short-lived cancel request in flight
+    /// (whose loss PgBouncer 1.18 does not survive, pgbouncer#801).
+    pub fn reset_older_than(&self, age: Duration) -> usize {
+        self.shared.transition_older(age, &[State::Open, State::Silenced], State::Reset)
     }
 
     /// Arm a one-shot cut (replacing any armed one): the first chunk coming from the

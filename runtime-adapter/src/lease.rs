@@ -1,0 +1,319 @@
+//! A checked-out connection, and the state of its session: a connection goes
+//! back to the pool only idle.
+//!
+//! tokio-postgres does not expose the transaction status that PostgreSQL
+//! reports with each ReadyForQuery, so the adapter keeps it from what it
+//! sends itself:
+//! - **a statement in flight**, from the moment its future is first polled
+//!   (when it is sent) until its answer arrived. A future dropped before
+//!   then (a `timeout` or `select!` around the call, a panic, an early
+//!   return) leaves the session in an unknown state: the statement may still
+//!   run, and a transaction may be open or aborted.
+//! - **an open transaction**, from `BEGIN` until `COMMIT` or `ROLLBACK` was
+//!   answered. One abandoned by its [`Db::transaction`](crate::Db::transaction)
+//!   leaves the session in an unknown state too.
+//! - **raw use**: what a [`RawClient`](crate::RawClient) sends is not seen;
+//!   the connection's next checkout sends `ROLLBACK` before handing it out.
+//!
+//! When the last handle on a checkout is dropped, a connection whose session
+//! is not known to be idle stays out of the pool while a task cancels what
+//! still runs on it and sends `ROLLBACK`; only then does it go back, and if
+//! that fails it is closed (the server rolls back what a session had open
+//! when it ends). It is never handed to another invocation as it was, where
+//! an autocommit write would join the leftover transaction and be lost with
+//! it.
+
+use std::future::Future;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+
+use deadpool::managed;
+use deadpool_postgres::ClientWrapper;
+
+use crate::cancel::CancelTarget;
+use crate::pool::WarmingManager;
+
+/// The pool's object: a client and what is known of its session.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    client: ClientWrapper,
+    state: SessionState,
+    cancel_target: Option<CancelTarget>,
+}
+
+impl Connection {
+    pub(crate) fn new(client: ClientWrapper, cancel_target: Option<CancelTarget>) -> Self {
+        Self { client, state: SessionState::default(), cancel_target }
+    }
+
+    /// Asks the server to cancel what this connection is running, and waits
+    /// until it has taken the request; `tls` as the connection's own.
+    pub(crate) async fn cancel(&self, tls: tokio_postgres_rustls::MakeRustlsConnect) -> std::io::Result<()> {
+        // Boxed: the TLS handshake's future type is deep enough to overflow
+        // the compiler's query depth in handlers that await a statement.
+        Box::pin(crate::cancel::cancel(self.cancel_token(), self.cancel_target.as_ref(), tls)).await
+    }
+
+    pub(crate) fn client_mut(&mut self) -> &mut ClientWrapper {
+        &mut self.client
+    }
+
+    pub(crate) fn state(&self) -> &SessionState {
+        &self.state
+    }
+
+    /// Runs `work`, which sends to the server, counted as in flight until it
+    /// completes; dropped before that, it leaves the session unknown.
+    pub(crate) async fn sent<F: Future>(&self, work: F) -> F::Output {
+        let flight = InFlight::start(&self.state);
+        let out = work.await;
+        flight.landed();
+        out
+    }
+}
+
+impl Deref for Connection {
+    type Target = ClientWrapper;
+
+    fn deref(&self) -> &ClientWrapper {
+        &self.client
+    }
+}
+
+/// What the adapter knows of a session, from what it sent on it.
+#[derive(Debug, Default)]
+pub(crate) struct SessionState {
+    /// Requests sent and not yet answered.
+    in_flight: AtomicU32,
+    /// The sequence number of the open transaction, 0 when none is.
+    transaction: AtomicU32,
+    flags: AtomicU8,
+}
+
+/// A request was abandoned, or a transaction left open: the session's state
+/// is unknown.
+const UNKNOWN: u8 = 1;
+/// A statement in the open transaction failed, so the transaction may be
+/// aborted: its `COMMIT` must be checked.
+const FAILED_IN_TRANSACTION: u8 = 2;
+/// A [`RawClient`](crate::RawClient) was handed out on this connection.
+const RAW: u8 = 4;
+
+/// Numbers transactions, so that a [`Tx`](crate::Tx) recognises its own.
+static TRANSACTIONS: AtomicU32 = AtomicU32::new(1);
+
+impl SessionState {
+    /// Whether the session may serve another invocation: nothing in flight,
+    /// no transaction open, nothing abandoned.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+            && self.transaction.load(Ordering::Acquire) == 0
+            && self.flags.load(Ordering::Acquire) & UNKNOWN == 0
+    }
+
+    /// Whether something was abandoned on the session.
+    pub(crate) fn is_unknown(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & UNKNOWN != 0
+    }
+
+    /// Whether a request may still be running on the server.
+    pub(crate) fn has_in_flight(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) != 0
+    }
+
+    /// The open transaction's number, if one is open.
+    pub(crate) fn open_transaction(&self) -> Option<u32> {
+        Some(self.transaction.load(Ordering::Acquire)).filter(|&n| n != 0)
+    }
+
+    /// Marks a transaction open, before its `BEGIN` is sent.
+    pub(crate) fn begin(&self) -> OpenTransaction<'_> {
+        let number = TRANSACTIONS.fetch_add(1, Ordering::Relaxed).max(1);
+        self.flags.fetch_and(!FAILED_IN_TRANSACTION, Ordering::AcqRel);
+        self.transaction.store(number, Ordering::Release);
+        OpenTransaction { state: self, number }
+    }
+
+    /// Notes that a statement of the open transaction failed.
+    pub(crate) fn failed_in_transaction(&self) {
+        self.flags.fetch_or(FAILED_IN_TRANSACTION, Ordering::AcqRel);
+    }
+
+    /// Whether the transaction's `COMMIT` must first learn whether the
+    /// transaction is still good: a statement in it failed, one was
+    /// abandoned, or raw calls may have run in it.
+    pub(crate) fn commit_needs_check(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & (UNKNOWN | FAILED_IN_TRANSACTION | RAW) != 0
+    }
+
+    /// Notes that a [`RawClient`](crate::RawClient) was handed out.
+    pub(crate) fn raw_used(&self) {
+        self.flags.fetch_or(RAW, Ordering::AcqRel);
+    }
+
+    /// Takes the raw-use mark: whether the connection must be rolled back
+    /// before its next use.
+    pub(crate) fn take_raw(&self) -> bool {
+        self.flags.fetch_and(!RAW, Ordering::AcqRel) & RAW != 0
+    }
+
+    fn abandoned(&self) {
+        self.flags.fetch_or(UNKNOWN, Ordering::AcqRel);
+    }
+
+    /// The session was rolled back and its requests answered: idle.
+    fn reset(&self) {
+        self.in_flight.store(0, Ordering::Release);
+        self.transaction.store(0, Ordering::Release);
+        self.flags.store(0, Ordering::Release);
+    }
+}
+
+/// A request counted as in flight; see [`Connection::sent`].
+struct InFlight<'a> {
+    state: &'a SessionState,
+    landed: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(state: &'a SessionState) -> Self {
+        state.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self { state, landed: false }
+    }
+
+    fn landed(mut self) {
+        self.landed = true;
+        self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        // Left counted: the request may still be running on the server.
+        if !self.landed {
+            self.state.abandoned();
+        }
+    }
+}
+
+/// A transaction marked open on a session, from before its `BEGIN` until
+/// [`ended`](Self::ended) is called once the server answered its `COMMIT`
+/// or `ROLLBACK`. Dropped open (its [`Db::transaction`](crate::Db::transaction)
+/// future was dropped, or it panicked), it leaves the session unknown.
+pub(crate) struct OpenTransaction<'a> {
+    state: &'a SessionState,
+    number: u32,
+}
+
+impl OpenTransaction<'_> {
+    pub(crate) fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// The server ended the transaction: the session is idle again.
+    pub(crate) fn ended(self) {
+        let _ = self.state.transaction.compare_exchange(self.number, 0, Ordering::AcqRel, Ordering::Acquire);
+        self.state.flags.fetch_and(!FAILED_IN_TRANSACTION, Ordering::AcqRel);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for OpenTransaction<'_> {
+    fn drop(&mut self) {
+        if self.state.transaction.load(Ordering::Acquire) == self.number {
+            self.state.abandoned();
+        }
+    }
+}
+
+/// A connection checked out of a pool, for one invocation. Dropped, it goes
+/// back to the pool if its session is idle, and is closed otherwise.
+pub(crate) struct Conn(Option<managed::Object<WarmingManager>>);
+
+impl Conn {
+    pub(crate) fn new(object: managed::Object<WarmingManager>) -> Self {
+        Self(Some(object))
+    }
+
+    pub(crate) fn object(&self) -> &managed::Object<WarmingManager> {
+        // Present until drop.
+        self.0.as_ref().unwrap_or_else(|| unreachable!("a checkout is emptied only when dropped"))
+    }
+}
+
+impl Deref for Conn {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.object()
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let Some(object) = self.0.take() else { return };
+        if object.state.is_idle() || object.client.is_closed() {
+            // Back to the pool; a closed one is discarded at the next checkout.
+            return drop(object);
+        }
+        let running = object.state.has_in_flight();
+        tracing::warn!(
+            statement_in_flight = running,
+            transaction_open = object.state.open_transaction().is_some(),
+            "a connection was released mid-request or mid-transaction; rolling it back before reuse"
+        );
+        let pool = managed::Object::pool(&object);
+        if let Some(pool) = &pool {
+            pool.manager().abandoned();
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return close(object);
+        };
+        let cleanup = roll_back(object, running);
+        match pool {
+            Some(pool) => drop(pool.manager().track(cleanup)),
+            None => drop(runtime.spawn(cleanup)),
+        }
+    }
+}
+
+/// Ends what an abandoned session had open, then hands the connection back
+/// to the pool; closes it if that fails. Until then the pool counts it as in
+/// use, so no checkout can get it half-cleaned.
+///
+/// The connection is not simply closed: behind PgBouncer a client that
+/// leaves while its cancel request is being forwarded leaves the statement
+/// running on the server (and 1.18 can crash on it), and a new connection
+/// costs the next invocation a connect and both warmup phases.
+async fn roll_back(object: managed::Object<WarmingManager>, running: bool) {
+    if running {
+        let request = object.cancel(crate::pool::cancel_tls(&object));
+        if let Ok(Err(error)) = tokio::time::timeout(CLEANUP_STEP_TIMEOUT, request).await {
+            tracing::debug!(%error, "cancelling the abandoned request failed");
+        }
+    }
+    // Queued behind whatever is still running. The cancel may land on the
+    // first ROLLBACK instead (57014): the second then does the work.
+    for _ in 0..2 {
+        match tokio::time::timeout(CLEANUP_STEP_TIMEOUT, object.simple_query("ROLLBACK")).await {
+            Ok(Ok(_)) => {
+                object.state.reset();
+                tracing::debug!("abandoned session rolled back; the connection is reusable");
+                return drop(object);
+            }
+            Ok(Err(error)) if error.code().is_some() => continue,
+            _ => break,
+        }
+    }
+    tracing::warn!("could not roll back the abandoned session; closing its connection");
+    close(object);
+}
+
+/// Takes `object` out of its pool for good and drops it: its connection task
+/// sends Terminate, and the server rolls back what the session had open.
+fn close(object: managed::Object<WarmingManager>) {
+    drop(managed::Object::take(object));
+}
+
+/// Bounds each step of rolling back an abandoned session.
+const CLEANUP_STEP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
