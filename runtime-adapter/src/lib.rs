@@ -55,7 +55,7 @@ mod transaction;
 mod warmup;
 
 pub use adapter::{Adapter, Builder};
-pub use config::{Config, ConfigError, PoolerMode};
+pub use config::{Config, ConfigError, ConfigWarning, PoolerMode};
 pub use db::{Db, Idempotent, RawClient};
 pub use error::{Error, ErrorKind, Phase};
 pub use runtime::report_init_error;
