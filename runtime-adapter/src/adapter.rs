@@ -57,8 +57,9 @@ impl Builder {
         self
     }
 
-    /// Reads the configuration, then builds and warms the pool: both phases
-    /// on every connection, retrying transient failures.
+    /// Reads the configuration, logs each of its
+    /// [`warnings`](Config::warnings) at WARN, then builds and warms the
+    /// pool: both phases on every connection, retrying transient failures.
     ///
     /// If the database stays unreachable, the adapter is returned unwarmed and
     /// the first invocation warms it within its own deadline, so that an
@@ -75,12 +76,10 @@ impl Builder {
             Some(config) => config,
             None => Config::from_env()?,
         };
-        if let Some(concurrency) = config.max_concurrency.filter(|&c| c > config.pool_size) {
-            tracing::warn!(
-                pool_size = config.pool_size,
-                max_concurrency = concurrency,
-                "DB_POOL_SIZE is below AWS_LAMBDA_MAX_CONCURRENCY: concurrent invocations will wait for connections"
-            );
+        // Parsing logs nothing; the adjustments it made are reported here,
+        // once per environment, at INIT.
+        for warning in config.warnings() {
+            tracing::warn!(variables = warning.variables(), "{warning}");
         }
         let adapter = Adapter {
             shared: Arc::new(Shared {

@@ -5,6 +5,15 @@
 //! the variable, says what is wrong and shows the expected form. The database
 //! password is kept in a [`tokio_postgres::Config`], whose `Debug` redacts it,
 //! and no message here ever quotes the URL.
+//!
+//! Values wrong on their own (unparsable, negative, out of range) and
+//! combinations that would be unsafe or certainly broken (IAM tokens over a
+//! connection that may be plaintext, two sources for one setting) are errors.
+//! Combinations that are merely redundant are not: the adapter does the
+//! sensible thing, as HikariCP does with a `keepaliveTime` not shorter than
+//! `maxLifetime`, and records a [`ConfigWarning`] that
+//! [`Builder::init`](crate::Builder::init) logs at WARN. Parsing itself logs
+//! nothing, so the warnings are plain values a test can read.
 
 use std::fmt;
 use std::str::FromStr;
@@ -86,6 +95,76 @@ pub struct Config {
     pub pooler_mode: PoolerMode,
     /// `AWS_LAMBDA_MAX_CONCURRENCY`, when Lambda runs several invocations at once.
     pub max_concurrency: Option<usize>,
+    /// What parsing adjusted or found worth a warning; see [`Config::warnings`].
+    pub(crate) warnings: Vec<ConfigWarning>,
+}
+
+/// A combination of settings that works, but not as written: what the
+/// adapter did about it. [`Builder::init`](crate::Builder::init) logs each
+/// at WARN; the `Display` names the variables and what happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigWarning {
+    /// `DB_HEALTH_CHECK_INTERVAL_MS` was longer than `DB_MAX_AGE_MS`, and was
+    /// capped at it: a pool never outlives its maximum age, and the refresh
+    /// warms (so proves) every new connection.
+    HealthCheckIntervalCapped {
+        /// The interval as configured (or the default).
+        configured: Duration,
+        /// The maximum age, which is now the interval.
+        max_age: Duration,
+    },
+    /// With `DB_IAM_AUTH=true`, `DB_MAX_AGE_MS` was longer than the
+    /// 15 minutes an IAM token is valid, and was capped at 15 minutes, so
+    /// that no connection outlives the credentials it was opened with.
+    MaxAgeCappedForIam {
+        /// The maximum age as configured.
+        configured: Duration,
+    },
+    /// `DB_POOL_SIZE` is below `AWS_LAMBDA_MAX_CONCURRENCY`: concurrent
+    /// invocations will wait for connections.
+    PoolSmallerThanConcurrency {
+        /// `DB_POOL_SIZE`.
+        pool_size: usize,
+        /// `AWS_LAMBDA_MAX_CONCURRENCY`.
+        max_concurrency: usize,
+    },
+}
+
+impl ConfigWarning {
+    /// The variables involved, e.g. `"DB_HEALTH_CHECK_INTERVAL_MS, DB_MAX_AGE_MS"`.
+    #[must_use]
+    pub fn variables(&self) -> &'static str {
+        match self {
+            ConfigWarning::HealthCheckIntervalCapped { .. } => "DB_HEALTH_CHECK_INTERVAL_MS, DB_MAX_AGE_MS",
+            ConfigWarning::MaxAgeCappedForIam { .. } => "DB_IAM_AUTH, DB_MAX_AGE_MS",
+            ConfigWarning::PoolSmallerThanConcurrency { .. } => "DB_POOL_SIZE, AWS_LAMBDA_MAX_CONCURRENCY",
+        }
+    }
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigWarning::HealthCheckIntervalCapped { configured, max_age } => write!(
+                f,
+                "DB_HEALTH_CHECK_INTERVAL_MS ({} ms) is longer than DB_MAX_AGE_MS ({} ms); the health-check interval is capped at {} ms: the pool is replaced at its maximum age, and the replacement proves its connections",
+                configured.as_millis(),
+                max_age.as_millis(),
+                max_age.as_millis()
+            ),
+            ConfigWarning::MaxAgeCappedForIam { configured } => write!(
+                f,
+                "DB_MAX_AGE_MS ({} ms) is longer than the 15 minutes an IAM authentication token is valid (DB_IAM_AUTH=true); the pool's maximum age is capped at {} ms, so that connections are reopened with fresh tokens",
+                configured.as_millis(),
+                crate::credentials::IAM_TOKEN_LIFETIME.as_millis()
+            ),
+            ConfigWarning::PoolSmallerThanConcurrency { pool_size, max_concurrency } => write!(
+                f,
+                "DB_POOL_SIZE ({pool_size}) is below AWS_LAMBDA_MAX_CONCURRENCY ({max_concurrency}): concurrent invocations will wait for connections"
+            ),
+        }
+    }
 }
 
 /// What sits between the adapter and PostgreSQL, which decides how
@@ -152,6 +231,7 @@ impl Default for Config {
             function_name: "runtime-adapter".to_owned(),
             pooler_mode: PoolerMode::None,
             max_concurrency: None,
+            warnings: Vec::new(),
         }
     }
 }
@@ -183,6 +263,7 @@ impl fmt::Debug for Config {
             .field("function_name", &self.function_name)
             .field("pooler_mode", &self.pooler_mode)
             .field("max_concurrency", &self.max_concurrency)
+            .field("warnings", &self.warnings)
             .finish()
     }
 }
@@ -209,7 +290,8 @@ pub enum ConfigError {
         /// The expected form.
         expected: &'static str,
     },
-    /// Two settings contradict each other.
+    /// Two settings contradict each other, and running with them would be
+    /// unsafe or certainly broken.
     #[error("{vars} contradict each other: {problem}")]
     Conflict {
         /// The variables involved.
@@ -254,7 +336,7 @@ impl Config {
             &|var| env.get(var),
             env.millis("DB_CONNECT_TIMEOUT_MS", Zero::Reject)?.unwrap_or(defaults.connect_timeout),
         )?;
-        let config = Self {
+        let mut config = Self {
             pg: connection.pg,
             credentials: connection.credentials,
             tls: connection.tls,
@@ -292,24 +374,40 @@ impl Config {
             function_name: env.get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or(defaults.function_name),
             pooler_mode: pooler_mode(&env)?.unwrap_or(defaults.pooler_mode),
             max_concurrency,
+            warnings: Vec::new(),
         };
-        config.check_conflicts()?;
+        config.credentials.check(&config.tls)?;
+        config.reconcile();
         Ok(config.with_session_settings())
     }
 
-    fn check_conflicts(&self) -> Result<(), ConfigError> {
-        self.credentials.check(&self.tls, self.max_age)?;
-        if self.health_check_interval > Duration::ZERO && self.health_check_interval >= self.max_age {
-            return Err(ConfigError::Conflict {
-                vars: "DB_HEALTH_CHECK_INTERVAL_MS and DB_MAX_AGE_MS",
-                problem: format!(
-                    "a health-check interval of {} ms is not shorter than the pool's maximum age of {} ms, so the pool would be replaced before any check is due; make the interval shorter than the maximum age",
-                    self.health_check_interval.as_millis(),
-                    self.max_age.as_millis()
-                ),
-            });
+    /// What parsing adjusted, or found worth a warning, in the order it was
+    /// found. [`Builder::init`](crate::Builder::init) logs each at WARN.
+    #[must_use]
+    pub fn warnings(&self) -> &[ConfigWarning] {
+        &self.warnings
+    }
+
+    /// Settings that are redundant together, not wrong: the sensible value
+    /// is used and a warning recorded. The IAM cap comes first, because the
+    /// interval is capped at the maximum age that results.
+    fn reconcile(&mut self) {
+        let iam = *self.credentials.source() == crate::credentials::CredentialSource::Iam;
+        if iam && self.max_age > crate::credentials::IAM_TOKEN_LIFETIME {
+            self.warnings.push(ConfigWarning::MaxAgeCappedForIam { configured: self.max_age });
+            self.max_age = crate::credentials::IAM_TOKEN_LIFETIME;
         }
-        Ok(())
+        if self.health_check_interval > self.max_age {
+            self.warnings.push(ConfigWarning::HealthCheckIntervalCapped {
+                configured: self.health_check_interval,
+                max_age: self.max_age,
+            });
+            self.health_check_interval = self.max_age;
+        }
+        if let Some(max_concurrency) = self.max_concurrency.filter(|&c| c > self.pool_size) {
+            self.warnings
+                .push(ConfigWarning::PoolSmallerThanConcurrency { pool_size: self.pool_size, max_concurrency });
+        }
     }
 
     /// Settings carried in the startup packet, so they cost no round trip.
@@ -544,13 +642,90 @@ mod tests {
     }
 
     #[test]
-    fn contradicting_settings_are_refused() {
-        let err = parse_with_url(&[("DB_HEALTH_CHECK_INTERVAL_MS", "60000"), ("DB_MAX_AGE_MS", "30000")])
-            .expect_err("interval");
-        assert!(
-            err.to_string().starts_with("DB_HEALTH_CHECK_INTERVAL_MS and DB_MAX_AGE_MS contradict each other"),
-            "{err}"
+    fn a_short_max_age_caps_the_health_check_interval_with_one_warning() {
+        // The default interval (30 s) is longer than this maximum age.
+        let config = parse_with_url(&[("DB_MAX_AGE_MS", "1000")]).expect("redundant, not wrong");
+        assert_eq!(config.max_age, Duration::from_millis(1000));
+        assert_eq!(config.health_check_interval, Duration::from_millis(1000));
+        assert_eq!(
+            config.warnings(),
+            [ConfigWarning::HealthCheckIntervalCapped {
+                configured: Duration::from_secs(30),
+                max_age: Duration::from_secs(1)
+            }]
         );
+        let text = config.warnings()[0].to_string();
+        assert!(
+            text.starts_with("DB_HEALTH_CHECK_INTERVAL_MS (30000 ms) is longer than DB_MAX_AGE_MS (1000 ms)"),
+            "{text}"
+        );
+        assert!(text.contains("capped at 1000 ms"), "{text}");
+
+        let both = parse_with_url(&[("DB_HEALTH_CHECK_INTERVAL_MS", "60000"), ("DB_MAX_AGE_MS", "1500")])
+            .expect("redundant, not wrong");
+        assert_eq!(both.health_check_interval, Duration::from_millis(1500));
+        assert_eq!(both.warnings().len(), 1);
+    }
+
+    #[test]
+    fn settings_that_hold_together_warn_about_nothing() {
+        assert_eq!(parse_with_url(&[]).expect("valid").warnings(), []);
+        let equal =
+            parse_with_url(&[("DB_HEALTH_CHECK_INTERVAL_MS", "5000"), ("DB_MAX_AGE_MS", "5000")]).expect("valid");
+        assert_eq!((equal.health_check_interval, equal.warnings()), (Duration::from_secs(5), &[][..]));
+        let every_time =
+            parse_with_url(&[("DB_HEALTH_CHECK_INTERVAL_MS", "0"), ("DB_MAX_AGE_MS", "1")]).expect("valid");
+        assert_eq!((every_time.health_check_interval, every_time.warnings()), (Duration::ZERO, &[][..]));
+    }
+
+    #[test]
+    fn iam_caps_the_max_age_at_a_token_lifetime_and_the_interval_follows() {
+        let iam = [("DATABASE_URL", "postgres://u@h/d?sslmode=require"), ("DB_IAM_AUTH", "true")];
+        let mut vars = iam.to_vec();
+        vars.extend([("DB_MAX_AGE_MS", "1800000"), ("DB_HEALTH_CHECK_INTERVAL_MS", "1200000")]);
+        let config = parse(&vars).expect("capped, not refused");
+        assert_eq!(config.max_age, Duration::from_secs(900));
+        assert_eq!(config.health_check_interval, Duration::from_secs(900));
+        assert_eq!(
+            config.warnings(),
+            [
+                ConfigWarning::MaxAgeCappedForIam { configured: Duration::from_secs(1800) },
+                ConfigWarning::HealthCheckIntervalCapped {
+                    configured: Duration::from_secs(1200),
+                    max_age: Duration::from_secs(900)
+                },
+            ]
+        );
+        assert!(config.warnings()[0].to_string().contains("capped at 900000 ms"), "{}", config.warnings()[0]);
+        assert_eq!(parse(&iam).expect("valid").warnings(), []);
+    }
+
+    #[test]
+    fn a_pool_smaller_than_the_concurrency_is_a_warning() {
+        let config = parse_with_url(&[("AWS_LAMBDA_MAX_CONCURRENCY", "8"), ("DB_POOL_SIZE", "2")]).expect("valid");
+        assert_eq!(config.warnings(), [ConfigWarning::PoolSmallerThanConcurrency { pool_size: 2, max_concurrency: 8 }]);
+    }
+
+    #[test]
+    fn unsafe_or_ambiguous_combinations_are_still_refused() {
+        let cases = [
+            (
+                vec![("DATABASE_URL", "postgres://u@h/d"), ("DB_IAM_AUTH", "true")],
+                "DB_IAM_AUTH and sslmode contradict each other",
+            ),
+            (
+                vec![("DB_SECRET_ARN", "s"), ("DB_IAM_AUTH", "true")],
+                "DB_SECRET_ARN and DB_IAM_AUTH contradict each other",
+            ),
+            (
+                vec![("DATABASE_URL", URL), ("DB_HOST", "h")],
+                "contradict each other: DB_HOST is set as well as DATABASE_URL",
+            ),
+        ];
+        for (vars, message) in cases {
+            let err = parse(&vars).expect_err(message);
+            assert!(err.to_string().contains(message), "{err}");
+        }
     }
 
     #[test]

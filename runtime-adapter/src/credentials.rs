@@ -277,8 +277,10 @@ impl Credentials {
         &self.source
     }
 
-    /// Settings that cannot hold together with this source.
-    pub(crate) fn check(&self, tls: &Tls, max_age: Duration) -> Result<(), ConfigError> {
+    /// Settings that cannot safely hold together with this source. (A
+    /// maximum age longer than a token's lifetime is not one: the
+    /// configuration caps it, with a warning.)
+    pub(crate) fn check(&self, tls: &Tls) -> Result<(), ConfigError> {
         if self.source != CredentialSource::Iam {
             return Ok(());
         }
@@ -288,15 +290,6 @@ impl Credentials {
                 problem: format!(
                     "IAM authentication sends its token as the password, and with sslmode={} it could go in plaintext (RDS also refuses IAM authentication without TLS); set sslmode=verify-full (with DB_SSL_ROOT_CERT naming the RDS CA bundle), verify-ca or require",
                     tls.mode()
-                ),
-            });
-        }
-        if max_age > IAM_TOKEN_LIFETIME {
-            return Err(ConfigError::Conflict {
-                vars: "DB_IAM_AUTH and DB_MAX_AGE_MS",
-                problem: format!(
-                    "a maximum pool age of {} ms is longer than the 15 minutes an IAM authentication token is valid; set DB_MAX_AGE_MS to 900000 or less",
-                    max_age.as_millis()
                 ),
             });
         }
@@ -714,17 +707,15 @@ mod tests {
     }
 
     #[test]
-    fn iam_needs_tls_and_a_short_enough_max_age() {
-        let check = |url: &str, max_age_ms: u64| {
+    fn iam_needs_tls() {
+        let check = |url: &str| {
             let c = connection(&[("DATABASE_URL", url), ("DB_IAM_AUTH", "true")]).expect("parses");
-            c.credentials.check(&c.tls, Duration::from_millis(max_age_ms))
+            c.credentials.check(&c.tls)
         };
-        let err = check("postgres://u@h/d", 300_000).expect_err("prefer may fall back to plaintext");
+        let err = check("postgres://u@h/d").expect_err("prefer may fall back to plaintext");
         assert!(err.to_string().contains("sslmode=prefer it could go in plaintext"), "{err}");
-        assert!(check("postgres://u@h/d?sslmode=disable", 300_000).is_err());
-        let err = check("postgres://u@h/d?sslmode=require", 900_001).expect_err("too old");
-        assert!(err.to_string().starts_with("DB_IAM_AUTH and DB_MAX_AGE_MS contradict each other"), "{err}");
-        check("postgres://u@h/d?sslmode=require", 900_000).expect("fine");
+        assert!(check("postgres://u@h/d?sslmode=disable").is_err());
+        check("postgres://u@h/d?sslmode=require").expect("fine");
     }
 
     #[test]

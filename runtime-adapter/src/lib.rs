@@ -57,14 +57,14 @@ mod transaction;
 mod warmup;
 
 pub use adapter::{Adapter, Builder};
-pub use config::{Config, ConfigError, PoolerMode};
+pub use config::{Config, ConfigError, ConfigWarning, PoolerMode};
 pub use db::{Db, Idempotent, RawClient};
 pub use error::{Error, ErrorKind, Phase};
-pub use runtime::report_init_error;
+pub use runtime::{report_init_error, HANDLER_PANICKED};
 pub use stats::{Percentiles, RefreshReason, Stats, WarmupTimings};
 pub use transaction::Tx;
 
-pub use lambda_runtime::{Context, LambdaEvent};
+pub use lambda_runtime::{Context, Diagnostic, LambdaEvent};
 pub use tokio_postgres;
 pub use tokio_postgres::types::ToSql;
 pub use tokio_postgres::{IsolationLevel, Row};

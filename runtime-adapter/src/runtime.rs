@@ -1,11 +1,20 @@
 //! The Lambda side: [`Builder::run`] wraps a handler, and init errors are
 //! reported to the Runtime API the way Lambda expects them.
+//!
+//! A handler's error reaches Lambda as the `errorType` its
+//! `Into<Diagnostic>` gives: `runtime_adapter::Error` keeps its own
+//! (`RuntimeAdapter.DatabaseUnavailable`, …). A panic in the handler is
+//! caught here, around the handler's future, and answered as
+//! [`HANDLER_PANICKED`] with the panic's message; the environment keeps
+//! serving, and the invocation's metrics record is still written.
 
+use std::any::Any;
 use std::fmt::Debug;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use futures_util::Stream;
+use futures_util::{FutureExt as _, Stream};
 use lambda_runtime::{Diagnostic, IntoFunctionResponse, LambdaEvent};
 use lambda_runtime_api_client::body::Body;
 use lambda_runtime_api_client::{build_request, PooledClient};
@@ -17,6 +26,10 @@ use crate::error::Error;
 use crate::metrics::Invocation;
 use crate::shutdown;
 use crate::snapstart::SnapStart;
+
+/// The `errorType` Lambda receives when the handler panicked; the
+/// `errorMessage` is `the handler panicked: ` and the panic's message.
+pub const HANDLER_PANICKED: &str = "RuntimeAdapter.HandlerPanicked";
 
 impl Builder {
     /// Initializes the adapter ([`Builder::init`]) during Lambda's INIT phase,
@@ -32,6 +45,14 @@ impl Builder {
     ///
     /// A permanent init failure is reported to Lambda as an init error whose
     /// message names the cause, and the handler never runs.
+    ///
+    /// The handler's error becomes Lambda's `errorType` and `errorMessage`
+    /// through its `Into<Diagnostic>`: return [`Error`] (or an error of
+    /// your own that converts from it and into a [`Diagnostic`]) to keep
+    /// the adapter's types, such as `RuntimeAdapter.DatabaseUnavailable`.
+    /// `lambda_runtime::Error`, a boxed error, would lose them. A panic in
+    /// the handler is answered as [`HANDLER_PANICKED`] with the panic's
+    /// message, and the environment goes on serving.
     ///
     /// # Errors
     ///
@@ -64,7 +85,12 @@ impl Builder {
             async move {
                 let context = event.context.clone();
                 let result = match adapter.db(&context).await {
-                    Ok(db) => handler(db, event).await.map_err(Into::into),
+                    // Also a panic in the call itself, not only in the future
+                    // it returns.
+                    Ok(db) => match AssertUnwindSafe(async move { handler(db, event).await }).catch_unwind().await {
+                        Ok(result) => result.map_err(Into::into),
+                        Err(payload) => Err(panicked(payload.as_ref())),
+                    },
                     Err(error) => {
                         tracing::error!(%error, kind = ?error.kind(), "no database connection for this invocation");
                         Err(Diagnostic::from(error))
@@ -84,6 +110,21 @@ impl Builder {
         // Boxed: the runtime's future type is deep enough to overflow the
         // compiler's query depth in the caller's `main`.
         Box::pin(runtime.run_concurrent()).await
+    }
+}
+
+/// The answer to a handler that panicked: [`HANDLER_PANICKED`], with the
+/// panic's message when it is a string (as `panic!` makes it).
+fn panicked(payload: &(dyn Any + Send)) -> Diagnostic {
+    let message =
+        payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+    tracing::error!(error_type = HANDLER_PANICKED, panic = message, "the handler panicked");
+    Diagnostic {
+        error_type: HANDLER_PANICKED.to_owned(),
+        error_message: match message {
+            Some(message) => format!("the handler panicked: {message}"),
+            None => "the handler panicked (with a payload that is not a string)".to_owned(),
+        },
     }
 }
 

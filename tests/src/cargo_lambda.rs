@@ -11,14 +11,18 @@
 //!
 //! cargo-lambda 1.9.2 gives the function the `[package.metadata.lambda.env]`
 //! table of `example-functions/Cargo.toml` with precedence over its own
-//! `--env-var` flags and over the inherited environment, so the database a
-//! watched function uses is the one that table names: see [`metadata_env`].
+//! `--env-var` flags and over the inherited environment. That table
+//! therefore names no database: a watched function gets `DATABASE_URL` from
+//! the watcher's environment, `--env-var` or `--env-file`, as the user gives
+//! it. [`Watch::start`] passes the variables it is given and nothing the
+//! test process happens to have (`DB_*`, `DATABASE_URL*` and `AWS_LAMBDA_*`
+//! are scrubbed, as for [`Function`](crate::Function)).
 
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, TcpListener},
     path::{Path, PathBuf},
-    process::Stdio,
+    process::{Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -34,6 +38,8 @@ const INVOKE_TIMEOUT: Duration = Duration::from_secs(300);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// How long dropping a [`Watch`] waits for the killed watcher to be reaped.
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Inherited variables with these prefixes are not passed to the watcher.
+const SCRUBBED_PREFIXES: [&str; 3] = ["DB_", "DATABASE_URL", "AWS_LAMBDA_"];
 
 /// The workspace root (where `Cargo.toml`, `template.yaml` and `.venv/` are).
 #[must_use]
@@ -63,7 +69,7 @@ pub fn executable() -> PathBuf {
 }
 
 /// The `[package.metadata.lambda.env]` table of `example-functions`, as
-/// `cargo metadata` reads it.
+/// `cargo metadata` reads it; empty if there is none.
 #[must_use]
 pub fn metadata_env() -> BTreeMap<String, String> {
     let out = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
@@ -77,9 +83,7 @@ pub fn metadata_env() -> BTreeMap<String, String> {
         .as_array()
         .and_then(|packages| packages.iter().find(|p| p["name"] == "example-functions"))
         .expect("example-functions is a workspace member");
-    let env = package["metadata"]["lambda"]["env"]
-        .as_object()
-        .expect("example-functions/Cargo.toml has a [package.metadata.lambda.env] table");
+    let Some(env) = package["metadata"]["lambda"]["env"].as_object() else { return BTreeMap::new() };
     env.iter()
         .map(|(key, value)| (key.clone(), value.as_str().unwrap_or_else(|| panic!("{key} is not a string")).to_owned()))
         .collect()
@@ -98,9 +102,10 @@ pub struct Watch {
 
 impl Watch {
     /// Starts `cargo lambda watch` for the `example-functions` package on a
-    /// free loopback port, without reloading on changes, and waits until its
+    /// free loopback port, without reloading on changes, with `env` in its
+    /// environment (as a user's shell would give it), and waits until its
     /// Runtime API listens. Functions start on their first invocation.
-    pub async fn start() -> Watch {
+    pub async fn start(env: &[(&str, &str)]) -> Watch {
         let port = free_port();
         let dir = tempfile::Builder::new().prefix("cargo-lambda-watch-").tempdir().expect("create temp dir");
         let log = std::fs::File::create(dir.path().join("watch.log")).expect("create watch.log");
@@ -114,6 +119,12 @@ impl Watch {
             .stderr(Stdio::from(log_err))
             .process_group(0)
             .kill_on_drop(true);
+        for (key, _) in std::env::vars_os() {
+            if key.to_str().is_some_and(|k| SCRUBBED_PREFIXES.iter().any(|p| k.starts_with(p))) {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.envs(env.iter().copied());
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn cargo lambda watch: {e}"));
         let pgid = child.id().expect("pid of a just-spawned child");
         let mut watch = Watch { child, pgid, port, dir };
@@ -157,17 +168,7 @@ impl Watch {
     /// Panics, with the watcher's output, if the invoke fails or takes
     /// longer than 5 minutes.
     pub async fn invoke(&self, function: &str, data_file: &str) -> Value {
-        let mut cmd = Command::new(executable());
-        cmd.args(["lambda", "invoke", function, "--data-file", data_file])
-            .args(["--invoke-address", "127.0.0.1", "--invoke-port", &self.port.to_string()])
-            .args(["--output-format", "json"])
-            .current_dir(workspace_root())
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        let out = match tokio::time::timeout(INVOKE_TIMEOUT, cmd.output()).await {
-            Ok(out) => out.unwrap_or_else(|e| panic!("run cargo lambda invoke: {e}")),
-            Err(_) => panic!("cargo lambda invoke {function} took over {INVOKE_TIMEOUT:?}:\n{}", self.output()),
-        };
+        let out = self.try_invoke(function, data_file).await;
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -177,6 +178,22 @@ impl Watch {
             self.output()
         );
         serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("the answer is not JSON ({e}): {stdout}"))
+    }
+
+    /// As [`Watch::invoke`], but returns what `cargo lambda invoke` did,
+    /// failed or not. Panics only if it takes longer than 5 minutes.
+    pub async fn try_invoke(&self, function: &str, data_file: &str) -> Output {
+        let mut cmd = Command::new(executable());
+        cmd.args(["lambda", "invoke", function, "--data-file", data_file])
+            .args(["--invoke-address", "127.0.0.1", "--invoke-port", &self.port.to_string()])
+            .args(["--output-format", "json"])
+            .current_dir(workspace_root())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        match tokio::time::timeout(INVOKE_TIMEOUT, cmd.output()).await {
+            Ok(out) => out.unwrap_or_else(|e| panic!("run cargo lambda invoke: {e}")),
+            Err(_) => panic!("cargo lambda invoke {function} took over {INVOKE_TIMEOUT:?}:\n{}", self.output()),
+        }
     }
 }
 

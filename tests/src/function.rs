@@ -3,7 +3,8 @@
 //! A [`Function`] owns one child process started with the environment Lambda gives a
 //! function (pointed at a [`RuntimeApi`] emulator) and everything it prints: stdout and
 //! stderr are read line by line into a shared buffer as they arrive, and echoed to the
-//! test's stderr prefixed with `[fn]`. The parent's `DB_*`, `DATABASE_URL*` and
+//! test's stderr prefixed with `[fn]`, or written to a log file instead
+//! ([`FunctionBuilder::log_file`]). The parent's `DB_*`, `DATABASE_URL*` and
 //! `AWS_LAMBDA_*` variables are never inherited. The child is killed when the
 //! [`Function`] is dropped.
 //!
@@ -11,6 +12,8 @@
 
 use std::{
     ffi::{OsStr, OsString},
+    fs::File,
+    io::Write as _,
     path::PathBuf,
     process::{ExitStatus, Stdio},
     sync::{Arc, Mutex, MutexGuard},
@@ -68,6 +71,8 @@ struct Output {
     text: Mutex<Captured>,
     /// Bumped on every line so waiters can re-check.
     lines: watch::Sender<u64>,
+    /// Where each line is echoed: the test's stderr, or this file.
+    log: Option<Mutex<File>>,
 }
 
 impl Output {
@@ -89,6 +94,17 @@ impl Output {
         }
         self.lines.send_modify(|n| *n += 1);
     }
+
+    fn echo(&self, line: &str) {
+        match &self.log {
+            Some(file) => {
+                let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                // A log the test cannot write is no reason to fail it.
+                let _ = writeln!(file, "{line}");
+            }
+            None => eprintln!("[fn] {line}"),
+        }
+    }
 }
 
 /// Settings for a [`Function`]; create with [`Function::builder`].
@@ -98,6 +114,7 @@ pub struct FunctionBuilder {
     args: Vec<OsString>,
     name: String,
     env: Vec<(OsString, Option<OsString>)>,
+    log_file: Option<PathBuf>,
 }
 
 impl FunctionBuilder {
@@ -122,6 +139,13 @@ impl FunctionBuilder {
     /// Remove an environment variable (including one of the defaults).
     pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
         self.env.push((key.as_ref().to_owned(), None));
+        self
+    }
+
+    /// Echo the function's output into the file at `path` (created or
+    /// truncated) instead of the test's stderr. It is still captured.
+    pub fn log_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.log_file = Some(path.into());
         self
     }
 
@@ -157,7 +181,10 @@ impl FunctionBuilder {
 
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn function {}: {e}", self.program.display()));
         let pid = child.id().expect("pid of a just-spawned child");
-        let output = Arc::new(Output { text: Mutex::new(Captured::default()), lines: watch::Sender::new(0) });
+        let log = self.log_file.as_ref().map(|path| {
+            Mutex::new(File::create(path).unwrap_or_else(|e| panic!("create the log file {}: {e}", path.display())))
+        });
+        let output = Arc::new(Output { text: Mutex::new(Captured::default()), lines: watch::Sender::new(0), log });
         let stdout = child.stdout.take().expect("child stdout is piped");
         let stderr = child.stderr.take().expect("child stderr is piped");
         let readers = vec![
@@ -179,7 +206,7 @@ async fn pump(reader: impl AsyncRead + Unpin, stream: Stream, output: Arc<Output
             Ok(_) => {
                 let text = String::from_utf8_lossy(&buf);
                 let line = text.trim_end_matches(['\n', '\r']);
-                eprintln!("[fn] {line}");
+                output.echo(line);
                 output.push(stream, line);
             }
         }
@@ -204,7 +231,13 @@ impl std::fmt::Debug for Function {
 impl Function {
     /// Settings for running the binary at `program` (see [`bin_path`]).
     pub fn builder(program: impl Into<PathBuf>) -> FunctionBuilder {
-        FunctionBuilder { program: program.into(), args: Vec::new(), name: "orders".to_owned(), env: Vec::new() }
+        FunctionBuilder {
+            program: program.into(),
+            args: Vec::new(),
+            name: "orders".to_owned(),
+            env: Vec::new(),
+            log_file: None,
+        }
     }
 
     /// Start `program` against `api` with the default environment.

@@ -1,10 +1,11 @@
 //! Bad configuration fails INIT, through the real binary and the Runtime
 //! API, with a message that names the variable and the problem; the handler
-//! never runs. (The parser's own cases are unit tests in `config.rs`.)
+//! never runs. Settings that are only redundant together pass INIT with one
+//! WARN line. (The parser's own cases are unit tests in `config.rs`.)
 
 use std::time::Duration;
 
-use integration_tests::orders::{orders_function, postgres, FUNCTION_NAME};
+use integration_tests::orders::{get_order, orders_function, postgres, status, OrdersEnv, FUNCTION_NAME};
 use integration_tests::RuntimeApi;
 
 #[tokio::test]
@@ -19,7 +20,6 @@ async fn every_bad_setting_fails_init_naming_the_variable() {
         ("DB_HEALTH_CHECK_INTERVAL_MS", "often", r#"DB_HEALTH_CHECK_INTERVAL_MS is not a whole number ("often")"#),
         ("DB_HEALTH_CHECK_TIMEOUT_MS", "0", "DB_HEALTH_CHECK_TIMEOUT_MS is 0, which is not allowed here"),
         ("DB_MAX_AGE_MS", "0", "DB_MAX_AGE_MS is 0, which is not allowed here"),
-        ("DB_MAX_AGE_MS", "1000", "DB_HEALTH_CHECK_INTERVAL_MS and DB_MAX_AGE_MS contradict each other"),
         ("DB_WARMUP_ATTEMPTS", "0", "DB_WARMUP_ATTEMPTS is 0, which is not allowed here"),
         ("DB_WARMUP_RETRY_DELAY_MS", "1e3", r#"DB_WARMUP_RETRY_DELAY_MS is not a whole number ("1e3")"#),
         ("AWS_LAMBDA_MAX_CONCURRENCY", "many", r#"AWS_LAMBDA_MAX_CONCURRENCY is not a whole number ("many")"#),
@@ -43,4 +43,22 @@ async fn every_bad_setting_fails_init_naming_the_variable() {
         assert!(!status.success());
         assert_eq!(api.next_polls(), 0, "{var}={value}: the handler never ran");
     }
+}
+
+#[tokio::test]
+async fn a_short_max_age_alone_passes_init_with_one_warning() {
+    // The default health-check interval (30 s) is longer than this maximum
+    // age: redundant, not wrong, so the interval is capped and INIT goes on.
+    let env = OrdersEnv::start(&[("DB_MAX_AGE_MS", "1000")]).await;
+    assert!(env.api.init_errors().is_empty(), "no init error: {:?}", env.api.init_errors());
+
+    let output = env.function.output();
+    let warning = "DB_HEALTH_CHECK_INTERVAL_MS (30000 ms) is longer than DB_MAX_AGE_MS (1000 ms); \
+                   the health-check interval is capped at 1000 ms";
+    let lines: Vec<&str> = output.lines().filter(|line| line.contains(warning)).collect();
+    assert_eq!(lines.len(), 1, "one warning at INIT; output:\n{output}");
+    assert!(lines[0].contains("WARN"), "logged at WARN: {}", lines[0]);
+
+    let answer = env.api.invoke(get_order("1")).await;
+    assert_eq!(status(answer.response()), 404, "the function serves: {:?}", answer.outcome);
 }

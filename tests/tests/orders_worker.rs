@@ -122,6 +122,7 @@ async fn a_record_without_a_message_id_fails_the_batch_before_any_write() {
     event["Records"][1].as_object_mut().expect("a record is an object").remove("messageId");
     let answer = env.api.invoke(event).await;
     assert_eq!(answer.outcome.error_message(), Some("record 1 of the batch has no messageId"), "{:?}", answer.outcome);
+    assert_eq!(answer.outcome.error_type(), Some("OrdersWorker.InvalidBatch"));
     assert_eq!(orders_by_message(&env.pg).await, vec![]);
 }
 

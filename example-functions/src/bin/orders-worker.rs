@@ -19,12 +19,17 @@
 //!   error: SQS redelivers the whole batch (records already written are
 //!   no-ops) and Lambda's poller backs off, instead of marching every message
 //!   towards the dead-letter queue while the database is down.
+//! - **Errors keep their type.** The handler's error, [`BatchError`],
+//!   converts from `runtime_adapter::Error` (so `?` works) and into
+//!   lambda_runtime's `Diagnostic`, keeping the adapter's `errorType`
+//!   (`RuntimeAdapter.DatabaseUnavailable`, …) and giving a batch it
+//!   refuses its own, `OrdersWorker.InvalidBatch`.
 //!
 //! Schema: `example-functions/migrations/` (0001 and 0002).
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use example_functions::order::{InvalidOrder, NewOrder};
-use runtime_adapter::{Adapter, Db, ErrorKind, LambdaEvent};
+use runtime_adapter::{Adapter, Db, Diagnostic, ErrorKind, LambdaEvent};
 use tracing::{info, warn};
 
 /// Declared to the adapter: prepared on every connection at INIT, so a
@@ -59,12 +64,34 @@ enum Failure {
     Permanent(#[source] runtime_adapter::Error),
 }
 
-async fn handle(db: Db, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+/// Why the whole batch fails. Lambda's `errorType` says which: the
+/// adapter's own for a database failure, `OrdersWorker.InvalidBatch` for a
+/// batch the worker refuses.
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    #[error("record {position} of the batch has no messageId")]
+    NoMessageId { position: usize },
+    #[error(transparent)]
+    Database(#[from] runtime_adapter::Error),
+}
+
+impl From<BatchError> for Diagnostic {
+    fn from(error: BatchError) -> Self {
+        match error {
+            BatchError::Database(error) => error.into(),
+            invalid @ BatchError::NoMessageId { .. } => {
+                Diagnostic { error_type: "OrdersWorker.InvalidBatch".to_owned(), error_message: invalid.to_string() }
+            }
+        }
+    }
+}
+
+async fn handle(db: Db, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, BatchError> {
     let records = event.payload.records;
     // Without a message id a record can be neither deduplicated nor
     // reported: refuse the batch before writing anything.
     if let Some(position) = records.iter().position(|r| r.message_id.as_deref().is_none_or(str::is_empty)) {
-        return Err(format!("record {position} of the batch has no messageId").into());
+        return Err(BatchError::NoMessageId { position });
     }
 
     let mut response = SqsBatchResponse::default();

@@ -4,6 +4,10 @@
 //! - `POST /orders` with `{"item": "...", "quantity": N}` → 201 and the order.
 //! - `GET /orders/{id}` → 200 and the order, or 404.
 //! - Bad input → 400 with `{"error": "..."}`; nothing is written.
+//! - A database failure the adapter could not retry away fails the
+//!   invocation with the adapter's error: the handlers return
+//!   `runtime_adapter::Error`, so Lambda's `errorType` is the adapter's own
+//!   (`RuntimeAdapter.DatabaseUnavailable`, …), which alarms can tell apart.
 //!
 //! Schema: `example-functions/migrations/0001_orders.sql`.
 
@@ -13,7 +17,7 @@ use aws_lambda_events::http::{HeaderValue, Method};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use example_functions::order::NewOrder;
-use runtime_adapter::{Adapter, Db, LambdaEvent, Row};
+use runtime_adapter::{Adapter, Db, Error, LambdaEvent, Row};
 use serde::Serialize;
 use serde_json::json;
 
@@ -49,10 +53,7 @@ impl Order {
     }
 }
 
-async fn handle(
-    db: Db,
-    event: LambdaEvent<ApiGatewayV2httpRequest>,
-) -> Result<ApiGatewayV2httpResponse, lambda_runtime::Error> {
+async fn handle(db: Db, event: LambdaEvent<ApiGatewayV2httpRequest>) -> Result<ApiGatewayV2httpResponse, Error> {
     let request = event.payload;
     let method = &request.request_context.http.method;
     let path = request.raw_path.as_deref().unwrap_or_default().trim_end_matches('/');
@@ -69,7 +70,7 @@ async fn handle(
     }
 }
 
-async fn create(db: &Db, request: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV2httpResponse, lambda_runtime::Error> {
+async fn create(db: &Db, request: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV2httpResponse, Error> {
     let new = match parse_new_order(request) {
         Ok(new) => new,
         Err(message) => return Ok(error(400, &message)),
@@ -79,7 +80,7 @@ async fn create(db: &Db, request: &ApiGatewayV2httpRequest) -> Result<ApiGateway
     Ok(respond(201, &Order::from_row(&row)?))
 }
 
-async fn get(db: &Db, id: &str) -> Result<ApiGatewayV2httpResponse, lambda_runtime::Error> {
+async fn get(db: &Db, id: &str) -> Result<ApiGatewayV2httpResponse, Error> {
     let Ok(id) = id.parse::<i64>() else {
         return Ok(error(400, "id must be a whole number"));
     };

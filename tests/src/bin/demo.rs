@@ -1,7 +1,9 @@
 //! The local demo (`scripts/demo`): the `orders` function against a
 //! throwaway PostgreSQL, driven through the emulated Lambda Runtime API.
 //! Prints INIT time, then each invocation's answer and latency, cold first
-//! and then warm, and what the server saw.
+//! and then warm, what the server saw, and one of the CloudWatch EMF records
+//! the function wrote, pretty-printed. The function's own output (its logs
+//! and every EMF record) goes to a log file whose path the demo prints.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +12,7 @@ use integration_tests::orders::{
 };
 use integration_tests::server_log::Log;
 use integration_tests::{Invocation, RuntimeApi};
+use serde_json::Value;
 
 const WARM_INVOCATIONS: usize = 8;
 
@@ -20,9 +23,13 @@ async fn main() {
     pg.apply_sql_as_app(MIGRATION).await;
     println!("  listening on 127.0.0.1:{}, schema from example-functions/migrations/0001_orders.sql", pg.port());
 
+    // Kept after the demo exits, so that it can be read then.
+    let log = std::env::temp_dir().join(format!("runtime-adapter-demo-{}.log", std::process::id()));
+    println!("  the function's own output (logs, EMF records) goes to {}", log.display());
+
     let api = RuntimeApi::start_for(FUNCTION_NAME).await;
     let started = Instant::now();
-    let function = orders_function(&pg, &[("AWS_LAMBDA_LOG_LEVEL", "info")]).spawn(&api);
+    let function = orders_function(&pg, &[("AWS_LAMBDA_LOG_LEVEL", "info")]).log_file(&log).spawn(&api);
     if !api.wait_next_polls(1, STARTUP).await {
         eprintln!("orders never reached its runtime loop; its output:\n{}", function.output());
         std::process::exit(1);
@@ -48,6 +55,24 @@ async fn main() {
     println!("  prepares (parse): {}", counts.parses);
     println!("  health checks:    {}", counts.health_checks);
     println!("  statements run:   {} (the bad request ran none)", counts.executes);
+
+    // One EMF record per invocation on the function's stdout: CloudWatch
+    // turns each into metrics. The first carries the cold start and INIT.
+    let records: Vec<Value> = function
+        .stdout()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|record| record.get("_aws").is_some())
+        .collect();
+    println!(
+        "\nthe function wrote {} CloudWatch EMF records (one per invocation); the first, as CloudWatch receives it:",
+        records.len()
+    );
+    match records.first() {
+        Some(record) => println!("{}", pretty(record, 0)),
+        None => println!("  (none found in its output)"),
+    }
+    println!("\nthe function's whole output: {}", log.display());
 }
 
 fn show(what: &str, invocation: &Invocation) {
@@ -63,4 +88,25 @@ fn show(what: &str, invocation: &Invocation) {
 
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// JSON spread over lines, except for values short enough to read on one
+/// (a metric's name and unit, a one-value list), which stay compact.
+fn pretty(value: &Value, depth: usize) -> String {
+    let compact = value.to_string();
+    let (open, close, items): (&str, &str, Vec<String>) = match value {
+        _ if compact.len() <= 60 => return compact,
+        Value::Object(map) => (
+            "{",
+            "}",
+            map.iter()
+                .map(|(key, value)| format!("{}: {}", Value::from(key.as_str()), pretty(value, depth + 1)))
+                .collect(),
+        ),
+        Value::Array(values) => ("[", "]", values.iter().map(|value| pretty(value, depth + 1)).collect()),
+        _ => return compact,
+    };
+    let inner = "  ".repeat(depth + 1);
+    let outer = "  ".repeat(depth);
+    format!("{open}\n{inner}{}\n{outer}{close}", items.join(&format!(",\n{inner}")))
 }

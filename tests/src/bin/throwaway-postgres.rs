@@ -3,8 +3,9 @@
 //! applied, prints `DATABASE_URL=…` on stdout, and keeps it until Ctrl-C or
 //! SIGTERM, then stops it and deletes its files.
 //!
-//! Usage: `throwaway-postgres [--port N]` (default 55432, the port in
-//! `example-functions/Cargo.toml`'s `[package.metadata.lambda.env]`).
+//! Usage: `throwaway-postgres [--port N]` (default 55432). Give the URL it
+//! prints to `cargo lambda watch` through the environment:
+//! `DATABASE_URL=… cargo lambda watch`.
 
 use std::io::Write as _;
 
