@@ -414,6 +414,36 @@ impl Adapter {
         }
     }
 
+    /// After a write reached a read-only server (25006) on a connection of
+    /// pool `generation`: replaces that pool, single-flight, so that new
+    /// connections (the address resolved again) reach the new writer. A
+    /// concurrent invocation may have replaced it already: nothing to do.
+    ///
+    /// # Errors
+    ///
+    /// The new pool's warmup failure.
+    pub(crate) async fn failover(&self, generation: Option<u64>, until: Option<Instant>) -> Result<(), Error> {
+        let shared = &self.shared;
+        let _flight = shared.maintenance.lock().await;
+        let Some(old) = shared.current().filter(|pool| Some(pool.generation()) == generation) else {
+            return Ok(());
+        };
+        shared.install(None);
+        old.close();
+        let started = Instant::now();
+        let new = Arc::new(
+            warmup::warm(&shared.config, &shared.statements, &shared.counters, &shared.liveness, 1, until).await?,
+        );
+        shared.install(Some(new));
+        shared.counters.refreshed(RefreshReason::Failover);
+        tracing::warn!(
+            reason = "read_only",
+            duration_ms = millis(started.elapsed()),
+            "a write reached a read-only server (failover?); pool replaced"
+        );
+        Ok(())
+    }
+
     /// Replaces a pool that failed its health check. Its connections are
     /// closed whether or not a new pool can be built.
     async fn rebuild(&self, old: Arc<WarmPool>, until: Option<Instant>) -> Result<Arc<WarmPool>, Error> {

@@ -160,6 +160,9 @@ impl Db {
 
     async fn run(&self, retry: Retry, sql: &str, params: &[&(dyn ToSql + Sync)], op: Op) -> Result<Out, Error> {
         let mut retrier = self.retrier();
+        // Each once per call: a second time means the cause did not pass.
+        let mut reprepared = false;
+        let mut failed_over = false;
         loop {
             let conn = self.connection().await?;
             // A prepare changes no data: its failure is always safe to retry.
@@ -171,13 +174,43 @@ impl Db {
                 }
                 Err(error) => return Err(error),
             };
-            match execute(&self.adapter, &conn, sql, &statement, params, op, self.until).await {
-                Err(error) if error.is_transient() && retry == Retry::Idempotent => {
-                    retrier.backoff(error, "idempotent statement").await?;
-                }
-                result => return result,
+            let error = match execute(&self.adapter, &conn, sql, &statement, params, op, self.until).await {
+                Ok(out) => return Ok(out),
+                Err(error) => error,
+            };
+            // Failed at Bind, before anything ran; `execute` dropped the
+            // stale statement, so this prepares it again.
+            if error.is_stale_statement() && !reprepared {
+                reprepared = true;
+                continue;
+            }
+            // Refused before anything ran: the server is a reader now.
+            if error.is_read_only() && !failed_over {
+                failed_over = true;
+                self.fail_over(&conn).await?;
+                continue;
+            }
+            if !error.is_transient() {
+                return Err(error);
+            }
+            match retry {
+                Retry::Idempotent => retrier.backoff(error, "idempotent statement").await?,
+                // Sent, and then the connection failed: it may have run.
+                Retry::BeforeSend => return Err(Error::OutcomeUnknown { source: Box::new(error) }),
             }
         }
+    }
+
+    /// After a write reached a read-only server on `conn`: the pool it came
+    /// from is replaced (once, whoever sees it first), and the invocation
+    /// gets a connection from the new one.
+    pub(crate) async fn fail_over(&self, conn: &Arc<Conn>) -> Result<(), Error> {
+        self.adapter.failover(crate::pool::generation_of(conn.object()), self.until).await?;
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.as_ref().is_some_and(|current| Arc::ptr_eq(current, conn)) {
+            *slot = None;
+        }
+        Ok(())
     }
 
     /// The invocation's connection. A closed one, on which nothing can have
@@ -362,7 +395,13 @@ pub(crate) async fn execute(
             adapter.liveness().succeeded();
             Ok(out)
         }
-        Err(e) => Err(observe_failure(adapter, e)),
+        Err(e) => {
+            let error = observe_failure(adapter, e);
+            if error.is_stale_statement() {
+                adapter.statements().forget(conn, sql, error.code());
+            }
+            Err(error)
+        }
     }
 }
 
@@ -377,9 +416,13 @@ pub(crate) async fn cancel(conn: &Conn, within: Duration) {
 }
 
 /// Records a failure. A server error that leaves the session usable
-/// (constraint, syntax…) still proves the connection works.
+/// (constraint, syntax…) still proves the connection works; a stale
+/// statement or a read-only server does not prove it fit for use.
 pub(crate) fn observe_failure(adapter: &Adapter, error: tokio_postgres::Error) -> Error {
     let error = Error::Db(error);
+    if error.is_stale_statement() || error.is_read_only() {
+        return error;
+    }
     if error.code().is_some() && matches!(error.kind(), ErrorKind::Permanent | ErrorKind::Serialization) {
         adapter.liveness().succeeded();
     } else {

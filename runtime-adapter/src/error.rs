@@ -150,6 +150,18 @@ pub enum Error {
     /// past the closure, in a spawned task for example). Nothing was sent.
     #[error("the Tx was used after its transaction ended")]
     TransactionEnded,
+    /// An autocommit statement was sent, then its connection failed (lost,
+    /// reset, the server shutting down, a pooler losing its server): it may
+    /// or may not have run. Never retried; check whether its effects exist
+    /// before repeating it, or mark it [`Db::idempotent`](crate::Db::idempotent).
+    #[error(
+        "outcome unknown: the statement was sent and the connection then failed ({source}); it may or may not have run"
+    )]
+    OutcomeUnknown {
+        /// The failure.
+        #[source]
+        source: Box<Error>,
+    },
     /// A statement was given the wrong number of parameters.
     #[error("the statement takes {expected} parameter(s), {got} given")]
     Parameters {
@@ -206,7 +218,12 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Config(_) => ErrorKind::Permanent,
-            Error::Db(e) | Error::Warmup { source: e, .. } => classify(e),
+            // A startup refusal (08P01 from a pooler that does not support a
+            // startup parameter) is permanent; at any later step 08P01 is a
+            // pooler that lost or could not reach its server.
+            Error::Warmup { phase: Phase::Connect, source, .. } => classify(source, Step::Startup),
+            Error::Db(e) | Error::Warmup { source: e, .. } => classify(e, Step::Query),
+            Error::OutcomeUnknown { source } => source.kind(),
             Error::Timeout { .. } | Error::PoolClosed | Error::ConnectionClosed => ErrorKind::Transient,
             Error::Internal(_)
             | Error::RowCount { .. }
@@ -237,7 +254,9 @@ impl Error {
     pub fn code(&self) -> Option<&SqlState> {
         match self {
             Error::Db(e) | Error::Warmup { source: e, .. } => e.code(),
-            Error::Unavailable { source, .. } | Error::CommitOutcomeUnknown { source } => source.code(),
+            Error::Unavailable { source, .. }
+            | Error::CommitOutcomeUnknown { source }
+            | Error::OutcomeUnknown { source } => source.code(),
             Error::ConnectionLimit { source } => source.code(),
             _ => None,
         }
@@ -257,6 +276,7 @@ impl Error {
             Error::CommitOutcomeUnknown { .. } => "RuntimeAdapter.CommitOutcomeUnknown",
             Error::DeadlineExceeded { .. } | Error::DeadlineReached { .. } => "RuntimeAdapter.DeadlineExceeded",
             Error::CommitRolledBack => "RuntimeAdapter.CommitRolledBack",
+            Error::OutcomeUnknown { .. } => "RuntimeAdapter.OutcomeUnknown",
             Error::InTransaction | Error::TransactionEnded => "RuntimeAdapter.TransactionMisuse",
             Error::RowCount { .. } => "RuntimeAdapter.RowCount",
             Error::Credentials { .. } => "RuntimeAdapter.CredentialsUnavailable",
@@ -269,6 +289,21 @@ impl Error {
 }
 
 impl Error {
+    /// Whether the statement failed at Bind because the connection's prepared
+    /// statement went stale: a migration changed its result type (0A000,
+    /// "cached plan must not change result type"), or `DISCARD`/`DEALLOCATE`
+    /// removed it (26000). Nothing ran: it may be prepared again and rerun.
+    pub(crate) fn is_stale_statement(&self) -> bool {
+        matches!(self, Error::Db(_))
+            && matches!(self.code(), Some(c) if *c == SqlState::FEATURE_NOT_SUPPORTED || *c == SqlState::INVALID_SQL_STATEMENT_NAME)
+    }
+
+    /// Whether a write reached a read-only server (25006): after a failover
+    /// the old writer comes back as a reader. Nothing ran.
+    pub(crate) fn is_read_only(&self) -> bool {
+        matches!(self, Error::Db(_)) && self.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION)
+    }
+
     /// Whether this error, met by `COMMIT`, leaves its outcome unknown: no
     /// answer came (the connection was lost or the wait ran out), or the
     /// server ended the session (FATAL), was shutting down (class 57) or the
@@ -302,8 +337,20 @@ impl From<Error> for lambda_runtime::Diagnostic {
     }
 }
 
-fn classify(e: &tokio_postgres::Error) -> ErrorKind {
+/// Where a server error was met: 08P01 means different things there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// The startup handshake.
+    Startup,
+    /// Anything after it.
+    Query,
+}
+
+fn classify(e: &tokio_postgres::Error, step: Step) -> ErrorKind {
     if let Some(code) = e.code() {
+        if *code == SqlState::PROTOCOL_VIOLATION && step == Step::Query {
+            return ErrorKind::Transient;
+        }
         return classify_code(code);
     }
     // No SQLSTATE: the failure is in the connection itself (I/O, closed
@@ -323,8 +370,16 @@ fn classify_code(code: &SqlState) -> ErrorKind {
         return ErrorKind::Serialization;
     }
     // 08P01 (protocol violation) is what a pooler answers to a startup
-    // parameter it does not support: retrying cannot fix it.
-    let transient = [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW];
+    // parameter it does not support: retrying cannot fix it. After startup
+    // (see `classify`) it is the pooler's "server login has been failing"
+    // or "server conn crashed?", which pass.
+    let transient = [
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CRASH_SHUTDOWN,
+        SqlState::CANNOT_CONNECT_NOW,
+        // idle_session_timeout ended the session; a new one works.
+        SqlState::IDLE_SESSION_TIMEOUT,
+    ];
     if transient.contains(code) || (code.code().starts_with("08") && *code != SqlState::PROTOCOL_VIOLATION) {
         return ErrorKind::Transient;
     }
@@ -372,6 +427,7 @@ mod tests {
         assert_eq!(classify_code(&SqlState::ADMIN_SHUTDOWN), ErrorKind::Transient);
         assert_eq!(classify_code(&SqlState::CONNECTION_FAILURE), ErrorKind::Transient);
         assert_eq!(classify_code(&SqlState::CRASH_SHUTDOWN), ErrorKind::Transient);
+        assert_eq!(classify_code(&SqlState::IDLE_SESSION_TIMEOUT), ErrorKind::Transient);
         assert_eq!(classify_code(&SqlState::T_R_SERIALIZATION_FAILURE), ErrorKind::Serialization);
         assert_eq!(classify_code(&SqlState::T_R_DEADLOCK_DETECTED), ErrorKind::Serialization);
         for permanent in [

@@ -36,6 +36,9 @@ type Pool = managed::Pool<WarmingManager>;
 /// gives the whole shutdown about 500 ms.
 const CLOSE_WAIT: Duration = Duration::from_millis(300);
 
+/// Numbers pool generations, so that a connection's can be recognised.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
 /// A pool whose connections all passed both warmup phases.
 pub(crate) struct WarmPool {
     pool: Pool,
@@ -77,6 +80,7 @@ impl WarmPool {
             counters: counters.clone(),
             liveness: liveness.clone(),
             timings: Mutex::default(),
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
         };
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
@@ -108,6 +112,11 @@ impl WarmPool {
             "pool warmed"
         );
         Ok(warm)
+    }
+
+    /// This pool's generation number.
+    pub(crate) fn generation(&self) -> u64 {
+        self.pool.manager().generation
     }
 
     /// A warmed connection, waiting at most `DB_POOL_TIMEOUT_MS` for one.
@@ -186,6 +195,8 @@ pub(crate) struct WarmingManager {
     liveness: Arc<Liveness>,
     /// The slowest connection's timings in this generation.
     timings: Mutex<WarmupTimings>,
+    /// Which pool generation this is.
+    generation: u64,
 }
 
 impl managed::Manager for WarmingManager {
@@ -262,6 +273,11 @@ impl managed::Manager for WarmingManager {
     fn detach(&self, conn: &mut Connection) {
         self.inner.detach(conn.client_mut());
     }
+}
+
+/// The generation of the pool `object` came from, if that pool still exists.
+pub(crate) fn generation_of(object: &managed::Object<WarmingManager>) -> Option<u64> {
+    managed::Object::pool(object).map(|pool| pool.manager().generation)
 }
 
 impl WarmingManager {

@@ -115,6 +115,23 @@ impl Statements {
         }
     }
 
+    /// Drops what is cached for `sql` on `conn` after the server said it is
+    /// stale ([`Error::is_stale_statement`](crate::Error)): the next use
+    /// prepares it again. 26000 means the session's statements are gone
+    /// (`DISCARD ALL`, `DEALLOCATE ALL`), so every one is dropped.
+    pub(crate) fn forget(&self, conn: &Connection, sql: &str, code: Option<&tokio_postgres::error::SqlState>) {
+        match self.mode {
+            PoolerMode::None if code == Some(&tokio_postgres::error::SqlState::INVALID_SQL_STATEMENT_NAME) => {
+                conn.statement_cache.clear();
+            }
+            PoolerMode::None => conn.statement_cache.remove(sql, &[]).map_or((), drop),
+            PoolerMode::Transaction => {
+                self.types.lock().unwrap_or_else(PoisonError::into_inner).remove(sql);
+            }
+        }
+        tracing::info!(sql, code = code.map(|c| c.code()), "stale prepared statement dropped; preparing it again");
+    }
+
     fn cached(&self, sql: &str) -> Option<Arc<[Type]>> {
         self.types.lock().unwrap_or_else(PoisonError::into_inner).get(sql).cloned()
     }

@@ -41,6 +41,9 @@ pub enum RefreshReason {
     MaxAge,
     /// A health check failed on it.
     FailedCheck,
+    /// A write reached a read-only server (25006): after a failover the old
+    /// writer came back as a reader, and new connections reach the new one.
+    Failover,
 }
 
 /// Durations of one pool warmup. Connections are warmed side by side, so
@@ -87,6 +90,9 @@ pub struct Stats {
     pub refreshes_max_age: u64,
     /// Pools replaced because a health check failed.
     pub refreshes_failed_check: u64,
+    /// Pools replaced because a write reached a read-only server (25006,
+    /// after a failover).
+    pub refreshes_failover: u64,
     /// Refreshes that could not build a new pool; the old one stayed in use.
     pub refresh_failures: u64,
     /// Retries made (checkouts, statements, transactions), not counting
@@ -120,6 +126,7 @@ pub(crate) struct Counters {
     pub(crate) health_checks_failed: AtomicU64,
     pub(crate) refreshes_max_age: AtomicU64,
     pub(crate) refreshes_failed_check: AtomicU64,
+    pub(crate) refreshes_failover: AtomicU64,
     pub(crate) refresh_failures: AtomicU64,
     pub(crate) retry_attempts: AtomicU64,
     pub(crate) pool_exhausted: AtomicU64,
@@ -188,6 +195,7 @@ impl Counters {
         bump(match reason {
             RefreshReason::MaxAge => &self.refreshes_max_age,
             RefreshReason::FailedCheck => &self.refreshes_failed_check,
+            RefreshReason::Failover => &self.refreshes_failover,
         });
     }
 
@@ -242,6 +250,7 @@ impl Counters {
             health_checks_failed: read(&self.health_checks_failed),
             refreshes_max_age: read(&self.refreshes_max_age),
             refreshes_failed_check: read(&self.refreshes_failed_check),
+            refreshes_failover: read(&self.refreshes_failover),
             refresh_failures: read(&self.refresh_failures),
             retry_attempts: read(&self.retry_attempts),
             pool_exhausted: read(&self.pool_exhausted),

@@ -176,6 +176,9 @@ impl Db {
         let adapter = self.adapter();
         let until = self.until();
         let mut retrier = self.retrier();
+        // Each once per call: a second time means the cause did not pass.
+        let mut reprepared = false;
+        let mut failed_over = false;
         loop {
             let conn = self.connection().await?;
             deadline::before(until, "BEGIN")?;
@@ -194,6 +197,19 @@ impl Db {
                 Ok(value) => value,
                 Err(error) => {
                     rollback(adapter, &conn, until, open).await;
+                    // A stale prepared statement, dropped by now: prepared
+                    // again on the rerun.
+                    if error.is_stale_statement() && !reprepared {
+                        reprepared = true;
+                        continue;
+                    }
+                    if error.is_read_only() && !failed_over {
+                        // Refused before anything ran: the server turned
+                        // reader. Rerun on a connection to the new writer.
+                        failed_over = true;
+                        self.fail_over(&conn).await?;
+                        continue;
+                    }
                     if rerun(&error) {
                         retrier.backoff(error, "transaction").await?;
                         continue;

@@ -30,6 +30,25 @@ impl PgBouncer {
     /// PgBouncer in front of `pg`'s `app` database: `pool_mode` (`transaction`
     /// or `session`) with `server_pool_size` server connections.
     pub async fn start(pg: &Postgres, pool_mode: &str, server_pool_size: u32) -> PgBouncer {
+        Self::start_with(pg, pool_mode, server_pool_size, &[]).await
+    }
+
+    /// As [`PgBouncer::start`], with `settings` added to its `[pgbouncer]`
+    /// section (e.g. `("server_login_retry", "1")`).
+    pub async fn start_with(
+        pg: &Postgres,
+        pool_mode: &str,
+        server_pool_size: u32,
+        settings: &[(&str, &str)],
+    ) -> PgBouncer {
+        Self::start_via(pg.port(), pool_mode, server_pool_size, settings).await
+    }
+
+    /// As [`PgBouncer::start_with`], reaching the server (the harness's
+    /// `app` database) through `port`: a [`FaultProxy`](crate::FaultProxy)
+    /// in front of it, say.
+    pub async fn start_via(port: u16, pool_mode: &str, server_pool_size: u32, settings: &[(&str, &str)]) -> PgBouncer {
+        let server_port = port;
         assert!(
             std::path::Path::new(BINARY).exists(),
             "pgbouncer is not installed: run scripts/setup (apt-get install pgbouncer)"
@@ -59,11 +78,13 @@ impl PgBouncer {
                  server_reset_query =\n\
                  ignore_startup_parameters = extra_float_digits, options\n\
                  logfile = {log}\n\
-                 pidfile = {pid}\n",
-                pg_port = pg.port(),
+                 pidfile = {pid}\n\
+                 {extra}",
+                pg_port = server_port,
                 users = users.display(),
                 log = log.display(),
                 pid = dir.path().join("pgbouncer.pid").display(),
+                extra = settings.iter().map(|(k, v)| format!("{k} = {v}\n")).collect::<String>(),
             ),
         )
         .expect("write pgbouncer.ini");

@@ -91,7 +91,8 @@ enum CutStatus {
 /// State shared by the proxy handle, the accept task and the pumps.
 #[derive(Debug)]
 struct Shared {
-    upstream: SocketAddr,
+    /// Where new connections go; [`FaultProxy::set_upstream`] moves it.
+    upstream: Mutex<SocketAddr>,
     next_id: AtomicU64,
     accepted: AtomicUsize,
     /// Open proxied connections by id.
@@ -206,7 +207,7 @@ impl std::fmt::Debug for FaultProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FaultProxy")
             .field("addr", &self.addr)
-            .field("upstream", &self.shared.upstream)
+            .field("upstream", &self.upstream())
             .field("connections", &self.connections())
             .field("accepted", &self.accepted())
             .finish_non_exhaustive()
@@ -221,7 +222,7 @@ impl FaultProxy {
             TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind fault proxy listener on 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr of fault proxy listener");
         let shared = Arc::new(Shared {
-            upstream,
+            upstream: Mutex::new(upstream),
             next_id: AtomicU64::new(0),
             accepted: AtomicUsize::new(0),
             connections: Mutex::new(HashMap::new()),
@@ -248,9 +249,15 @@ impl FaultProxy {
         self.addr
     }
 
-    /// Address every connection is forwarded to.
+    /// Address new connections are forwarded to.
     pub fn upstream(&self) -> SocketAddr {
-        self.shared.upstream
+        *self.shared.upstream.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Forward connections made from now on to `upstream`; open ones stay
+    /// where they are (as DNS moving to a new writer after a failover).
+    pub fn set_upstream(&self, upstream: SocketAddr) {
+        *self.shared.upstream.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = upstream;
     }
 
     /// `database_url` with its port replaced by (or, without one, set to) the proxy's
@@ -378,7 +385,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 /// Connect upstream, then run the client-to-server pump on a new task and the
 /// server-to-client pump on this one.
 async fn connect_and_pump(client: TcpStream, link: Arc<Link>) {
-    let upstream = match TcpStream::connect(link.shared.upstream).await {
+    let target = *link.shared.upstream.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let upstream = match TcpStream::connect(target).await {
         Ok(upstream) => upstream,
         Err(_) => {
             // Refuse the client the way an unreachable server would.
