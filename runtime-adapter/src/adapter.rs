@@ -84,7 +84,7 @@ impl Builder {
         let adapter = Adapter {
             shared: Arc::new(Shared {
                 emf: Emf::new(&config),
-                statements: Statements::new(self.statements, config.pooler_mode),
+                statements: Statements::new(self.statements, config.pooler_mode, config.statement_cache_size),
                 config,
                 counters: Arc::default(),
                 liveness: Arc::default(),

@@ -95,6 +95,12 @@ pub struct Config {
     pub pooler_mode: PoolerMode,
     /// `AWS_LAMBDA_MAX_CONCURRENCY`, when Lambda runs several invocations at once.
     pub max_concurrency: Option<usize>,
+    /// How many statements each connection keeps prepared (`none` mode), and
+    /// how many SQL texts' parameter types the environment remembers
+    /// (`transaction` mode), beyond the declared ones, which are never
+    /// evicted. The least recently used goes first, and is closed on the
+    /// server. `DB_STATEMENT_CACHE_SIZE`; default 100.
+    pub statement_cache_size: usize,
     /// What parsing adjusted or found worth a warning; see [`Config::warnings`].
     pub(crate) warnings: Vec<ConfigWarning>,
 }
@@ -230,6 +236,10 @@ impl Default for Config {
             slow_query: Duration::from_secs(1),
             function_name: "runtime-adapter".to_owned(),
             pooler_mode: PoolerMode::None,
+            // sqlx's default: room for an application's own statements,
+            // while dynamic SQL (IN-lists, query builders), whose every text
+            // differs, cannot grow a server backend without bound.
+            statement_cache_size: 100,
             max_concurrency: None,
             warnings: Vec::new(),
         }
@@ -262,6 +272,7 @@ impl fmt::Debug for Config {
             .field("slow_query", &self.slow_query)
             .field("function_name", &self.function_name)
             .field("pooler_mode", &self.pooler_mode)
+            .field("statement_cache_size", &self.statement_cache_size)
             .field("max_concurrency", &self.max_concurrency)
             .field("warnings", &self.warnings)
             .finish()
@@ -373,6 +384,13 @@ impl Config {
             slow_query: env.millis("DB_SLOW_QUERY_MS", Zero::Reject)?.unwrap_or(defaults.slow_query),
             function_name: env.get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or(defaults.function_name),
             pooler_mode: pooler_mode(&env)?.unwrap_or(defaults.pooler_mode),
+            statement_cache_size: env
+                .number::<usize>(
+                    "DB_STATEMENT_CACHE_SIZE",
+                    Zero::Reject,
+                    "a whole number of statements, at least 1, e.g. 100",
+                )?
+                .unwrap_or(defaults.statement_cache_size),
             max_concurrency,
             warnings: Vec::new(),
         };

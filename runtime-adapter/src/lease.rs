@@ -32,6 +32,7 @@ use deadpool_postgres::ClientWrapper;
 
 use crate::cancel::CancelTarget;
 use crate::pool::WarmingManager;
+use crate::statement::Cache;
 
 /// The pool's object: a client and what is known of its session.
 #[derive(Debug)]
@@ -39,11 +40,17 @@ pub(crate) struct Connection {
     client: ClientWrapper,
     state: SessionState,
     cancel_target: Option<CancelTarget>,
+    /// The statements prepared on it (`none` mode).
+    statements: Cache,
 }
 
 impl Connection {
-    pub(crate) fn new(client: ClientWrapper, cancel_target: Option<CancelTarget>) -> Self {
-        Self { client, state: SessionState::default(), cancel_target }
+    pub(crate) fn new(client: ClientWrapper, cancel_target: Option<CancelTarget>, statements: Cache) -> Self {
+        Self { client, state: SessionState::default(), cancel_target, statements }
+    }
+
+    pub(crate) fn statements(&self) -> &Cache {
+        &self.statements
     }
 
     /// Asks the server to cancel what this connection is running, and waits

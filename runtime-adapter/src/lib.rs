@@ -43,6 +43,7 @@ mod deadline;
 pub mod error;
 mod health;
 mod lease;
+mod lru;
 mod metrics;
 mod pool;
 mod random;

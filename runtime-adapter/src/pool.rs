@@ -235,7 +235,7 @@ impl managed::Manager for WarmingManager {
         let ((phase1, round_trip), (phase2, prepare)) = tokio::join!(phase1, phase2);
         phase1?;
         self.liveness.succeeded();
-        phase2?;
+        let prepared = phase2?;
 
         let mut timings = self.timings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         timings.connect = timings.connect.max(connect);
@@ -247,7 +247,7 @@ impl managed::Manager for WarmingManager {
             phase2_ms = millis(prepare),
             "connection warmed"
         );
-        Ok(Connection::new(client, cancel_target))
+        Ok(Connection::new(client, cancel_target, self.statements.cache(prepared)))
     }
 
     async fn recycle(&self, conn: &mut Connection, metrics: &Metrics) -> RecycleResult<Error> {

@@ -16,7 +16,6 @@
 //!
 //! Either way the handle's API is the same, so a handler works unchanged.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use deadpool_postgres::ClientWrapper;
@@ -26,16 +25,26 @@ use tokio_postgres::{Row, Statement};
 
 use crate::config::PoolerMode;
 use crate::lease::Connection;
+use crate::lru::Lru;
 
 /// The statements an application declares, checked (and in `none` mode
 /// prepared) on every connection during warmup phase 2, and the parameter
 /// types learnt in `transaction` mode.
-#[derive(Debug, Clone, Default)]
+///
+/// Both caches are bounded by `DB_STATEMENT_CACHE_SIZE`, least recently used
+/// first, the declared statements apart: dynamic SQL, whose every text
+/// differs, would otherwise grow each server backend (its prepared
+/// statements and plans) and this process until the pool's maximum age.
+#[derive(Debug, Clone)]
 pub(crate) struct Statements {
     declared: Arc<[String]>,
     mode: PoolerMode,
-    types: Arc<Mutex<HashMap<String, Arc<[Type]>>>>,
+    capacity: usize,
+    types: Arc<Mutex<Lru<Arc<[Type]>>>>,
 }
+
+/// The statements prepared on one connection (`none` mode).
+pub(crate) type Cache = Mutex<Lru<Statement>>;
 
 /// A statement ready to run on one connection.
 #[derive(Debug, Clone)]
@@ -69,8 +78,21 @@ pub(crate) enum Out {
 }
 
 impl Statements {
-    pub(crate) fn new(declared: Vec<String>, mode: PoolerMode) -> Self {
-        Self { declared: declared.into(), mode, types: Arc::default() }
+    pub(crate) fn new(declared: Vec<String>, mode: PoolerMode, capacity: usize) -> Self {
+        Self { declared: declared.into(), mode, capacity, types: Arc::new(Mutex::new(Lru::new(capacity))) }
+    }
+
+    fn is_declared(&self, sql: &str) -> bool {
+        self.declared.iter().any(|d| d == sql)
+    }
+
+    /// A connection's statement cache, holding what warmup prepared on it.
+    pub(crate) fn cache(&self, prepared: Vec<(String, Statement)>) -> Cache {
+        let mut cache = Lru::new(self.capacity);
+        for (sql, statement) in prepared {
+            drop(cache.insert(sql, statement, true));
+        }
+        Mutex::new(cache)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -80,23 +102,34 @@ impl Statements {
     /// Warmup phase 2 on one connection: every declared statement checked
     /// against the schema, and prepared for use. About one round trip in
     /// `none` mode (the prepares are pipelined), three in `transaction` mode.
-    pub(crate) async fn warm(&self, client: &ClientWrapper) -> Result<(), (String, tokio_postgres::Error)> {
+    pub(crate) async fn warm(
+        &self,
+        client: &ClientWrapper,
+    ) -> Result<Vec<(String, Statement)>, (String, tokio_postgres::Error)> {
         match self.mode {
-            PoolerMode::None => try_join_all(
-                self.declared
-                    .iter()
-                    .map(|sql| async move { client.prepare_cached(sql).await.map_err(|e| (sql.clone(), e)) }),
-            )
-            .await
-            .map(drop),
-            PoolerMode::Transaction => self.describe(client, &self.declared).await,
+            PoolerMode::None => {
+                try_join_all(self.declared.iter().map(|sql| async move {
+                    client.prepare(sql).await.map(|s| (sql.clone(), s)).map_err(|e| (sql.clone(), e))
+                }))
+                .await
+            }
+            PoolerMode::Transaction => self.describe(client, &self.declared).await.map(|()| Vec::new()),
         }
     }
 
     /// `sql` ready to run on `conn`, prepared on first use.
     pub(crate) async fn prepare(&self, conn: &Connection, sql: &str) -> Result<Prepared, tokio_postgres::Error> {
         match self.mode {
-            PoolerMode::None => conn.prepare_cached(sql).await.map(Prepared::Named),
+            PoolerMode::None => {
+                if let Some(statement) = lock(conn.statements()).get(sql) {
+                    return Ok(Prepared::Named(statement));
+                }
+                let statement = conn.prepare(sql).await?;
+                // Dropped after the lock: each sends Close to the server.
+                let evicted = lock(conn.statements()).insert(sql.to_owned(), statement.clone(), self.is_declared(sql));
+                drop(evicted);
+                Ok(Prepared::Named(statement))
+            }
             PoolerMode::Transaction => {
                 if let Some(types) = self.cached(sql) {
                     return Ok(Prepared::Unnamed(types));
@@ -109,7 +142,8 @@ impl Statements {
                     self.describe(conn, &[sql.to_owned()]).await.map_err(|(_, e)| e)?;
                     self.cached(sql).unwrap_or_default()
                 };
-                self.types.lock().unwrap_or_else(PoisonError::into_inner).insert(sql.to_owned(), types.clone());
+                let evicted = lock(&self.types).insert(sql.to_owned(), types.clone(), self.is_declared(sql));
+                drop(evicted);
                 Ok(Prepared::Unnamed(types))
             }
         }
@@ -122,18 +156,17 @@ impl Statements {
     pub(crate) fn forget(&self, conn: &Connection, sql: &str, code: Option<&tokio_postgres::error::SqlState>) {
         match self.mode {
             PoolerMode::None if code == Some(&tokio_postgres::error::SqlState::INVALID_SQL_STATEMENT_NAME) => {
-                conn.statement_cache.clear();
+                let gone = lock(conn.statements()).clear();
+                drop(gone);
             }
-            PoolerMode::None => conn.statement_cache.remove(sql, &[]).map_or((), drop),
-            PoolerMode::Transaction => {
-                self.types.lock().unwrap_or_else(PoisonError::into_inner).remove(sql);
-            }
+            PoolerMode::None => drop(lock(conn.statements()).remove(sql)),
+            PoolerMode::Transaction => drop(lock(&self.types).remove(sql)),
         }
         tracing::info!(sql, code = code.map(|c| c.code()), "stale prepared statement dropped; preparing it again");
     }
 
     fn cached(&self, sql: &str) -> Option<Arc<[Type]>> {
-        self.types.lock().unwrap_or_else(PoisonError::into_inner).get(sql).cloned()
+        lock(&self.types).get(sql)
     }
 
     /// Learns the parameter types of `sqls` by preparing them inside one
@@ -165,9 +198,17 @@ impl Statements {
             drop(statement);
         }
         client.batch_execute("COMMIT").await.map_err(no_sql)?;
-        self.types.lock().unwrap_or_else(PoisonError::into_inner).extend(types);
+        let mut cache = lock(&self.types);
+        for (sql, types) in types {
+            let pinned = self.is_declared(&sql);
+            drop(cache.insert(sql, types, pinned));
+        }
         Ok(())
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Runs `prepared` (the statement for `sql`) with `params`, whose count the

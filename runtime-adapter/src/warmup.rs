@@ -34,9 +34,13 @@ pub(crate) async fn round_trip(client: &ClientWrapper, bound: Duration) -> Resul
 
 /// Phase 2 on one connection: the declared statements checked against the
 /// schema and prepared; see [`Statements::warm`].
-pub(crate) async fn prepare(client: &ClientWrapper, statements: &Statements, bound: Duration) -> Result<(), Error> {
+pub(crate) async fn prepare(
+    client: &ClientWrapper,
+    statements: &Statements,
+    bound: Duration,
+) -> Result<Vec<(String, tokio_postgres::Statement)>, Error> {
     match tokio::time::timeout(bound, statements.warm(client)).await {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(prepared)) => Ok(prepared),
         Ok(Err((sql, source))) => {
             Err(Error::Warmup { phase: Phase::Prepare, statement: (!sql.is_empty()).then_some(sql), source })
         }
