@@ -166,14 +166,20 @@ impl Adapter {
     pub(crate) async fn checkout(&self, until: Option<Instant>) -> Result<Conn, Error> {
         let mut retrier = self.retrier(until);
         loop {
-            let attempt = async { self.ready_pool(until).await?.checkout().await };
+            // The generation the checkout was tried on, if it got that far.
+            let mut tried = None;
+            let attempt = async {
+                let pool = self.ready_pool(until).await?;
+                tried = Some(pool.generation());
+                pool.checkout().await
+            };
             match retry::bounded(until, attempt, "checkout within the invocation's deadline").await {
                 Ok(conn) => return Ok(conn),
                 // A concurrent invocation replaced the pool while this one
                 // waited on it; the replacement is warm.
                 Err(Error::PoolClosed) => continue,
                 Err(error) if error.kind() == ErrorKind::TooManyConnections => {
-                    return self.exhausted(error, until).await
+                    return self.exhausted(error, tried, until).await
                 }
                 Err(error) if error.is_transient() => {
                     self.shared.counters.failed_now();
@@ -190,14 +196,20 @@ impl Adapter {
     /// The server refused a connection for lack of slots (53300): release
     /// this environment's own connections, wait a jittered 2–5 s (never past
     /// the deadline), and try once more.
-    async fn exhausted(&self, error: Error, until: Option<Instant>) -> Result<Conn, Error> {
+    ///
+    /// Only the pool the refusal came from (generation `failed`) is closed:
+    /// one that a concurrent invocation has built since is left alone. When
+    /// the refusal came while a pool was being built, there was none to close.
+    async fn exhausted(&self, error: Error, failed: Option<u64>, until: Option<Instant>) -> Result<Conn, Error> {
         let shared = &self.shared;
         bump(&shared.counters.pool_exhausted);
         shared.counters.failed_now();
-        {
+        if let Some(failed) = failed {
             let _flight = shared.maintenance.lock().await;
-            if let Some(pool) = shared.install(None) {
-                pool.close();
+            if shared.current().is_some_and(|pool| pool.generation() == failed) {
+                if let Some(pool) = shared.install(None) {
+                    pool.close();
+                }
             }
         }
         let limit = |error: Error| match error {
