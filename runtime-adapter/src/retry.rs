@@ -114,6 +114,25 @@ mod tests {
     }
 
     #[test]
+    fn jitter_spans_the_whole_range_from_zero_to_the_ceiling() {
+        let base = Duration::from_millis(200);
+        // The draw maps linearly onto [0, ceiling).
+        assert_eq!(full_jitter(base, 1, 0.0), Duration::ZERO);
+        assert_eq!(full_jitter(base, 1, 0.5), Duration::from_millis(100));
+        assert_eq!(full_jitter(base, 3, 0.25), Duration::from_millis(200));
+        assert_eq!(full_jitter(base, 30, 0.5), MAX_DELAY / 2, "capped");
+        // Real draws spread over the range: some near zero, some near the
+        // ceiling, a mean near the middle.
+        let ceiling = base * 4;
+        let entropy = Entropy::default();
+        let draws: Vec<Duration> = (0..2_000).map(|_| full_jitter(base, 3, entropy.fraction())).collect();
+        assert!(draws.iter().any(|d| *d < ceiling / 10), "some pauses near zero");
+        assert!(draws.iter().any(|d| *d > ceiling * 9 / 10), "some pauses near the ceiling");
+        let mean = draws.iter().sum::<Duration>() / 2_000;
+        assert!(mean > ceiling * 2 / 5 && mean < ceiling * 3 / 5, "mean {mean:?} near half of {ceiling:?}");
+    }
+
+    #[test]
     fn jitter_between_stays_in_range() {
         let (low, high) = (Duration::from_secs(2), Duration::from_secs(5));
         let entropy = Entropy::default();

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use integration_tests::inproc::{adapter, context};
 use integration_tests::orders::postgres;
+use integration_tests::server_log::Log;
 use integration_tests::FaultProxy;
 use runtime_adapter::{Error, ErrorKind, IsolationLevel};
 use tokio::time::Instant;
@@ -109,7 +110,7 @@ async fn a_commit_cut_in_flight_is_reported_as_outcome_unknown_and_not_retried()
 }
 
 #[tokio::test]
-async fn a_connection_lost_before_commit_reruns_the_transaction() {
+async fn a_connection_lost_mid_transaction_reruns_the_transaction() {
     let pg = postgres().await;
     pg.apply_sql_as_app(SCHEMA).await;
     let adapter = adapter(&pg.database_url(), &[], &[]).await;
@@ -138,14 +139,80 @@ async fn a_connection_lost_before_commit_reruns_the_transaction() {
 }
 
 #[tokio::test]
+async fn a_closure_that_returned_ok_on_a_connection_lost_before_commit_is_rerun() {
+    let pg = postgres().await;
+    pg.apply_sql_as_app(SCHEMA).await;
+    // Two connections: the raw handle below keeps the lost one checked out.
+    let adapter = adapter(&pg.database_url(), &[("DB_POOL_SIZE", "2")], &[]).await;
+    let db = adapter.db(&context(Duration::from_secs(30))).await.expect("db");
+    // A handle on the same connection, to see it close from outside the Tx.
+    let raw = db.client().await.expect("raw");
+    let attempts = AtomicU32::new(0);
+    let (pg, raw) = (&pg, &raw);
+    let result = db
+        .transaction(|tx| {
+            let attempt = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                tx.execute("INSERT INTO journal (note) VALUES ($1)", &[&format!("attempt {attempt}")]).await?;
+                tx.execute("UPDATE counters SET n = n + 1 WHERE id = 1", &[]).await?;
+                if attempt == 1 {
+                    // Every statement succeeded; the connection is lost
+                    // before COMMIT is sent, and the closure returns Ok.
+                    pg.kill_backends("runtime-adapter").await;
+                    let closed = async {
+                        while !raw.is_closed() {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    };
+                    tokio::time::timeout(Duration::from_secs(5), closed).await.expect("the client saw the close");
+                }
+                Ok(())
+            }
+        })
+        .await;
+    result.expect("rerun and committed on a new connection");
+    assert_eq!(attempts.load(Ordering::SeqCst), 2, "rerun once: the server had rolled the first attempt back");
+    let client = pg.app_client().await;
+    let notes: Vec<String> =
+        client.query("SELECT note FROM journal", &[]).await.expect("journal").iter().map(|r| r.get(0)).collect();
+    assert_eq!(notes, ["attempt 2"]);
+    let n: i32 = client.query_one("SELECT n FROM counters WHERE id = 1", &[]).await.expect("n").get(0);
+    assert_eq!(n, 1, "the update once");
+}
+
+#[tokio::test]
 async fn a_statement_still_running_at_the_deadline_is_cancelled_on_the_server() {
     let pg = postgres().await;
     let adapter = adapter(&pg.database_url(), &[("DB_DEADLINE_MARGIN_MS", "500")], &[]).await;
     let timeout = Duration::from_millis(2000);
     let db = adapter.db(&context(timeout)).await.expect("db");
+    let pids = pg.backend_pids("runtime-adapter").await;
+    assert_eq!(pids.len(), 1, "one connection");
+    let pid = pids[0];
+    let client = pg.superuser().await;
+    // What the adapter's backend is doing, as the server reports it.
+    let activity = || async {
+        let row = client
+            .query_one("SELECT state, query FROM pg_stat_activity WHERE pid = $1", &[&pid])
+            .await
+            .expect("pg_stat_activity");
+        (row.get::<_, String>(0), row.get::<_, String>(1))
+    };
+    let mark = pg.log_mark();
 
     let started = Instant::now();
-    let result = db.query("SELECT pg_sleep(30)", &[]).await;
+    let statement = db.query("SELECT pg_sleep(30)", &[]);
+    // First the server shows the statement running on that backend...
+    let seen_running = async {
+        loop {
+            let (state, query) = activity().await;
+            if state == "active" && query.contains("pg_sleep") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let (result, ()) = tokio::join!(statement, seen_running);
     let took = started.elapsed();
     match result {
         Err(Error::DeadlineExceeded { .. }) => {}
@@ -155,24 +222,16 @@ async fn a_statement_still_running_at_the_deadline_is_cancelled_on_the_server() 
     assert!(took >= Duration::from_millis(1400), "ran until the margin: {took:?}");
     eprintln!("measured: pg_sleep(30) with a 2 s deadline stopped after {took:?}");
 
-    let client = pg.superuser().await;
-    let gone = async {
-        loop {
-            let running: i64 = client
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'",
-                    &[],
-                )
-                .await
-                .expect("pg_stat_activity")
-                .get(0);
-            if running == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(2), gone).await.expect("the server stopped running the statement");
+    // ...then the same backend logs the cancel and is idle again, long
+    // before the 30 s would have run out.
+    assert!(
+        pg.wait_for_log(mark, "canceling statement due to user request", Duration::from_secs(2)).await,
+        "the server cancelled the statement"
+    );
+    let cancelled = Log::new(pg.log_since(mark)).for_pid(pid);
+    assert!(cancelled.text().contains("canceling statement due to user request"), "on the adapter's backend {pid}");
+    let (state, _) = activity().await;
+    assert_eq!(state, "idle", "the backend is idle again");
 
     // The connection, back in the pool, serves the next invocation.
     drop(db);
