@@ -16,8 +16,13 @@ async fn let_interval_pass() {
     tokio::time::sleep(Duration::from_millis(INTERVAL_MS + 100)).await;
 }
 
+/// A killed backend closes its client, so deadpool's `Fast` recycle replaces
+/// it at any checkout, health check or not (`faults.rs` shows the same inside
+/// the interval): this test is about the replacement being warmed before the
+/// handler runs. A health check is what catches a connection that is open
+/// but silent: see the half-open test below, which fails without one.
 #[tokio::test]
-async fn check_after_the_interval_replaces_a_killed_backend_before_the_handler_runs() {
+async fn a_killed_backend_is_replaced_by_a_warmed_connection_before_the_handler_runs() {
     let env = OrdersEnv::start(&[("DB_HEALTH_CHECK_INTERVAL_MS", &INTERVAL_MS.to_string())]).await;
     assert_eq!(status(env.api.invoke(post_valid_order("tea", 1)).await.response()), 201);
 
