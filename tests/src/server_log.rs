@@ -19,6 +19,9 @@ pub struct Counts {
     pub parses: usize,
     /// Extended-protocol Execute steps (prepared statements run).
     pub executes: usize,
+    /// Every statement the server ran, either protocol: Execute steps and
+    /// simple-protocol queries (`BEGIN`, `SET`, `ROLLBACK`, a health check…).
+    pub statements: usize,
     /// The adapter's health checks.
     pub health_checks: usize,
     /// The adapter's warmup phase 1 round trips.
@@ -77,6 +80,9 @@ impl Log {
             self.text.lines().filter(|l| l.contains("LOG:  connection authorized:") && l.contains(&authorized)).count();
         for line in self.function_lines() {
             let message = line.split_once("LOG:  ").or_else(|| line.split_once("DEBUG:  ")).map_or("", |(_, m)| m);
+            if message.starts_with("execute ") || message.starts_with("statement: ") {
+                counts.statements += 1;
+            }
             if message.starts_with("disconnection:") {
                 counts.disconnections += 1;
             } else if message.starts_with("execute ") {

@@ -44,6 +44,7 @@ async fn after_max_age_a_new_warmed_connection_replaces_the_old_one_which_closes
         log.text()
     );
     assert_eq!(fresh.health_checks, 0, "a fresh pool needs no check");
+    assert_eq!(fresh.statements, 2, "phase 1's round trip and the handler's statement, nothing else:\n{}", log.text());
     let closed = log.for_pid(old[0]).counts();
     assert_eq!(closed.disconnections, 1);
     assert_eq!(closed.unclean_closes, 0, "Terminate was sent:\n{}", log.for_pid(old[0]).text());

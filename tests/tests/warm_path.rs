@@ -27,12 +27,14 @@ async fn one_connection_serves_many_invocations_with_one_statement_each() {
     }
 
     let warm = Log::new(env.pg.log_since(mark));
-    let Counts { connections, disconnections, parses, executes, health_checks, warmup_round_trips, .. } = warm.counts();
+    let Counts { connections, disconnections, parses, executes, statements, health_checks, warmup_round_trips, .. } =
+        warm.counts();
     assert_eq!(connections, 0, "no new connection on the warm path:\n{}", warm.text());
     assert_eq!(disconnections, 0, "no connection closed on the warm path:\n{}", warm.text());
     assert_eq!(parses, 0, "no prepare on the warm path (phase 2 did it):\n{}", warm.text());
     assert_eq!(health_checks, 0, "no health check inside the interval:\n{}", warm.text());
     assert_eq!(warmup_round_trips, 0, "no warmup on the warm path:\n{}", warm.text());
     assert_eq!(executes, invocations, "one statement per invocation:\n{}", warm.text());
+    assert_eq!(statements, invocations, "nothing else either (no BEGIN, SET, ROLLBACK…):\n{}", warm.text());
     assert_eq!(env.pg.connection_count("orders").await, 1);
 }
