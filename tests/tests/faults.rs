@@ -87,7 +87,13 @@ async fn a_server_restart_during_a_stream_fails_only_while_down_and_recovers_wit
     let first_success_after =
         log.iter().filter(|(_, ended, ok, _)| *ok && *ended > up_at).map(|(_, ended, ..)| *ended).min();
     let recovery = first_success_after.expect("a success after the restart") - up_at;
-    assert!(recovery < Duration::from_millis(3200), "recovered within one backoff step: {recovery:?}");
+    // The invocation running when the server came back is at worst in the
+    // longest pause its retries allow (full jitter's ceiling before the last
+    // attempt); then one connect and warmup, with slack for a shared machine.
+    let defaults = runtime_adapter::Config::default();
+    let longest_pause = defaults.retry_base_delay * 2u32.pow(defaults.retry_attempts.saturating_sub(2));
+    let bound = longest_pause + Duration::from_millis(600);
+    assert!(recovery < bound, "recovered within one backoff step: {recovery:?} (bound {bound:?})");
     let errors = log.iter().filter(|(_, _, ok, _)| !ok).count();
     let slowest = log.iter().map(|(started, ended, ..)| *ended - *started).max().unwrap_or_default();
     eprintln!(
@@ -125,7 +131,8 @@ async fn exhausted_connection_slots_give_a_clear_error_in_time_and_recover_when_
     {
         assert!(message.contains(knob), "names {knob}: {message}");
     }
-    assert!(refused.latency < timeout, "before the deadline: {:?}", refused.latency);
+    // At once: no 2–5 s backoff fits before the deadline, so none is waited.
+    assert!(refused.latency < Duration::from_millis(1000), "no backoff waited: {:?}", refused.latency);
     eprintln!("measured: 53300 with a 2 s timeout answered in {:?}", refused.latency);
 
     // Enough time: the adapter waits 2–5 s and tries once more; slots freed

@@ -70,8 +70,10 @@ async fn a_half_open_connection_fails_the_check_in_time_and_the_pool_is_rebuilt(
     let found = env.api.invoke(get_order("1")).await;
     let took = started.elapsed();
     assert_eq!(status(found.response()), 200, "{:?}", found.outcome);
-    // The check's timeout plus one connect and warmup on loopback.
-    assert!(took < Duration::from_millis(timeout_ms + 1000), "the check must give up after its timeout, took {took:?}");
+    // The check's timeout plus one connect and warmup on loopback, with
+    // slack for a shared machine.
+    let bound = Duration::from_millis(timeout_ms + 500);
+    assert!(took < bound, "the check must give up after its timeout, took {took:?} (bound {bound:?})");
     eprintln!("measured: half-open connection, invocation answered in {took:?} (check timeout {timeout_ms} ms)");
     assert!(env.function.output().contains("health check failed; rebuilding the pool"), "{}", env.function.output());
     let now = env.pg.backend_pids(FUNCTION_NAME).await;

@@ -95,7 +95,11 @@ async fn a_database_down_at_init_does_not_wedge_the_environment() {
     assert_eq!(down.outcome.error_type(), Some("RuntimeAdapter.DatabaseUnavailable"));
     let message = down.outcome.error_message().expect("a message");
     assert!(message.contains("database unavailable after 2 attempt(s)"), "{message}");
-    assert!(down.latency < Duration::from_secs(10), "answered well before the deadline: {:?}", down.latency);
+    // Two refused connects and one pause between them, at most the base
+    // delay (full jitter's first ceiling), plus slack for a shared machine.
+    let bound = runtime_adapter::Config::default().retry_base_delay + Duration::from_millis(500);
+    assert!(down.latency < bound, "two attempts and one pause, then the answer: {:?} (bound {bound:?})", down.latency);
+    eprintln!("measured: database down, error answered in {:?}", down.latency);
 
     env.pg.start_again().await;
     let created = env.api.invoke(post_valid_order("tea", 1)).await;
