@@ -142,7 +142,22 @@ async fn a_slow_statement_is_logged_with_its_sql_and_without_its_parameters() {
     let blocker = env.pg.app_client().await;
     blocker.batch_execute("BEGIN; LOCK TABLE orders IN EXCLUSIVE MODE").await.expect("lock");
     let pending = env.api.enqueue(post_valid_order(item, 7), integration_tests::InvokeOptions::default());
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Until the insert is seen waiting on that lock.
+    let watcher = env.pg.app_client().await;
+    let waiting = async {
+        loop {
+            let waiting: i64 = watcher
+                .query_one("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'orders'::regclass", &[])
+                .await
+                .expect("pg_locks")
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("the insert waits on the lock");
     blocker.batch_execute("COMMIT").await.expect("unlock");
     assert_eq!(status(pending.wait().await.response()), 201);
     assert!(env.function.wait_for_output("slow statement", Duration::from_secs(5)).await);
