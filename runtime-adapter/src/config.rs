@@ -121,6 +121,11 @@ pub enum ConfigWarning {
         /// The maximum age as configured.
         configured: Duration,
     },
+    /// `DB_IAM_AUTH=true` with `sslmode=require` and no `DB_SSL_ROOT_CERT`:
+    /// the server's certificate is not checked, so anyone on the network
+    /// path can pose as the database and receive the IAM token, a bearer
+    /// credential valid 15 minutes.
+    IamOverUnverifiedTls,
     /// `DB_POOL_SIZE` is below `AWS_LAMBDA_MAX_CONCURRENCY`: concurrent
     /// invocations will wait for connections.
     PoolSmallerThanConcurrency {
@@ -138,6 +143,7 @@ impl ConfigWarning {
         match self {
             ConfigWarning::HealthCheckIntervalCapped { .. } => "DB_HEALTH_CHECK_INTERVAL_MS, DB_MAX_AGE_MS",
             ConfigWarning::MaxAgeCappedForIam { .. } => "DB_IAM_AUTH, DB_MAX_AGE_MS",
+            ConfigWarning::IamOverUnverifiedTls => "DB_IAM_AUTH, sslmode, DB_SSL_ROOT_CERT",
             ConfigWarning::PoolSmallerThanConcurrency { .. } => "DB_POOL_SIZE, AWS_LAMBDA_MAX_CONCURRENCY",
         }
     }
@@ -158,6 +164,9 @@ impl fmt::Display for ConfigWarning {
                 "DB_MAX_AGE_MS ({} ms) is longer than the 15 minutes an IAM authentication token is valid (DB_IAM_AUTH=true); the pool's maximum age is capped at {} ms, so that connections are reopened with fresh tokens",
                 configured.as_millis(),
                 crate::credentials::IAM_TOKEN_LIFETIME.as_millis()
+            ),
+            ConfigWarning::IamOverUnverifiedTls => f.write_str(
+                "DB_IAM_AUTH=true with sslmode=require and no DB_SSL_ROOT_CERT: the server's certificate is not verified, so anyone on the network path can pose as the database and receive the IAM token, a bearer credential valid 15 minutes; set sslmode=verify-full with DB_SSL_ROOT_CERT naming the RDS global bundle (https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem)",
             ),
             ConfigWarning::PoolSmallerThanConcurrency { pool_size, max_concurrency } => write!(
                 f,
@@ -393,6 +402,9 @@ impl Config {
     /// interval is capped at the maximum age that results.
     fn reconcile(&mut self) {
         let iam = *self.credentials.source() == crate::credentials::CredentialSource::Iam;
+        if iam && !self.tls.verifies() {
+            self.warnings.push(ConfigWarning::IamOverUnverifiedTls);
+        }
         if iam && self.max_age > crate::credentials::IAM_TOKEN_LIFETIME {
             self.warnings.push(ConfigWarning::MaxAgeCappedForIam { configured: self.max_age });
             self.max_age = crate::credentials::IAM_TOKEN_LIFETIME;
@@ -680,7 +692,7 @@ mod tests {
 
     #[test]
     fn iam_caps_the_max_age_at_a_token_lifetime_and_the_interval_follows() {
-        let iam = [("DATABASE_URL", "postgres://u@h/d?sslmode=require"), ("DB_IAM_AUTH", "true")];
+        let iam = [("DATABASE_URL", "postgres://u@h/d?sslmode=verify-full"), ("DB_IAM_AUTH", "true")];
         let mut vars = iam.to_vec();
         vars.extend([("DB_MAX_AGE_MS", "1800000"), ("DB_HEALTH_CHECK_INTERVAL_MS", "1200000")]);
         let config = parse(&vars).expect("capped, not refused");
@@ -698,6 +710,24 @@ mod tests {
         );
         assert!(config.warnings()[0].to_string().contains("capped at 900000 ms"), "{}", config.warnings()[0]);
         assert_eq!(parse(&iam).expect("valid").warnings(), []);
+    }
+
+    #[test]
+    fn iam_over_unverified_tls_is_a_warning_naming_the_risk_and_the_fix() {
+        let config = parse(&[("DATABASE_URL", "postgres://u@h/d?sslmode=require"), ("DB_IAM_AUTH", "true")])
+            .expect("allowed, with a warning");
+        assert_eq!(config.warnings(), [ConfigWarning::IamOverUnverifiedTls]);
+        let text = config.warnings()[0].to_string();
+        assert!(text.contains("receive the IAM token"), "the risk: {text}");
+        assert!(
+            text.contains("sslmode=verify-full with DB_SSL_ROOT_CERT naming the RDS global bundle"),
+            "the fix: {text}"
+        );
+        let verified =
+            parse(&[("DATABASE_URL", "postgres://u@h/d?sslmode=verify-full"), ("DB_IAM_AUTH", "true")]).expect("valid");
+        assert_eq!(verified.warnings(), []);
+        let url_only = parse(&[("DATABASE_URL", "postgres://u:p@h/d?sslmode=require")]).expect("valid");
+        assert_eq!(url_only.warnings(), [], "a password from the URL is the user's own choice");
     }
 
     #[test]

@@ -143,7 +143,7 @@ impl Connection {
             (None, false) => CredentialSource::Url,
         };
         let (pg, url_mode, url_root_cert) = address(get, &source)?;
-        let root_cert = get("DB_SSL_ROOT_CERT").or(url_root_cert).map(Into::into);
+        let root_cert: Option<std::path::PathBuf> = get("DB_SSL_ROOT_CERT").or(url_root_cert).map(Into::into);
         let mode = match url_mode {
             Some(raw) => SslMode::parse(&raw).ok_or_else(|| ConfigError::Invalid {
                 var: "DATABASE_URL",
@@ -151,6 +151,8 @@ impl Connection {
                 problem: "has an sslmode that is not one of libpq's modes".to_owned(),
                 expected: SSLMODE_FORM,
             })?,
+            // libpq 16: sslrootcert=system makes verify-full the default.
+            None if root_cert.as_deref() == Some(std::path::Path::new(tls::SYSTEM_ROOTS)) => SslMode::VerifyFull,
             None => SslMode::Prefer,
         };
         let mut pg = pg;
@@ -288,7 +290,7 @@ impl Credentials {
             return Err(ConfigError::Conflict {
                 vars: "DB_IAM_AUTH and sslmode",
                 problem: format!(
-                    "IAM authentication sends its token as the password, and with sslmode={} it could go in plaintext (RDS also refuses IAM authentication without TLS); set sslmode=verify-full (with DB_SSL_ROOT_CERT naming the RDS CA bundle), verify-ca or require",
+                    "IAM authentication sends its token as the password, and with sslmode={} it could go in plaintext (RDS also refuses IAM authentication without TLS); set sslmode=verify-full with DB_SSL_ROOT_CERT naming the RDS CA bundle (verify-ca, or require, which leaves the server unverified, also encrypt)",
                     tls.mode()
                 ),
             });
@@ -685,9 +687,19 @@ mod tests {
         assert_eq!(c.pg.get_ports(), &[6432]);
         assert_eq!(c.tls.mode(), SslMode::VerifyFull);
         assert_eq!(c.pg.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
-        let c = connection(&[("DATABASE_URL", "postgres://u:p@h/d?sslmode=verify-ca")]).expect("url");
-        assert_eq!(c.tls.mode(), SslMode::VerifyCa);
+        let err = connection(&[("DATABASE_URL", "postgres://u:p@h/d?sslmode=verify-ca")]).err().expect("no root file");
+        assert!(err.to_string().starts_with("DB_SSL_ROOT_CERT is not set"), "{err}");
         assert_eq!(connection(&[("DATABASE_URL", "postgres://u:p@h/d")]).expect("url").tls.mode(), SslMode::Prefer);
+        let c = connection(&[("DATABASE_URL", "postgres://u:p@h/d"), ("DB_SSL_ROOT_CERT", "system")]).expect("system");
+        assert_eq!(
+            (c.tls.mode(), c.tls.trusts_public_roots()),
+            (SslMode::VerifyFull, true),
+            "system implies verify-full"
+        );
+        let err = connection(&[("DATABASE_URL", "postgres://u:p@h/d?sslmode=require&sslrootcert=system")])
+            .err()
+            .expect("a weaker mode with system is refused");
+        assert!(err.to_string().contains("use sslmode=verify-full"), "{err}");
 
         let cases = [
             (
