@@ -8,6 +8,7 @@
 //! maintenance lock while concurrent ones wait, then re-read the state and
 //! find nothing left to do.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -18,7 +19,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::deadline;
 use crate::error::{Error, ErrorKind};
-use crate::health::{self, Liveness};
+use crate::health::{self, Checked, Liveness};
 use crate::lease::Conn;
 use crate::metrics::{Emf, Invocation};
 use crate::pool::{millis, WarmPool};
@@ -156,7 +157,14 @@ impl Adapter {
     pub async fn db(&self, context: &Context) -> Result<Db, Error> {
         let until = deadline::gate_until(context, self.shared.config.deadline_margin);
         let started = Instant::now();
-        let conn = self.checkout(until).await?;
+        // The gate may run several times for one invocation (retries); a
+        // skipped check is counted once per invocation.
+        let skipped = AtomicBool::new(false);
+        let conn = self.checkout_noting(until, &skipped).await;
+        if skipped.load(Ordering::Relaxed) {
+            bump(&self.shared.counters.health_checks_skipped);
+        }
+        let conn = conn?;
         self.shared.counters.checkout_took(started.elapsed());
         Ok(Db::new(conn, self.clone(), until))
     }
@@ -164,16 +172,22 @@ impl Adapter {
     /// A warmed connection, through the gate, retrying transient failures
     /// with backoff within `until`.
     pub(crate) async fn checkout(&self, until: Option<Instant>) -> Result<Conn, Error> {
+        self.checkout_noting(until, &AtomicBool::new(false)).await
+    }
+
+    /// As [`checkout`](Self::checkout), setting `skipped` when the gate
+    /// found no health check due (and clearing it when one ran).
+    async fn checkout_noting(&self, until: Option<Instant>, skipped: &AtomicBool) -> Result<Conn, Error> {
         let mut retrier = self.retrier(until);
         loop {
-            let attempt = async { self.ready_pool(until).await?.checkout().await };
+            let attempt = async { self.ready_pool(until, skipped).await?.checkout().await };
             match retry::bounded(until, attempt, "checkout within the invocation's deadline").await {
                 Ok(conn) => return Ok(conn),
                 // A concurrent invocation replaced the pool while this one
                 // waited on it; the replacement is warm.
                 Err(Error::PoolClosed) => continue,
                 Err(error) if error.kind() == ErrorKind::TooManyConnections => {
-                    return self.exhausted(error, until).await
+                    return self.exhausted(error, until, skipped).await
                 }
                 Err(error) if error.is_transient() => {
                     self.shared.counters.failed_now();
@@ -190,7 +204,7 @@ impl Adapter {
     /// The server refused a connection for lack of slots (53300): release
     /// this environment's own connections, wait a jittered 2–5 s (never past
     /// the deadline), and try once more.
-    async fn exhausted(&self, error: Error, until: Option<Instant>) -> Result<Conn, Error> {
+    async fn exhausted(&self, error: Error, until: Option<Instant>, skipped: &AtomicBool) -> Result<Conn, Error> {
         let shared = &self.shared;
         bump(&shared.counters.pool_exhausted);
         shared.counters.failed_now();
@@ -216,7 +230,7 @@ impl Adapter {
             return Err(limit(error));
         }
         tokio::time::sleep(delay).await;
-        let attempt = async { self.ready_pool(until).await?.checkout().await };
+        let attempt = async { self.ready_pool(until, skipped).await?.checkout().await };
         match retry::bounded(until, attempt, "checkout within the invocation's deadline").await {
             Ok(conn) => Ok(conn),
             Err(error) if error.kind() == ErrorKind::TooManyConnections => {
@@ -328,13 +342,13 @@ impl Adapter {
         }
     }
 
-    async fn ready_pool(&self, until: Option<Instant>) -> Result<Arc<WarmPool>, Error> {
+    async fn ready_pool(&self, until: Option<Instant>, skipped: &AtomicBool) -> Result<Arc<WarmPool>, Error> {
         let shared = &self.shared;
         let interval = shared.config.health_check_interval;
         if let Some(pool) = shared.current() {
             let now = Instant::now();
             if !pool.is_expired(now) && !shared.liveness.check_due(now, interval) {
-                bump(&shared.counters.health_checks_skipped);
+                skipped.store(true, Ordering::Relaxed);
                 tracing::debug!("health check skipped: a round trip succeeded within the interval");
                 return Ok(pool);
             }
@@ -353,19 +367,21 @@ impl Adapter {
             pool = self.refresh(pool, until).await;
         }
         if !shared.liveness.check_due(Instant::now(), interval) {
-            bump(&shared.counters.health_checks_skipped);
+            skipped.store(true, Ordering::Relaxed);
             tracing::debug!("health check skipped: a round trip succeeded within the interval");
             return Ok(pool);
         }
 
+        skipped.store(false, Ordering::Relaxed);
         bump(&shared.counters.health_checks_run);
         let started = Instant::now();
         match health::check(&pool, shared.config.health_check_timeout).await {
-            Ok(()) => {
+            Ok(Checked::Passed) => {
                 shared.liveness.succeeded();
                 tracing::info!(duration_ms = millis(started.elapsed()), "health check passed");
                 Ok(pool)
             }
+            Ok(Checked::Busy) => Ok(pool),
             Err(error) => {
                 bump(&shared.counters.health_checks_failed);
                 shared.counters.failed_now();

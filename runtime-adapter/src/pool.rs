@@ -115,6 +115,29 @@ impl WarmPool {
         checkout(&self.pool).await
     }
 
+    /// A warmed connection within `bound`, or `None` if every connection
+    /// of the pool stayed checked out by other invocations all that time.
+    /// A connection that must be opened (the idle one was found closed) and
+    /// does not open within `bound` is an error, like a pool that cannot
+    /// give one for any other reason.
+    pub(crate) async fn checkout_within(&self, bound: Duration) -> Result<Option<Conn>, Error> {
+        let busy = || {
+            // deadpool counts a connection once it is open, so a pool at its
+            // full size with none to give has them all checked out.
+            let status = self.pool.status();
+            status.size >= status.max_size
+        };
+        match tokio::time::timeout(bound, self.checkout()).await {
+            Ok(Ok(conn)) => Ok(Some(conn)),
+            Ok(Err(Error::Timeout { .. })) | Err(_) if busy() => Ok(None),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(Error::Timeout {
+                what: "health check: opening a connection (DB_HEALTH_CHECK_TIMEOUT_MS)",
+                after: bound,
+            }),
+        }
+    }
+
     pub(crate) fn age(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.built)
     }
