@@ -34,6 +34,10 @@ use crate::warmup;
 /// environments to finish and release theirs.
 const EXHAUSTED_BACKOFF: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(5));
 
+/// How long closing waits for maintenance in progress: a share of the
+/// ~500 ms Lambda gives a shutdown, the pool's own close taking the rest.
+const CLOSE_LOCK_WAIT: Duration = Duration::from_millis(100);
+
 /// Sets up an [`Adapter`]: the statements to prepare, then
 /// [`init`](Builder::init) or [`run`](Builder::run).
 #[derive(Debug, Default)]
@@ -290,8 +294,14 @@ impl Adapter {
 
     /// Closes the pool and waits (briefly) until every connection has sent
     /// Terminate. Invocations after this warm a new pool.
+    ///
+    /// Bounded for shutdown, which Lambda gives about 500 ms: a warmup,
+    /// refresh or rebuild holding the maintenance lock (for up to a whole
+    /// connect) is waited for only [`CLOSE_LOCK_WAIT`]; then the pool in
+    /// place, if any, is closed without it. A pool that such a rebuild is
+    /// still opening is not in place: it is dropped with the process.
     pub async fn close(&self) {
-        let _flight = self.shared.maintenance.lock().await;
+        let _flight = tokio::time::timeout(CLOSE_LOCK_WAIT, self.shared.maintenance.lock()).await.ok();
         if let Some(pool) = self.shared.install(None) {
             pool.close_and_wait().await;
         }
