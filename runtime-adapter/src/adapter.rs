@@ -308,19 +308,23 @@ impl Adapter {
     }
 
     /// SnapStart, before the snapshot: closes the pool (every connection
-    /// sends Terminate, and no connection or credential stays in memory)
+    /// sends Terminate), drops the AWS SDK clients and cached signing
+    /// credentials (no connection or credential stays in memory)
     /// and drops what INIT recorded, which belongs to the publish, not to
     /// the environments restored from it.
     pub(crate) async fn before_snapshot(&self) {
         self.close().await;
+        self.shared.config.credentials.forget();
         self.shared.emf.rebase(&self.shared.counters);
         tracing::info!("snapshot: pool closed");
     }
 
     /// SnapStart, after a restore: new randomness, clocks reset, and the
-    /// pool rebuilt and re-warmed (credentials resolved again) before the
-    /// first invocation. A database unreachable now is not fatal: the first
-    /// invocation warms the pool, as after a normal INIT.
+    /// pool rebuilt and re-warmed (credentials resolved again, the AWS SDK
+    /// loaded afresh) before the first invocation, within 5 s, half of
+    /// Lambda's limit for restore hooks. A database unreachable now, or
+    /// not warmed in that time, is not fatal: the first invocation warms the
+    /// pool, as after a normal INIT.
     ///
     /// # Errors
     ///
@@ -330,7 +334,8 @@ impl Adapter {
         shared.entropy.reseed();
         shared.liveness.reset();
         let started = Instant::now();
-        let until = deadline::init_until(started);
+        // Bounded even under SnapStart, whose publish-time INIT is not.
+        let until = Some(deadline::restore_until(started));
         let attempts = shared.config.warmup_attempts;
         let _flight = shared.maintenance.lock().await;
         match warmup::warm(&shared.config, &shared.statements, &shared.counters, &shared.liveness, attempts, until)

@@ -41,7 +41,8 @@ pub struct Config {
     pub pool_size: usize,
     /// Wait for a pooled connection. `DB_POOL_TIMEOUT_MS`; default 10 s.
     pub pool_timeout: Duration,
-    /// Bound on opening one connection, and on each warmup phase run on it.
+    /// Bound on opening one connection, the whole of it (TCP, TLS, startup,
+    /// authentication), and on each warmup phase run on it.
     /// `DB_CONNECT_TIMEOUT_MS`; default 5 s.
     pub connect_timeout: Duration,
     /// `statement_timeout` set on each session; zero disables it, as in
@@ -51,7 +52,8 @@ pub struct Config {
     /// Zero checks before every invocation. `DB_HEALTH_CHECK_INTERVAL_MS`;
     /// default 30 s.
     pub health_check_interval: Duration,
-    /// Bound on one health check. `DB_HEALTH_CHECK_TIMEOUT_MS`; default 2 s.
+    /// Bound on one health check, its checkout included.
+    /// `DB_HEALTH_CHECK_TIMEOUT_MS`; default 2 s.
     pub health_check_timeout: Duration,
     /// The pool is replaced once it is older than this, less up to 10 %
     /// jitter. `DB_MAX_AGE_MS`; default 300 s.

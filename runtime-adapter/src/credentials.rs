@@ -90,7 +90,9 @@ pub struct Credentials {
     aws: AwsSettings,
     /// Bound on one AWS call: `DB_CONNECT_TIMEOUT_MS`.
     timeout: Duration,
-    clients: Arc<tokio::sync::OnceCell<AwsClients>>,
+    /// The AWS SDK's configuration and clients, built at first use; dropped
+    /// before a SnapStart snapshot ([`Credentials::forget`]).
+    clients: Arc<Mutex<Option<Arc<AwsClients>>>>,
     /// The AWS credentials IAM tokens are signed with, kept until near expiry.
     signing: Arc<Mutex<Option<AwsCredentials>>>,
 }
@@ -315,29 +317,43 @@ impl Credentials {
         Ok(Arc::new(Session { credentials: self.clone(), pg: Mutex::new(resolved) }))
     }
 
-    async fn clients(&self) -> Result<&AwsClients, Error> {
-        self.clients
-            .get_or_try_init(|| async {
-                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(
-                    aws_config::timeout::TimeoutConfig::builder().operation_timeout(self.timeout).build(),
-                );
-                if let Some(region) = &self.aws.region {
-                    loader = loader.region(aws_config::Region::new(region.clone()));
-                }
-                if let Some(keys) = &self.aws.keys {
-                    loader = loader.credentials_provider(keys.clone());
-                }
-                let sdk = loader.load().await;
-                let secrets = matches!(self.source, CredentialSource::SecretsManager { .. }).then(|| {
-                    let mut config = aws_sdk_secretsmanager::config::Builder::from(&sdk);
-                    if let Some(endpoint) = &self.aws.secrets_manager_endpoint {
-                        config = config.endpoint_url(endpoint);
-                    }
-                    aws_sdk_secretsmanager::Client::from_conf(config.build())
-                });
-                Ok::<_, Error>(AwsClients { sdk, secrets })
-            })
-            .await
+    /// Drops the AWS SDK's configuration and clients and the cached signing
+    /// credentials, for every clone: before a SnapStart snapshot, so that
+    /// none is in the snapshot (restored copies would share credentials that
+    /// may have expired, and connections the SDK pooled). The next pool
+    /// build, after the restore, loads them afresh.
+    pub(crate) fn forget(&self) {
+        *self.clients.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        *self.signing.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    async fn clients(&self) -> Result<Arc<AwsClients>, Error> {
+        if let Some(clients) = self.clients.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+            return Ok(clients);
+        }
+        // Two builds racing here both succeed; the first one stored wins.
+        let built = Arc::new(self.load_clients().await);
+        Ok(self.clients.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(built).clone())
+    }
+
+    async fn load_clients(&self) -> AwsClients {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .timeout_config(aws_config::timeout::TimeoutConfig::builder().operation_timeout(self.timeout).build());
+        if let Some(region) = &self.aws.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(keys) = &self.aws.keys {
+            loader = loader.credentials_provider(keys.clone());
+        }
+        let sdk = loader.load().await;
+        let secrets = matches!(self.source, CredentialSource::SecretsManager { .. }).then(|| {
+            let mut config = aws_sdk_secretsmanager::config::Builder::from(&sdk);
+            if let Some(endpoint) = &self.aws.secrets_manager_endpoint {
+                config = config.endpoint_url(endpoint);
+            }
+            aws_sdk_secretsmanager::Client::from_conf(config.build())
+        });
+        AwsClients { sdk, secrets }
     }
 
     async fn read_secret(&self, secret_id: &str) -> Result<Secret, Error> {
@@ -427,7 +443,8 @@ impl Session {
         if self.credentials.source == CredentialSource::Iam {
             let what = "signing the RDS IAM authentication token";
             let aws = Box::pin(self.credentials.signing_credentials(false)).await?;
-            let region = self.credentials.region(Box::pin(self.credentials.clients()).await?)?;
+            let clients = Box::pin(self.credentials.clients()).await?;
+            let region = self.credentials.region(&clients)?;
             let host = match pg.get_hosts().first() {
                 Some(Host::Tcp(host)) => host.clone(),
                 _ => {
@@ -728,6 +745,31 @@ mod tests {
         assert!(err.to_string().contains("sslmode=prefer it could go in plaintext"), "{err}");
         assert!(check("postgres://u@h/d?sslmode=disable").is_err());
         check("postgres://u@h/d?sslmode=require").expect("fine");
+    }
+
+    #[tokio::test]
+    async fn forget_drops_the_sdk_clients_and_the_signing_credentials_for_every_clone() {
+        let c = connection(&[
+            ("DATABASE_URL", "postgres://u@h/d?sslmode=verify-full"),
+            ("DB_IAM_AUTH", "true"),
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ])
+        .expect("valid");
+        let credentials = c.credentials.clone();
+        credentials.signing_credentials(false).await.expect("static keys");
+        let before = credentials.clients().await.expect("loaded");
+        let held =
+            |c: &Credentials| (c.clients.lock().expect("lock").is_some(), c.signing.lock().expect("lock").is_some());
+        assert_eq!(held(&c.credentials), (true, true), "clones share them");
+
+        c.credentials.forget();
+        assert_eq!(held(&credentials), (false, false), "nothing left for a snapshot");
+        credentials.signing_credentials(false).await.expect("rebuilt after a restore");
+        let after = credentials.clients().await.expect("loaded again");
+        assert!(!Arc::ptr_eq(&before, &after), "a new SDK configuration");
+        assert_eq!(held(&credentials), (true, true));
     }
 
     #[test]
