@@ -45,9 +45,15 @@ pub struct Config {
     /// authentication), and on each warmup phase run on it.
     /// `DB_CONNECT_TIMEOUT_MS`; default 5 s.
     pub connect_timeout: Duration,
-    /// `statement_timeout` set on each session; zero disables it, as in
-    /// PostgreSQL. `DB_STATEMENT_TIMEOUT_MS`; default 180 s.
+    /// Bound on one statement; zero disables it, as in PostgreSQL.
+    /// `DB_STATEMENT_TIMEOUT_MS`. Sent as each session's `statement_timeout`
+    /// only when that variable is set, because a startup setting overrides
+    /// one made on the role or database (`ALTER ROLE … SET
+    /// statement_timeout`); unset, the server's own setting applies. In
+    /// transaction mode the client enforces it, set or not; default 180 s.
     pub statement_timeout: Duration,
+    /// Whether `DB_STATEMENT_TIMEOUT_MS` was set, so sent to the server.
+    pub(crate) statement_timeout_set: bool,
     /// No health check while a round trip succeeded more recently than this.
     /// Zero checks before every invocation. `DB_HEALTH_CHECK_INTERVAL_MS`;
     /// default 30 s.
@@ -211,6 +217,9 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(5),
             // Ends runaway statements before a 15-minute Lambda timeout would.
             statement_timeout: Duration::from_secs(180),
+            // The server's own setting (role, database, postgresql.conf)
+            // stands unless the variable asks otherwise.
+            statement_timeout_set: false,
             // Lambda drops idle connections after about 350 s; checking every
             // 30 s of idleness costs one round trip at most that often.
             health_check_interval: Duration::from_secs(30),
@@ -258,6 +267,7 @@ impl fmt::Debug for Config {
             .field("pool_timeout", &self.pool_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("statement_timeout", &self.statement_timeout)
+            .field("statement_timeout_set", &self.statement_timeout_set)
             .field("health_check_interval", &self.health_check_interval)
             .field("health_check_timeout", &self.health_check_timeout)
             .field("max_age", &self.max_age)
@@ -343,6 +353,7 @@ impl Config {
             .or(max_concurrency)
             .unwrap_or(defaults.pool_size);
 
+        let statement_timeout = env.millis("DB_STATEMENT_TIMEOUT_MS", Zero::Allow)?;
         let connection = crate::credentials::Connection::from_lookup(
             &|var| env.get(var),
             env.millis("DB_CONNECT_TIMEOUT_MS", Zero::Reject)?.unwrap_or(defaults.connect_timeout),
@@ -354,9 +365,8 @@ impl Config {
             pool_size,
             pool_timeout: env.millis("DB_POOL_TIMEOUT_MS", Zero::Reject)?.unwrap_or(defaults.pool_timeout),
             connect_timeout: env.millis("DB_CONNECT_TIMEOUT_MS", Zero::Reject)?.unwrap_or(defaults.connect_timeout),
-            statement_timeout: env
-                .millis("DB_STATEMENT_TIMEOUT_MS", Zero::Allow)?
-                .unwrap_or(defaults.statement_timeout),
+            statement_timeout: statement_timeout.unwrap_or(defaults.statement_timeout),
+            statement_timeout_set: statement_timeout.is_some(),
             health_check_interval: env
                 .millis("DB_HEALTH_CHECK_INTERVAL_MS", Zero::Allow)?
                 .unwrap_or(defaults.health_check_interval),
@@ -427,8 +437,9 @@ impl Config {
     /// Settings carried in the startup packet, so they cost no round trip.
     fn with_session_settings(mut self) -> Self {
         // Transaction-mode poolers refuse or drop startup options: there the
-        // client enforces the timeout.
-        if self.pooler_mode == PoolerMode::None {
+        // client enforces the timeout. Unset, nothing is sent: a startup
+        // option would override the role's or the database's setting.
+        if self.pooler_mode == PoolerMode::None && self.statement_timeout_set {
             let mut options = self.pg.get_options().unwrap_or_default().to_owned();
             if !options.is_empty() {
                 options.push(' ');
@@ -581,7 +592,21 @@ mod tests {
         assert_eq!(config.slow_query, Duration::from_secs(1));
         assert_eq!(config.function_name, "runtime-adapter");
         assert_eq!(config.pg.get_application_name(), Some("runtime-adapter"));
-        assert_eq!(config.pg.get_options(), Some("-c statement_timeout=180000"));
+        assert_eq!(config.pg.get_options(), None, "the server's statement_timeout stands");
+    }
+
+    #[test]
+    fn statement_timeout_is_sent_only_when_set() {
+        let set = parse_with_url(&[("DB_STATEMENT_TIMEOUT_MS", "2500")]).expect("valid");
+        assert_eq!(set.pg.get_options(), Some("-c statement_timeout=2500"));
+        let off = parse_with_url(&[("DB_STATEMENT_TIMEOUT_MS", "0")]).expect("valid");
+        assert_eq!(off.pg.get_options(), Some("-c statement_timeout=0"), "0 disables it, explicitly");
+        let url = format!("{URL}?options=-c%20search_path%3Dapp");
+        let kept = parse(&[("DATABASE_URL", &url), ("DB_STATEMENT_TIMEOUT_MS", "100")]).expect("valid");
+        assert_eq!(kept.pg.get_options(), Some("-c search_path=app -c statement_timeout=100"));
+        let pooled =
+            parse_with_url(&[("DB_STATEMENT_TIMEOUT_MS", "2500"), ("DB_POOLER_MODE", "transaction")]).expect("valid");
+        assert_eq!((pooled.pg.get_options(), pooled.statement_timeout), (None, Duration::from_millis(2500)));
     }
 
     #[test]
