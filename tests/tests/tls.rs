@@ -209,3 +209,40 @@ async fn the_orders_function_runs_over_verified_tls() {
     assert!(!ssl.is_empty() && ssl.iter().all(|s| *s), "the function's sessions are encrypted: {ssl:?}");
     function.kill();
 }
+
+#[tokio::test]
+async fn a_cancel_keeps_its_connections_tls_settings_after_the_pool_is_replaced() {
+    let ca = TestCa::new("the connection's CA");
+    let (pg, files) = tls_postgres(&ca.server_cert(&["localhost"])).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = ca.write_pem(dir.path());
+    let adapter = init(&url("localhost", &pg, "verify-full"), Some(&root)).await.expect("verify-full");
+
+    // A statement abandoned mid-flight (its future dropped) is cancelled
+    // when its connection is released.
+    let db = adapter.db(&context(INVOCATION)).await.expect("a connection");
+    let abandoned = tokio::time::timeout(Duration::from_millis(300), db.query("SELECT pg_sleep(5)", &[])).await;
+    assert!(abandoned.is_err(), "still running when abandoned");
+    // Its pool is replaced (gone) while it is checked out...
+    adapter.close().await;
+    // ...and the server now presents a certificate from a CA nobody trusts,
+    // as an impostor on the path would: a cancel request must refuse it, as
+    // its connection would.
+    let impostor = TestCa::new("an impostor's CA").server_cert(&["localhost"]);
+    std::fs::write(files.path().join("server.crt"), &impostor.cert_pem).expect("write certificate");
+    std::fs::write(files.path().join("server.key"), &impostor.key_pem).expect("write key");
+    let mark = pg.log_mark();
+    pg.execute("SELECT pg_reload_conf()").await;
+    // The postmaster loads the new certificate in the same step, before it
+    // accepts another connection.
+    assert!(pg.wait_for_log(mark, "reloading configuration files", Duration::from_secs(10)).await);
+
+    drop(db);
+    assert!(
+        pg.wait_for_log(mark, "could not accept SSL connection", Duration::from_secs(10)).await,
+        "the cancel request's TLS handshake was refused by the client:\n{}",
+        pg.log_since(mark)
+    );
+    let log = pg.log_since(mark);
+    assert!(!log.contains("canceling statement due to user request"), "no cancel over unverified TLS:\n{log}");
+}
