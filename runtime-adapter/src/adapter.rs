@@ -8,6 +8,7 @@
 //! maintenance lock while concurrent ones wait, then re-read the state and
 //! find nothing left to do.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -18,7 +19,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::deadline;
 use crate::error::{Error, ErrorKind};
-use crate::health::{self, Liveness};
+use crate::health::{self, Checked, Liveness};
 use crate::lease::Conn;
 use crate::metrics::{Emf, Invocation};
 use crate::pool::{millis, WarmPool};
@@ -32,6 +33,10 @@ use crate::warmup;
 /// after the server ran out of connection slots: long enough for other
 /// environments to finish and release theirs.
 const EXHAUSTED_BACKOFF: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(5));
+
+/// How long closing waits for maintenance in progress: a share of the
+/// ~500 ms Lambda gives a shutdown, the pool's own close taking the rest.
+const CLOSE_LOCK_WAIT: Duration = Duration::from_millis(100);
 
 /// Sets up an [`Adapter`]: the statements to prepare, then
 /// [`init`](Builder::init) or [`run`](Builder::run).
@@ -156,7 +161,14 @@ impl Adapter {
     pub async fn db(&self, context: &Context) -> Result<Db, Error> {
         let until = deadline::gate_until(context, self.shared.config.deadline_margin);
         let started = Instant::now();
-        let conn = self.checkout(until).await?;
+        // The gate may run several times for one invocation (retries); a
+        // skipped check is counted once per invocation.
+        let skipped = AtomicBool::new(false);
+        let conn = self.checkout_noting(until, &skipped).await;
+        if skipped.load(Ordering::Relaxed) {
+            bump(&self.shared.counters.health_checks_skipped);
+        }
+        let conn = conn?;
         self.shared.counters.checkout_took(started.elapsed());
         Ok(Db::new(conn, self.clone(), until))
     }
@@ -164,12 +176,18 @@ impl Adapter {
     /// A warmed connection, through the gate, retrying transient failures
     /// with backoff within `until`.
     pub(crate) async fn checkout(&self, until: Option<Instant>) -> Result<Conn, Error> {
+        self.checkout_noting(until, &AtomicBool::new(false)).await
+    }
+
+    /// As [`checkout`](Self::checkout), setting `skipped` when the gate
+    /// found no health check due (and clearing it when one ran).
+    async fn checkout_noting(&self, until: Option<Instant>, skipped: &AtomicBool) -> Result<Conn, Error> {
         let mut retrier = self.retrier(until);
         loop {
             // The generation the checkout was tried on, if it got that far.
             let mut tried = None;
             let attempt = async {
-                let pool = self.ready_pool(until).await?;
+                let pool = self.ready_pool(until, skipped).await?;
                 tried = Some(pool.generation());
                 pool.checkout().await
             };
@@ -179,7 +197,7 @@ impl Adapter {
                 // waited on it; the replacement is warm.
                 Err(Error::PoolClosed) => continue,
                 Err(error) if error.kind() == ErrorKind::TooManyConnections => {
-                    return self.exhausted(error, tried, until).await
+                    return self.exhausted(error, tried, until, skipped).await
                 }
                 Err(error) if error.is_transient() => {
                     self.shared.counters.failed_now();
@@ -200,7 +218,13 @@ impl Adapter {
     /// Only the pool the refusal came from (generation `failed`) is closed:
     /// one that a concurrent invocation has built since is left alone. When
     /// the refusal came while a pool was being built, there was none to close.
-    async fn exhausted(&self, error: Error, failed: Option<u64>, until: Option<Instant>) -> Result<Conn, Error> {
+    async fn exhausted(
+        &self,
+        error: Error,
+        failed: Option<u64>,
+        until: Option<Instant>,
+        skipped: &AtomicBool,
+    ) -> Result<Conn, Error> {
         let shared = &self.shared;
         bump(&shared.counters.pool_exhausted);
         shared.counters.failed_now();
@@ -228,7 +252,7 @@ impl Adapter {
             return Err(limit(error));
         }
         tokio::time::sleep(delay).await;
-        let attempt = async { self.ready_pool(until).await?.checkout().await };
+        let attempt = async { self.ready_pool(until, skipped).await?.checkout().await };
         match retry::bounded(until, attempt, "checkout within the invocation's deadline").await {
             Ok(conn) => Ok(conn),
             Err(error) if error.kind() == ErrorKind::TooManyConnections => {
@@ -288,27 +312,37 @@ impl Adapter {
 
     /// Closes the pool and waits (briefly) until every connection has sent
     /// Terminate. Invocations after this warm a new pool.
+    ///
+    /// Bounded for shutdown, which Lambda gives about 500 ms: a warmup,
+    /// refresh or rebuild holding the maintenance lock (for up to a whole
+    /// connect) is waited for only [`CLOSE_LOCK_WAIT`]; then the pool in
+    /// place, if any, is closed without it. A pool that such a rebuild is
+    /// still opening is not in place: it is dropped with the process.
     pub async fn close(&self) {
-        let _flight = self.shared.maintenance.lock().await;
+        let _flight = tokio::time::timeout(CLOSE_LOCK_WAIT, self.shared.maintenance.lock()).await.ok();
         if let Some(pool) = self.shared.install(None) {
             pool.close_and_wait().await;
         }
     }
 
     /// SnapStart, before the snapshot: closes the pool (every connection
-    /// sends Terminate, and no connection or credential stays in memory)
+    /// sends Terminate), drops the AWS SDK clients and cached signing
+    /// credentials (no connection or credential stays in memory)
     /// and drops what INIT recorded, which belongs to the publish, not to
     /// the environments restored from it.
     pub(crate) async fn before_snapshot(&self) {
         self.close().await;
+        self.shared.config.credentials.forget();
         self.shared.emf.rebase(&self.shared.counters);
         tracing::info!("snapshot: pool closed");
     }
 
     /// SnapStart, after a restore: new randomness, clocks reset, and the
-    /// pool rebuilt and re-warmed (credentials resolved again) before the
-    /// first invocation. A database unreachable now is not fatal: the first
-    /// invocation warms the pool, as after a normal INIT.
+    /// pool rebuilt and re-warmed (credentials resolved again, the AWS SDK
+    /// loaded afresh) before the first invocation, within 5 s, half of
+    /// Lambda's limit for restore hooks. A database unreachable now, or
+    /// not warmed in that time, is not fatal: the first invocation warms the
+    /// pool, as after a normal INIT.
     ///
     /// # Errors
     ///
@@ -318,7 +352,8 @@ impl Adapter {
         shared.entropy.reseed();
         shared.liveness.reset();
         let started = Instant::now();
-        let until = deadline::init_until(started);
+        // Bounded even under SnapStart, whose publish-time INIT is not.
+        let until = Some(deadline::restore_until(started));
         let attempts = shared.config.warmup_attempts;
         let _flight = shared.maintenance.lock().await;
         match warmup::warm(&shared.config, &shared.statements, &shared.counters, &shared.liveness, attempts, until)
@@ -340,13 +375,13 @@ impl Adapter {
         }
     }
 
-    async fn ready_pool(&self, until: Option<Instant>) -> Result<Arc<WarmPool>, Error> {
+    async fn ready_pool(&self, until: Option<Instant>, skipped: &AtomicBool) -> Result<Arc<WarmPool>, Error> {
         let shared = &self.shared;
         let interval = shared.config.health_check_interval;
         if let Some(pool) = shared.current() {
             let now = Instant::now();
             if !pool.is_expired(now) && !shared.liveness.check_due(now, interval) {
-                bump(&shared.counters.health_checks_skipped);
+                skipped.store(true, Ordering::Relaxed);
                 tracing::debug!("health check skipped: a round trip succeeded within the interval");
                 return Ok(pool);
             }
@@ -365,19 +400,21 @@ impl Adapter {
             pool = self.refresh(pool, until).await;
         }
         if !shared.liveness.check_due(Instant::now(), interval) {
-            bump(&shared.counters.health_checks_skipped);
+            skipped.store(true, Ordering::Relaxed);
             tracing::debug!("health check skipped: a round trip succeeded within the interval");
             return Ok(pool);
         }
 
+        skipped.store(false, Ordering::Relaxed);
         bump(&shared.counters.health_checks_run);
         let started = Instant::now();
         match health::check(&pool, shared.config.health_check_timeout).await {
-            Ok(()) => {
+            Ok(Checked::Passed) => {
                 shared.liveness.succeeded();
                 tracing::info!(duration_ms = millis(started.elapsed()), "health check passed");
                 Ok(pool)
             }
+            Ok(Checked::Busy) => Ok(pool),
             Err(error) => {
                 bump(&shared.counters.health_checks_failed);
                 shared.counters.failed_now();

@@ -41,17 +41,25 @@ pub struct Config {
     pub pool_size: usize,
     /// Wait for a pooled connection. `DB_POOL_TIMEOUT_MS`; default 10 s.
     pub pool_timeout: Duration,
-    /// Bound on opening one connection, and on each warmup phase run on it.
+    /// Bound on opening one connection, the whole of it (TCP, TLS, startup,
+    /// authentication), and on each warmup phase run on it.
     /// `DB_CONNECT_TIMEOUT_MS`; default 5 s.
     pub connect_timeout: Duration,
-    /// `statement_timeout` set on each session; zero disables it, as in
-    /// PostgreSQL. `DB_STATEMENT_TIMEOUT_MS`; default 180 s.
+    /// Bound on one statement; zero disables it, as in PostgreSQL.
+    /// `DB_STATEMENT_TIMEOUT_MS`. Sent as each session's `statement_timeout`
+    /// only when that variable is set, because a startup setting overrides
+    /// one made on the role or database (`ALTER ROLE … SET
+    /// statement_timeout`); unset, the server's own setting applies. In
+    /// transaction mode the client enforces it, set or not; default 180 s.
     pub statement_timeout: Duration,
+    /// Whether `DB_STATEMENT_TIMEOUT_MS` was set, so sent to the server.
+    pub(crate) statement_timeout_set: bool,
     /// No health check while a round trip succeeded more recently than this.
     /// Zero checks before every invocation. `DB_HEALTH_CHECK_INTERVAL_MS`;
     /// default 30 s.
     pub health_check_interval: Duration,
-    /// Bound on one health check. `DB_HEALTH_CHECK_TIMEOUT_MS`; default 2 s.
+    /// Bound on one health check, its checkout included.
+    /// `DB_HEALTH_CHECK_TIMEOUT_MS`; default 2 s.
     pub health_check_timeout: Duration,
     /// The pool is replaced once it is older than this, less up to 10 %
     /// jitter. `DB_MAX_AGE_MS`; default 300 s.
@@ -127,6 +135,11 @@ pub enum ConfigWarning {
         /// The maximum age as configured.
         configured: Duration,
     },
+    /// `DB_IAM_AUTH=true` with `sslmode=require` and no `DB_SSL_ROOT_CERT`:
+    /// the server's certificate is not checked, so anyone on the network
+    /// path can pose as the database and receive the IAM token, a bearer
+    /// credential valid 15 minutes.
+    IamOverUnverifiedTls,
     /// `DB_POOL_SIZE` is below `AWS_LAMBDA_MAX_CONCURRENCY`: concurrent
     /// invocations will wait for connections.
     PoolSmallerThanConcurrency {
@@ -144,6 +157,7 @@ impl ConfigWarning {
         match self {
             ConfigWarning::HealthCheckIntervalCapped { .. } => "DB_HEALTH_CHECK_INTERVAL_MS, DB_MAX_AGE_MS",
             ConfigWarning::MaxAgeCappedForIam { .. } => "DB_IAM_AUTH, DB_MAX_AGE_MS",
+            ConfigWarning::IamOverUnverifiedTls => "DB_IAM_AUTH, sslmode, DB_SSL_ROOT_CERT",
             ConfigWarning::PoolSmallerThanConcurrency { .. } => "DB_POOL_SIZE, AWS_LAMBDA_MAX_CONCURRENCY",
         }
     }
@@ -164,6 +178,9 @@ impl fmt::Display for ConfigWarning {
                 "DB_MAX_AGE_MS ({} ms) is longer than the 15 minutes an IAM authentication token is valid (DB_IAM_AUTH=true); the pool's maximum age is capped at {} ms, so that connections are reopened with fresh tokens",
                 configured.as_millis(),
                 crate::credentials::IAM_TOKEN_LIFETIME.as_millis()
+            ),
+            ConfigWarning::IamOverUnverifiedTls => f.write_str(
+                "DB_IAM_AUTH=true with sslmode=require and no DB_SSL_ROOT_CERT: the server's certificate is not verified, so anyone on the network path can pose as the database and receive the IAM token, a bearer credential valid 15 minutes; set sslmode=verify-full with DB_SSL_ROOT_CERT naming the RDS global bundle (https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem)",
             ),
             ConfigWarning::PoolSmallerThanConcurrency { pool_size, max_concurrency } => write!(
                 f,
@@ -206,6 +223,9 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(5),
             // Ends runaway statements before a 15-minute Lambda timeout would.
             statement_timeout: Duration::from_secs(180),
+            // The server's own setting (role, database, postgresql.conf)
+            // stands unless the variable asks otherwise.
+            statement_timeout_set: false,
             // Lambda drops idle connections after about 350 s; checking every
             // 30 s of idleness costs one round trip at most that often.
             health_check_interval: Duration::from_secs(30),
@@ -257,6 +277,7 @@ impl fmt::Debug for Config {
             .field("pool_timeout", &self.pool_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("statement_timeout", &self.statement_timeout)
+            .field("statement_timeout_set", &self.statement_timeout_set)
             .field("health_check_interval", &self.health_check_interval)
             .field("health_check_timeout", &self.health_check_timeout)
             .field("max_age", &self.max_age)
@@ -343,6 +364,7 @@ impl Config {
             .or(max_concurrency)
             .unwrap_or(defaults.pool_size);
 
+        let statement_timeout = env.millis("DB_STATEMENT_TIMEOUT_MS", Zero::Allow)?;
         let connection = crate::credentials::Connection::from_lookup(
             &|var| env.get(var),
             env.millis("DB_CONNECT_TIMEOUT_MS", Zero::Reject)?.unwrap_or(defaults.connect_timeout),
@@ -354,9 +376,8 @@ impl Config {
             pool_size,
             pool_timeout: env.millis("DB_POOL_TIMEOUT_MS", Zero::Reject)?.unwrap_or(defaults.pool_timeout),
             connect_timeout: env.millis("DB_CONNECT_TIMEOUT_MS", Zero::Reject)?.unwrap_or(defaults.connect_timeout),
-            statement_timeout: env
-                .millis("DB_STATEMENT_TIMEOUT_MS", Zero::Allow)?
-                .unwrap_or(defaults.statement_timeout),
+            statement_timeout: statement_timeout.unwrap_or(defaults.statement_timeout),
+            statement_timeout_set: statement_timeout.is_some(),
             health_check_interval: env
                 .millis("DB_HEALTH_CHECK_INTERVAL_MS", Zero::Allow)?
                 .unwrap_or(defaults.health_check_interval),
@@ -411,6 +432,9 @@ impl Config {
     /// interval is capped at the maximum age that results.
     fn reconcile(&mut self) {
         let iam = *self.credentials.source() == crate::credentials::CredentialSource::Iam;
+        if iam && !self.tls.verifies() {
+            self.warnings.push(ConfigWarning::IamOverUnverifiedTls);
+        }
         if iam && self.max_age > crate::credentials::IAM_TOKEN_LIFETIME {
             self.warnings.push(ConfigWarning::MaxAgeCappedForIam { configured: self.max_age });
             self.max_age = crate::credentials::IAM_TOKEN_LIFETIME;
@@ -431,8 +455,9 @@ impl Config {
     /// Settings carried in the startup packet, so they cost no round trip.
     fn with_session_settings(mut self) -> Self {
         // Transaction-mode poolers refuse or drop startup options: there the
-        // client enforces the timeout.
-        if self.pooler_mode == PoolerMode::None {
+        // client enforces the timeout. Unset, nothing is sent: a startup
+        // option would override the role's or the database's setting.
+        if self.pooler_mode == PoolerMode::None && self.statement_timeout_set {
             let mut options = self.pg.get_options().unwrap_or_default().to_owned();
             if !options.is_empty() {
                 options.push(' ');
@@ -585,7 +610,21 @@ mod tests {
         assert_eq!(config.slow_query, Duration::from_secs(1));
         assert_eq!(config.function_name, "runtime-adapter");
         assert_eq!(config.pg.get_application_name(), Some("runtime-adapter"));
-        assert_eq!(config.pg.get_options(), Some("-c statement_timeout=180000"));
+        assert_eq!(config.pg.get_options(), None, "the server's statement_timeout stands");
+    }
+
+    #[test]
+    fn statement_timeout_is_sent_only_when_set() {
+        let set = parse_with_url(&[("DB_STATEMENT_TIMEOUT_MS", "2500")]).expect("valid");
+        assert_eq!(set.pg.get_options(), Some("-c statement_timeout=2500"));
+        let off = parse_with_url(&[("DB_STATEMENT_TIMEOUT_MS", "0")]).expect("valid");
+        assert_eq!(off.pg.get_options(), Some("-c statement_timeout=0"), "0 disables it, explicitly");
+        let url = format!("{URL}?options=-c%20search_path%3Dapp");
+        let kept = parse(&[("DATABASE_URL", &url), ("DB_STATEMENT_TIMEOUT_MS", "100")]).expect("valid");
+        assert_eq!(kept.pg.get_options(), Some("-c search_path=app -c statement_timeout=100"));
+        let pooled =
+            parse_with_url(&[("DB_STATEMENT_TIMEOUT_MS", "2500"), ("DB_POOLER_MODE", "transaction")]).expect("valid");
+        assert_eq!((pooled.pg.get_options(), pooled.statement_timeout), (None, Duration::from_millis(2500)));
     }
 
     #[test]
@@ -698,7 +737,7 @@ mod tests {
 
     #[test]
     fn iam_caps_the_max_age_at_a_token_lifetime_and_the_interval_follows() {
-        let iam = [("DATABASE_URL", "postgres://u@h/d?sslmode=require"), ("DB_IAM_AUTH", "true")];
+        let iam = [("DATABASE_URL", "postgres://u@h/d?sslmode=verify-full"), ("DB_IAM_AUTH", "true")];
         let mut vars = iam.to_vec();
         vars.extend([("DB_MAX_AGE_MS", "1800000"), ("DB_HEALTH_CHECK_INTERVAL_MS", "1200000")]);
         let config = parse(&vars).expect("capped, not refused");
@@ -716,6 +755,24 @@ mod tests {
         );
         assert!(config.warnings()[0].to_string().contains("capped at 900000 ms"), "{}", config.warnings()[0]);
         assert_eq!(parse(&iam).expect("valid").warnings(), []);
+    }
+
+    #[test]
+    fn iam_over_unverified_tls_is_a_warning_naming_the_risk_and_the_fix() {
+        let config = parse(&[("DATABASE_URL", "postgres://u@h/d?sslmode=require"), ("DB_IAM_AUTH", "true")])
+            .expect("allowed, with a warning");
+        assert_eq!(config.warnings(), [ConfigWarning::IamOverUnverifiedTls]);
+        let text = config.warnings()[0].to_string();
+        assert!(text.contains("receive the IAM token"), "the risk: {text}");
+        assert!(
+            text.contains("sslmode=verify-full with DB_SSL_ROOT_CERT naming the RDS global bundle"),
+            "the fix: {text}"
+        );
+        let verified =
+            parse(&[("DATABASE_URL", "postgres://u@h/d?sslmode=verify-full"), ("DB_IAM_AUTH", "true")]).expect("valid");
+        assert_eq!(verified.warnings(), []);
+        let url_only = parse(&[("DATABASE_URL", "postgres://u:p@h/d?sslmode=require")]).expect("valid");
+        assert_eq!(url_only.warnings(), [], "a password from the URL is the user's own choice");
     }
 
     #[test]

@@ -90,7 +90,9 @@ pub struct Credentials {
     aws: AwsSettings,
     /// Bound on one AWS call: `DB_CONNECT_TIMEOUT_MS`.
     timeout: Duration,
-    clients: Arc<tokio::sync::OnceCell<AwsClients>>,
+    /// The AWS SDK's configuration and clients, built at first use; dropped
+    /// before a SnapStart snapshot ([`Credentials::forget`]).
+    clients: Arc<Mutex<Option<Arc<AwsClients>>>>,
     /// The AWS credentials IAM tokens are signed with, kept until near expiry.
     signing: Arc<Mutex<Option<AwsCredentials>>>,
 }
@@ -143,7 +145,7 @@ impl Connection {
             (None, false) => CredentialSource::Url,
         };
         let (pg, url_mode, url_root_cert) = address(get, &source)?;
-        let root_cert = get("DB_SSL_ROOT_CERT").or(url_root_cert).map(Into::into);
+        let root_cert: Option<std::path::PathBuf> = get("DB_SSL_ROOT_CERT").or(url_root_cert).map(Into::into);
         let mode = match url_mode {
             Some(raw) => SslMode::parse(&raw).ok_or_else(|| ConfigError::Invalid {
                 var: "DATABASE_URL",
@@ -151,6 +153,8 @@ impl Connection {
                 problem: "has an sslmode that is not one of libpq's modes".to_owned(),
                 expected: SSLMODE_FORM,
             })?,
+            // libpq 16: sslrootcert=system makes verify-full the default.
+            None if root_cert.as_deref() == Some(std::path::Path::new(tls::SYSTEM_ROOTS)) => SslMode::VerifyFull,
             None => SslMode::Prefer,
         };
         let mut pg = pg;
@@ -288,7 +292,7 @@ impl Credentials {
             return Err(ConfigError::Conflict {
                 vars: "DB_IAM_AUTH and sslmode",
                 problem: format!(
-                    "IAM authentication sends its token as the password, and with sslmode={} it could go in plaintext (RDS also refuses IAM authentication without TLS); set sslmode=verify-full (with DB_SSL_ROOT_CERT naming the RDS CA bundle), verify-ca or require",
+                    "IAM authentication sends its token as the password, and with sslmode={} it could go in plaintext (RDS also refuses IAM authentication without TLS); set sslmode=verify-full with DB_SSL_ROOT_CERT naming the RDS CA bundle (verify-ca, or require, which leaves the server unverified, also encrypt)",
                     tls.mode()
                 ),
             });
@@ -313,29 +317,43 @@ impl Credentials {
         Ok(Arc::new(Session { credentials: self.clone(), pg: Mutex::new(resolved) }))
     }
 
-    async fn clients(&self) -> Result<&AwsClients, Error> {
-        self.clients
-            .get_or_try_init(|| async {
-                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(
-                    aws_config::timeout::TimeoutConfig::builder().operation_timeout(self.timeout).build(),
-                );
-                if let Some(region) = &self.aws.region {
-                    loader = loader.region(aws_config::Region::new(region.clone()));
-                }
-                if let Some(keys) = &self.aws.keys {
-                    loader = loader.credentials_provider(keys.clone());
-                }
-                let sdk = loader.load().await;
-                let secrets = matches!(self.source, CredentialSource::SecretsManager { .. }).then(|| {
-                    let mut config = aws_sdk_secretsmanager::config::Builder::from(&sdk);
-                    if let Some(endpoint) = &self.aws.secrets_manager_endpoint {
-                        config = config.endpoint_url(endpoint);
-                    }
-                    aws_sdk_secretsmanager::Client::from_conf(config.build())
-                });
-                Ok::<_, Error>(AwsClients { sdk, secrets })
-            })
-            .await
+    /// Drops the AWS SDK's configuration and clients and the cached signing
+    /// credentials, for every clone: before a SnapStart snapshot, so that
+    /// none is in the snapshot (restored copies would share credentials that
+    /// may have expired, and connections the SDK pooled). The next pool
+    /// build, after the restore, loads them afresh.
+    pub(crate) fn forget(&self) {
+        *self.clients.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        *self.signing.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    async fn clients(&self) -> Result<Arc<AwsClients>, Error> {
+        if let Some(clients) = self.clients.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+            return Ok(clients);
+        }
+        // Two builds racing here both succeed; the first one stored wins.
+        let built = Arc::new(self.load_clients().await);
+        Ok(self.clients.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(built).clone())
+    }
+
+    async fn load_clients(&self) -> AwsClients {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .timeout_config(aws_config::timeout::TimeoutConfig::builder().operation_timeout(self.timeout).build());
+        if let Some(region) = &self.aws.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(keys) = &self.aws.keys {
+            loader = loader.credentials_provider(keys.clone());
+        }
+        let sdk = loader.load().await;
+        let secrets = matches!(self.source, CredentialSource::SecretsManager { .. }).then(|| {
+            let mut config = aws_sdk_secretsmanager::config::Builder::from(&sdk);
+            if let Some(endpoint) = &self.aws.secrets_manager_endpoint {
+                config = config.endpoint_url(endpoint);
+            }
+            aws_sdk_secretsmanager::Client::from_conf(config.build())
+        });
+        AwsClients { sdk, secrets }
     }
 
     async fn read_secret(&self, secret_id: &str) -> Result<Secret, Error> {
@@ -425,7 +443,8 @@ impl Session {
         if self.credentials.source == CredentialSource::Iam {
             let what = "signing the RDS IAM authentication token";
             let aws = Box::pin(self.credentials.signing_credentials(false)).await?;
-            let region = self.credentials.region(Box::pin(self.credentials.clients()).await?)?;
+            let clients = Box::pin(self.credentials.clients()).await?;
+            let region = self.credentials.region(&clients)?;
             let host = match pg.get_hosts().first() {
                 Some(Host::Tcp(host)) => host.clone(),
                 _ => {
@@ -685,9 +704,19 @@ mod tests {
         assert_eq!(c.pg.get_ports(), &[6432]);
         assert_eq!(c.tls.mode(), SslMode::VerifyFull);
         assert_eq!(c.pg.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
-        let c = connection(&[("DATABASE_URL", "postgres://u:p@h/d?sslmode=verify-ca")]).expect("url");
-        assert_eq!(c.tls.mode(), SslMode::VerifyCa);
+        let err = connection(&[("DATABASE_URL", "postgres://u:p@h/d?sslmode=verify-ca")]).err().expect("no root file");
+        assert!(err.to_string().starts_with("DB_SSL_ROOT_CERT is not set"), "{err}");
         assert_eq!(connection(&[("DATABASE_URL", "postgres://u:p@h/d")]).expect("url").tls.mode(), SslMode::Prefer);
+        let c = connection(&[("DATABASE_URL", "postgres://u:p@h/d"), ("DB_SSL_ROOT_CERT", "system")]).expect("system");
+        assert_eq!(
+            (c.tls.mode(), c.tls.trusts_public_roots()),
+            (SslMode::VerifyFull, true),
+            "system implies verify-full"
+        );
+        let err = connection(&[("DATABASE_URL", "postgres://u:p@h/d?sslmode=require&sslrootcert=system")])
+            .err()
+            .expect("a weaker mode with system is refused");
+        assert!(err.to_string().contains("use sslmode=verify-full"), "{err}");
 
         let cases = [
             (
@@ -716,6 +745,31 @@ mod tests {
         assert!(err.to_string().contains("sslmode=prefer it could go in plaintext"), "{err}");
         assert!(check("postgres://u@h/d?sslmode=disable").is_err());
         check("postgres://u@h/d?sslmode=require").expect("fine");
+    }
+
+    #[tokio::test]
+    async fn forget_drops_the_sdk_clients_and_the_signing_credentials_for_every_clone() {
+        let c = connection(&[
+            ("DATABASE_URL", "postgres://u@h/d?sslmode=verify-full"),
+            ("DB_IAM_AUTH", "true"),
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ])
+        .expect("valid");
+        let credentials = c.credentials.clone();
+        credentials.signing_credentials(false).await.expect("static keys");
+        let before = credentials.clients().await.expect("loaded");
+        let held =
+            |c: &Credentials| (c.clients.lock().expect("lock").is_some(), c.signing.lock().expect("lock").is_some());
+        assert_eq!(held(&c.credentials), (true, true), "clones share them");
+
+        c.credentials.forget();
+        assert_eq!(held(&credentials), (false, false), "nothing left for a snapshot");
+        credentials.signing_credentials(false).await.expect("rebuilt after a restore");
+        let after = credentials.clients().await.expect("loaded again");
+        assert!(!Arc::ptr_eq(&before, &after), "a new SDK configuration");
+        assert_eq!(held(&credentials), (true, true));
     }
 
     #[test]

@@ -408,7 +408,7 @@ pub(crate) async fn execute(
 /// Asks the server to cancel what `conn` is running, so that it does not go
 /// on after the function gave up on it.
 pub(crate) async fn cancel(conn: &Conn, within: Duration) {
-    match tokio::time::timeout(within, conn.cancel(crate::pool::cancel_tls(conn.object()))).await {
+    match tokio::time::timeout(within, conn.cancel(conn.cancel_tls())).await {
         Ok(Ok(())) => tracing::warn!("statement still running at the deadline; cancelled it on the server"),
         Ok(Err(error)) => tracing::warn!(%error, "could not cancel the statement running at the deadline"),
         Err(_) => tracing::warn!("cancelling the statement running at the deadline timed out"),

@@ -28,6 +28,16 @@ pub(crate) fn gate_until(context: &Context, margin: Duration) -> Option<Instant>
 /// warms the pool. SnapStart's INIT, at publish time, may take minutes.
 const INIT_BUDGET: Duration = Duration::from_secs(8);
 
+/// Lambda fails a restore whose after-restore hooks take more than 10 s
+/// (`SnapStartTimeoutException`). Re-warming gives up after this, well
+/// within it, and the first invocation warms the pool instead.
+pub(crate) const RESTORE_BUDGET: Duration = Duration::from_secs(5);
+
+/// The instant by which re-warming after a SnapStart restore must give up.
+pub(crate) fn restore_until(started: Instant) -> Instant {
+    started + RESTORE_BUDGET
+}
+
 /// The instant by which a warmup at INIT must give up, if any.
 pub(crate) fn init_until(started: Instant) -> Option<Instant> {
     let snap_start = std::env::var("AWS_LAMBDA_INITIALIZATION_TYPE").is_ok_and(|t| t == "snap-start");

@@ -2,8 +2,11 @@
 //!
 //! Classification is keyed on SQLSTATE codes and I/O error kinds, never on
 //! message text. A server error's `Display` in tokio-postgres is only
-//! `db error`, so [`Error`] renders the server's own message, SQLSTATE and
-//! detail instead: that is what a user needs to act.
+//! `db error`, so [`Error`] renders the server's own message and SQLSTATE
+//! instead: that is what a user needs to act. The server's DETAIL (which
+//! holds row values, such as a 23505's key) stays out of the text, in logs
+//! and in Lambda's error responses alike; code that wants it reads it
+//! through the error's source.
 
 use std::fmt;
 use std::time::Duration;
@@ -397,18 +400,13 @@ fn io_kind(e: &tokio_postgres::Error) -> Option<std::io::ErrorKind> {
     None
 }
 
-/// The server's message, SQLSTATE and detail, or the client error's own text.
-/// Parameters and connection strings never appear in either.
+/// The server's message and SQLSTATE, or the client error's own text.
+/// Parameters and connection strings never appear in either, nor the
+/// server's DETAIL, which may hold row values (a 23505's key, for one): it
+/// stays reachable through the error's source, for code that wants it.
 fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
-        Some(db) => {
-            let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
-            if let Some(detail) = db.detail() {
-                text.push_str(": ");
-                text.push_str(detail);
-            }
-            text
-        }
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
         None => match std::error::Error::source(e) {
             Some(source) => format!("{e}: {source}"),
             None => e.to_string(),

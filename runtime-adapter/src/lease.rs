@@ -29,33 +29,47 @@ use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
 use deadpool::managed;
 use deadpool_postgres::ClientWrapper;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::cancel::CancelTarget;
 use crate::pool::WarmingManager;
 use crate::statement::Cache;
 
 /// The pool's object: a client and what is known of its session.
-#[derive(Debug)]
 pub(crate) struct Connection {
     client: ClientWrapper,
     state: SessionState,
     cancel_target: Option<CancelTarget>,
     /// The statements prepared on it (`none` mode).
     statements: Cache,
+    /// The connector this connection was opened with, which its cancel
+    /// requests use too: kept here, not looked up in the pool, which may be
+    /// gone by the time a cancel is sent.
+    tls: MakeRustlsConnect,
 }
 
 impl Connection {
-    pub(crate) fn new(client: ClientWrapper, cancel_target: Option<CancelTarget>, statements: Cache) -> Self {
-        Self { client, state: SessionState::default(), cancel_target, statements }
+    pub(crate) fn new(
+        client: ClientWrapper,
+        cancel_target: Option<CancelTarget>,
+        statements: Cache,
+        tls: MakeRustlsConnect,
+    ) -> Self {
+        Self { client, state: SessionState::default(), cancel_target, statements, tls }
     }
 
     pub(crate) fn statements(&self) -> &Cache {
         &self.statements
     }
 
+    /// The TLS connector of this connection, for its cancel requests.
+    pub(crate) fn cancel_tls(&self) -> MakeRustlsConnect {
+        self.tls.clone()
+    }
+
     /// Asks the server to cancel what this connection is running, and waits
     /// until it has taken the request; `tls` as the connection's own.
-    pub(crate) async fn cancel(&self, tls: tokio_postgres_rustls::MakeRustlsConnect) -> std::io::Result<()> {
+    pub(crate) async fn cancel(&self, tls: MakeRustlsConnect) -> std::io::Result<()> {
         // Boxed: the TLS handshake's future type is deep enough to overflow
         // the compiler's query depth in handlers that await a statement.
         Box::pin(crate::cancel::cancel(self.cancel_token(), self.cancel_target.as_ref(), tls)).await
@@ -76,6 +90,16 @@ impl Connection {
         let out = work.await;
         flight.landed();
         out
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("client", &self.client)
+            .field("state", &self.state)
+            .field("cancel_target", &self.cancel_target)
+            .finish_non_exhaustive()
     }
 }
 
@@ -294,7 +318,7 @@ impl Drop for Conn {
 /// costs the next invocation a connect and both warmup phases.
 async fn roll_back(object: managed::Object<WarmingManager>, running: bool) {
     if running {
-        let request = object.cancel(crate::pool::cancel_tls(&object));
+        let request = object.cancel(object.cancel_tls());
         if let Ok(Err(error)) = tokio::time::timeout(CLEANUP_STEP_TIMEOUT, request).await {
             tracing::debug!(%error, "cancelling the abandoned request failed");
         }

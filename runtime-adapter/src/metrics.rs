@@ -94,8 +94,9 @@ impl Emf {
     /// publish-time INIT of a SnapStart snapshot). The next record still
     /// counts as the environment's cold start.
     pub(crate) fn rebase(&self, counters: &Counters) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         drop(counters.take_pending());
-        self.state.lock().unwrap_or_else(PoisonError::into_inner).reported = read(counters);
+        state.reported = read(counters);
     }
 
     /// Writes the record for everything since the previous one to stdout.
@@ -114,9 +115,12 @@ impl Emf {
         if !self.enabled {
             return None;
         }
+        // Read under the record's lock: two invocations flushing at once
+        // must each take a disjoint share, or a count read by one and
+        // stored after the other's later read would be reported twice.
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let now = read(counters);
         let pending = counters.take_pending();
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let cold = std::mem::replace(&mut state.cold, false);
         let before = std::mem::replace(&mut state.reported, now);
         drop(state);
@@ -213,6 +217,31 @@ mod tests {
         for name in declared {
             assert!(second.get(name).is_some(), "{name} has a value");
         }
+    }
+
+    #[test]
+    fn concurrent_flushes_report_every_count_exactly_once() {
+        const THREADS: u64 = 4;
+        const ROUNDS: u64 = 5_000;
+        let counters = Counters::default();
+        let emf = emf();
+        let reported = std::sync::atomic::AtomicU64::new(0);
+        let sum = |record: String| parse(record)["ConnectAttempts"].as_u64().expect("a count");
+        std::thread::scope(|scope| {
+            for _ in 0..THREADS {
+                scope.spawn(|| {
+                    for _ in 0..ROUNDS {
+                        bump(&counters.connect_attempts);
+                        let delta = sum(emf.record(&counters, None).expect("on"));
+                        reported.fetch_add(delta, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        let rest = sum(emf.record(&counters, None).expect("on"));
+        let total = reported.load(Ordering::Relaxed) + rest;
+        eprintln!("measured: {total} counted in records for {} bumps", THREADS * ROUNDS);
+        assert_eq!(total, THREADS * ROUNDS, "the records' deltas sum to the counter");
     }
 
     #[test]

@@ -64,7 +64,7 @@ impl WarmPool {
         // Once per build: a rotated secret is picked up by the next refresh.
         let session = Box::pin(config.credentials.resolve(&config.pg)).await?;
         let tasks = TaskTracker::new();
-        let connect = TrackedConnect { tasks: tasks.clone(), tls: config.tls.clone() };
+        let connect = TrackedConnect { tasks: tasks.clone(), tls: config.tls.clone(), timeout: config.connect_timeout };
         let manager = WarmingManager {
             session,
             connect: connect.clone(),
@@ -122,6 +122,29 @@ impl WarmPool {
     /// A warmed connection, waiting at most `DB_POOL_TIMEOUT_MS` for one.
     pub(crate) async fn checkout(&self) -> Result<Conn, Error> {
         checkout(&self.pool).await
+    }
+
+    /// A warmed connection within `bound`, or `None` if every connection
+    /// of the pool stayed checked out by other invocations all that time.
+    /// A connection that must be opened (the idle one was found closed) and
+    /// does not open within `bound` is an error, like a pool that cannot
+    /// give one for any other reason.
+    pub(crate) async fn checkout_within(&self, bound: Duration) -> Result<Option<Conn>, Error> {
+        let busy = || {
+            // deadpool counts a connection once it is open, so a pool at its
+            // full size with none to give has them all checked out.
+            let status = self.pool.status();
+            status.size >= status.max_size
+        };
+        match tokio::time::timeout(bound, self.checkout()).await {
+            Ok(Ok(conn)) => Ok(Some(conn)),
+            Ok(Err(Error::Timeout { .. })) | Err(_) if busy() => Ok(None),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(Error::Timeout {
+                what: "health check: opening a connection (DB_HEALTH_CHECK_TIMEOUT_MS)",
+                after: bound,
+            }),
+        }
     }
 
     pub(crate) fn age(&self, now: Instant) -> Duration {
@@ -247,7 +270,7 @@ impl managed::Manager for WarmingManager {
             phase2_ms = millis(prepare),
             "connection warmed"
         );
-        Ok(Connection::new(client, cancel_target, self.statements.cache(prepared)))
+        Ok(Connection::new(client, cancel_target, self.statements.cache(prepared), self.connect.tls.connector()))
     }
 
     async fn recycle(&self, conn: &mut Connection, metrics: &Metrics) -> RecycleResult<Error> {
@@ -298,7 +321,7 @@ impl WarmingManager {
     /// the secret may have been rotated since the pool was built.
     async fn open(&self) -> Result<(ClientWrapper, Option<CancelTarget>), Error> {
         let pg = self.session.connection_config().await?;
-        let error = match self.connect.open(&pg).await {
+        let error = match self.connect.open(&pg).await? {
             Ok((client, task)) => return Ok((ClientWrapper::new(client, task), CancelTarget::of(&pg))),
             Err(error) => error,
         };
@@ -307,7 +330,7 @@ impl WarmingManager {
         }
         bump(&self.counters.connect_attempts);
         let pg = self.session.connection_config().await?;
-        match self.connect.open(&pg).await {
+        match self.connect.open(&pg).await? {
             Ok((client, task)) => Ok((ClientWrapper::new(client, task), CancelTarget::of(&pg))),
             Err(error) => Err(self.connect_error(error)),
         }
@@ -334,20 +357,40 @@ impl WarmingManager {
 struct TrackedConnect {
     tasks: TaskTracker,
     tls: crate::tls::Tls,
+    /// `DB_CONNECT_TIMEOUT_MS`, over the whole connect.
+    timeout: Duration,
 }
 
 impl TrackedConnect {
+    /// Opens one connection within `DB_CONNECT_TIMEOUT_MS`: TCP, the
+    /// SSLRequest, the TLS handshake, the startup message and the whole
+    /// authentication exchange. tokio-postgres's own `connect_timeout`
+    /// bounds only the TCP connect, and a server (or a middlebox) that
+    /// accepts and then stays silent, or stalls mid-handshake, would
+    /// otherwise hold the warmup, and the gate's single-flight lock, for
+    /// as long as the kernel keeps the socket. The outer error is the
+    /// timeout; the inner one the server's or the client's.
     async fn open(
         &self,
         pg: &tokio_postgres::Config,
-    ) -> Result<(tokio_postgres::Client, JoinHandle<()>), tokio_postgres::Error> {
-        let (client, connection) = pg.connect(self.tls.connector()).await?;
+    ) -> Result<Result<(tokio_postgres::Client, JoinHandle<()>), tokio_postgres::Error>, Error> {
+        let connect = pg.connect(self.tls.connector());
+        let (client, connection) = match tokio::time::timeout(self.timeout, connect).await {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(error)) => return Ok(Err(error)),
+            Err(_) => {
+                return Err(Error::Timeout {
+                    what: "opening a connection: TCP, TLS, startup and authentication (DB_CONNECT_TIMEOUT_MS)",
+                    after: self.timeout,
+                })
+            }
+        };
         self.tasks.spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "connection ended with an error");
             }
         });
-        Ok((client, tokio::spawn(std::future::ready(()))))
+        Ok(Ok((client, tokio::spawn(std::future::ready(())))))
     }
 }
 
@@ -356,19 +399,14 @@ impl Connect for TrackedConnect {
         &self,
         pg: &tokio_postgres::Config,
     ) -> BoxFuture<'_, Result<(tokio_postgres::Client, JoinHandle<()>), tokio_postgres::Error>> {
-        // Unused: `WarmingManager::create` opens connections through `open`
-        // with the resolved credentials; deadpool's manager only recycles.
+        // Never called: `WarmingManager::create` opens connections through
+        // `open`, bounded and with the resolved credentials; deadpool's
+        // manager only recycles. (Its error type has no timeout to report.)
         let pg = pg.clone();
-        Box::pin(async move { self.open(&pg).await })
-    }
-}
-
-/// The TLS connector `conn` was opened with, for its cancel request, which
-/// opens a connection of its own. Should the pool be gone already, the
-/// request is still encrypted when the connection's `sslmode` asks for it.
-pub(crate) fn cancel_tls(conn: &managed::Object<WarmingManager>) -> tokio_postgres_rustls::MakeRustlsConnect {
-    match managed::Object::pool(conn) {
-        Some(pool) => pool.manager().connect.tls.connector(),
-        None => crate::tls::Tls::default().connector(),
+        Box::pin(async move {
+            let (client, connection) = pg.connect(self.tls.connector()).await?;
+            self.tasks.spawn(async move { drop(connection.await) });
+            Ok((client, tokio::spawn(std::future::ready(()))))
+        })
     }
 }

@@ -4,16 +4,23 @@
 //! |---|---|---|
 //! | `disable` | never | — |
 //! | `prefer` | if the server offers it, else plaintext | no |
-//! | `require` | always (never falls back to plaintext) | no; as `verify-ca` when `DB_SSL_ROOT_CERT` is set, like libpq with a root certificate file |
-//! | `verify-ca` | always | signed by a trusted CA; host name not checked |
+//! | `require` | always (never falls back to plaintext) | no; as `verify-ca` when `DB_SSL_ROOT_CERT` names a file, like libpq with a root certificate file |
+//! | `verify-ca` | always | signed by a CA in `DB_SSL_ROOT_CERT` (required); host name not checked |
 //! | `verify-full` | always | signed by a trusted CA and issued for the host name |
 //!
 //! tokio-postgres itself only knows `disable`, `prefer` and `require`, so the
 //! two `verify-*` modes are taken out of the URL here and mapped to `require`
-//! plus a certificate verifier. Trusted CAs are Mozilla's (`webpki-roots`,
-//! compiled in, so nothing depends on the image's certificate store) plus
-//! every certificate in `DB_SSL_ROOT_CERT` (e.g. the RDS global bundle, whose
-//! CAs are not public roots).
+//! plus a certificate verifier.
+//!
+//! What is trusted follows libpq (`sslrootcert`): a `DB_SSL_ROOT_CERT` file
+//! is trusted alone, in every mode that verifies (e.g. the RDS global
+//! bundle, whose CAs are not public roots). Public roots (Mozilla's, from
+//! `webpki-roots`, compiled in so nothing depends on the image's certificate
+//! store) serve only `verify-full`, where the host name is checked too:
+//! without that check anyone holding a publicly trusted certificate for a
+//! name of their own would pass. They are used by `verify-full` without
+//! `DB_SSL_ROOT_CERT`, and by `DB_SSL_ROOT_CERT=system` (libpq 16's special
+//! value), which implies `verify-full` and refuses weaker modes.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -106,7 +113,10 @@ pub struct Tls {
     mode: SslMode,
     /// The mode after libpq's rule for `require` with a root certificate file.
     effective: SslMode,
+    /// The `DB_SSL_ROOT_CERT` file; `None` with `system` too.
     root_cert: Option<PathBuf>,
+    /// Whether the public roots are trusted: `verify-full` without a file.
+    public_roots: bool,
     connector: MakeRustlsConnect,
 }
 
@@ -116,6 +126,7 @@ impl fmt::Debug for Tls {
             .field("mode", &self.mode)
             .field("effective", &self.effective)
             .field("root_cert", &self.root_cert)
+            .field("public_roots", &self.public_roots)
             .finish_non_exhaustive()
     }
 }
@@ -126,26 +137,80 @@ impl Default for Tls {
     }
 }
 
+/// `DB_SSL_ROOT_CERT`'s special value: the public roots, with `verify-full`.
+pub const SYSTEM_ROOTS: &str = "system";
+
 impl Tls {
-    /// Builds the connector for `mode`, trusting Mozilla's roots plus the
-    /// certificates in the PEM file `root_cert`.
+    /// Builds the connector for `mode`. `root_cert` is the PEM file of the
+    /// CAs to trust (alone), or [`SYSTEM_ROOTS`] for the public roots.
     ///
     /// # Errors
     ///
-    /// `DB_SSL_ROOT_CERT` cannot be read or holds no certificate.
+    /// `DB_SSL_ROOT_CERT` cannot be read or holds no certificate; it is
+    /// missing with `verify-ca`; it is `system` with a mode weaker than
+    /// `verify-full`.
     pub fn new(mode: SslMode, root_cert: Option<PathBuf>) -> Result<Self, ConfigError> {
-        let effective = match (mode, &root_cert) {
+        Self::build(mode, root_cert, webpki_roots::TLS_SERVER_ROOTS.to_vec())
+    }
+
+    /// As [`Tls::new`], with the CAs of the PEM text `public` standing in
+    /// for Mozilla's roots: for tests, which cannot get a certificate from a
+    /// public CA, to show which modes trust the public roots. Not part of
+    /// the supported API.
+    ///
+    /// # Errors
+    ///
+    /// As [`Tls::new`]; `public` holds no usable certificate.
+    #[doc(hidden)]
+    pub fn with_public_roots(mode: SslMode, root_cert: Option<PathBuf>, public: &str) -> Result<Self, ConfigError> {
+        let mut store = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(public.as_bytes()) {
+            let cert = cert.map_err(|e| root_cert_invalid(format!("(test roots) is not valid PEM ({e})")))?;
+            store.add(cert).map_err(|e| root_cert_invalid(format!("(test roots) cannot be used ({e})")))?;
+        }
+        Self::build(mode, root_cert, store.roots)
+    }
+
+    fn build(
+        mode: SslMode,
+        root_cert: Option<PathBuf>,
+        public: Vec<rustls::pki_types::TrustAnchor<'static>>,
+    ) -> Result<Self, ConfigError> {
+        let system = root_cert.as_deref().is_some_and(|p| p == Path::new(SYSTEM_ROOTS));
+        if system && mode != SslMode::VerifyFull {
+            return Err(ConfigError::Conflict {
+                vars: "DB_SSL_ROOT_CERT and sslmode",
+                problem: format!(
+                    "DB_SSL_ROOT_CERT=system trusts every public CA, which is safe only with the host name checked, and sslmode={mode} does not check it; use sslmode=verify-full (or leave sslmode unset), or name a CA file"
+                ),
+            });
+        }
+        let root_file = root_cert.filter(|_| !system);
+        let effective = match (mode, &root_file) {
             (SslMode::Require, Some(_)) => SslMode::VerifyCa,
             _ => mode,
         };
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut public_roots = false;
         let verifier: Arc<dyn ServerCertVerifier> = match effective {
             SslMode::Disable | SslMode::Prefer | SslMode::Require => {
                 Arc::new(EncryptOnly { provider: provider.clone() })
             }
             SslMode::VerifyCa | SslMode::VerifyFull => {
-                let roots = Arc::new(roots(root_cert.as_deref())?);
-                let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                let roots = match &root_file {
+                    Some(path) => roots_from(path)?,
+                    None if effective == SslMode::VerifyFull => {
+                        public_roots = true;
+                        RootCertStore { roots: public }
+                    }
+                    None => {
+                        return Err(ConfigError::Missing {
+                            var: "DB_SSL_ROOT_CERT",
+                            expected: "with sslmode=verify-ca the path of a PEM file of the CAs to trust, e.g. /opt/rds/global-bundle.pem (verify-ca checks no host name, so it never trusts public CAs; for those use sslmode=verify-full)",
+                        })
+                    }
+                };
+                let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                     .build()
                     .map_err(|e| root_cert_invalid(format!("cannot be used ({e})")))?;
                 if effective == SslMode::VerifyCa {
@@ -161,7 +226,7 @@ impl Tls {
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
-        Ok(Self { mode, effective, root_cert, connector: MakeRustlsConnect::new(config) })
+        Ok(Self { mode, effective, root_cert: root_file, public_roots, connector: MakeRustlsConnect::new(config) })
     }
 
     /// The `sslmode` asked for.
@@ -177,10 +242,23 @@ impl Tls {
         self.effective
     }
 
-    /// The `DB_SSL_ROOT_CERT` bundle, if any.
+    /// The `DB_SSL_ROOT_CERT` bundle, if it names a file.
     #[must_use]
     pub fn root_cert(&self) -> Option<&Path> {
         self.root_cert.as_deref()
+    }
+
+    /// Whether publicly trusted CAs are accepted: only with `verify-full`
+    /// and no `DB_SSL_ROOT_CERT` file (or `DB_SSL_ROOT_CERT=system`).
+    #[must_use]
+    pub fn trusts_public_roots(&self) -> bool {
+        self.public_roots
+    }
+
+    /// Whether the server's certificate is checked at all.
+    #[must_use]
+    pub fn verifies(&self) -> bool {
+        matches!(self.effective, SslMode::VerifyCa | SslMode::VerifyFull)
     }
 
     /// The connector every connection, and every cancel request, uses.
@@ -193,25 +271,23 @@ fn root_cert_invalid(problem: String) -> ConfigError {
     ConfigError::Invalid {
         var: "DB_SSL_ROOT_CERT",
         problem,
-        expected: "the path of a PEM file of CA certificates, e.g. /opt/rds/global-bundle.pem",
+        expected: "the path of a PEM file of CA certificates, e.g. /opt/rds/global-bundle.pem, or system",
     }
 }
 
-fn roots(root_cert: Option<&Path>) -> Result<RootCertStore, ConfigError> {
-    let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    let Some(path) = root_cert else { return Ok(roots) };
+/// The CAs of the PEM file `path`, alone.
+fn roots_from(path: &Path) -> Result<RootCertStore, ConfigError> {
+    let mut roots = RootCertStore::empty();
     let shown = path.display();
     let bytes =
         std::fs::read(path).map_err(|e| root_cert_invalid(format!("names {shown}, which cannot be read ({e})")))?;
-    let mut added = 0;
     for cert in CertificateDer::pem_slice_iter(&bytes) {
         let cert = cert.map_err(|e| root_cert_invalid(format!("names {shown}, which is not valid PEM ({e})")))?;
         roots
             .add(cert)
             .map_err(|e| root_cert_invalid(format!("names {shown}, which holds an unusable certificate ({e})")))?;
-        added += 1;
     }
-    if added == 0 {
+    if roots.is_empty() {
         return Err(root_cert_invalid(format!("names {shown}, which holds no PEM certificate")));
     }
     Ok(roots)
@@ -430,6 +506,33 @@ mod tests {
         assert!(err.to_string().contains("cannot be read"), "{err}");
         assert_eq!(Tls::new(SslMode::Require, None).expect("plain").effective_mode(), SslMode::Require);
         assert_eq!(Tls::default().mode(), SslMode::Prefer);
+    }
+
+    #[test]
+    fn public_roots_serve_only_verify_full() {
+        let dir = tempfile_dir();
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, include_str!("../tests/fixtures/ca.pem")).expect("write");
+
+        let err = Tls::new(SslMode::VerifyCa, None).expect_err("verify-ca needs a root file");
+        assert!(err.to_string().starts_with("DB_SSL_ROOT_CERT is not set"), "{err}");
+        let file = |mode| Tls::new(mode, Some(path.clone())).expect("with a root file");
+        for mode in [SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull] {
+            let tls = file(mode);
+            assert!(!tls.trusts_public_roots(), "{mode}: the file alone");
+            assert!(tls.verifies(), "{mode}");
+        }
+        let full = Tls::new(SslMode::VerifyFull, None).expect("verify-full, public roots");
+        assert!(full.trusts_public_roots());
+        let system = Tls::new(SslMode::VerifyFull, Some(SYSTEM_ROOTS.into())).expect("system");
+        assert!(system.trusts_public_roots());
+        assert_eq!(system.root_cert(), None);
+        for weaker in [SslMode::Disable, SslMode::Prefer, SslMode::Require, SslMode::VerifyCa] {
+            let err = Tls::new(weaker, Some(SYSTEM_ROOTS.into())).expect_err("system implies verify-full");
+            assert!(err.to_string().contains("DB_SSL_ROOT_CERT=system"), "{err}");
+            assert!(err.to_string().contains("verify-full"), "{err}");
+        }
+        assert!(!Tls::new(SslMode::Require, None).expect("unverified").verifies());
     }
 
     fn tempfile_dir() -> PathBuf {

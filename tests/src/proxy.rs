@@ -8,7 +8,12 @@
 //! - reset ([`FaultProxy::reset_all`]): the client side is closed with a TCP RST;
 //! - a cut at a precise protocol moment ([`FaultProxy::cut_after_server_sends`],
 //!   [`FaultProxy::cut_when_client_sends`]): e.g. the server has committed but the client
-//!   never hears the answer.
+//!   never hears the answer;
+//! - a stall at a precise protocol moment ([`FaultProxy::stall_after_server_sends`],
+//!   [`FaultProxy::stall_when_client_sends`]): e.g. mid-TLS-handshake or mid-SCRAM, the
+//!   connection silenced from then on;
+//! - a black hole ([`FaultProxy::black_hole_new`]): new connections are accepted and then
+//!   hear nothing, like a server that accepts TCP and stays silent.
 //!
 //! It owns the listener, the accept task and, per proxied connection, two pump tasks (one
 //! per direction) that share the connection's state. Faults apply to the connections open
@@ -74,11 +79,21 @@ enum Direction {
     ServerToClient,
 }
 
-/// The armed one-shot cut.
+/// The armed one-shot cut or stall.
 #[derive(Debug)]
 struct Trigger {
     direction: Direction,
     pattern: Vec<u8>,
+    action: Action,
+}
+
+/// What an armed trigger does to the connection it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// Reset it.
+    Cut,
+    /// Silence it, sockets kept open.
+    Stall,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +116,8 @@ struct Shared {
     open: watch::Sender<usize>,
     trigger: Mutex<Option<Trigger>>,
     cut: watch::Sender<CutStatus>,
+    /// New connections start silenced.
+    black_hole: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -114,7 +131,8 @@ impl Shared {
 
     fn register(self: &Arc<Self>) -> Arc<Link> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (state, _) = watch::channel(State::Open);
+        let initial = if self.black_hole.load(Ordering::SeqCst) { State::Silenced } else { State::Open };
+        let (state, _) = watch::channel(initial);
         let mut connections = self.connections();
         connections.insert(id, (Instant::now(), state.clone()));
         self.open.send_replace(connections.len());
@@ -133,20 +151,19 @@ impl Shared {
             .count()
     }
 
-    fn arm(&self, direction: Direction, pattern: &[u8]) {
+    fn arm(&self, direction: Direction, pattern: &[u8], action: Action) {
         assert!(!pattern.is_empty(), "cut pattern must not be empty");
         assert!(pattern.len() <= MAX_PATTERN_LEN, "cut pattern longer than {MAX_PATTERN_LEN} bytes");
-        *self.trigger() = Some(Trigger { direction, pattern: pattern.to_vec() });
+        *self.trigger() = Some(Trigger { direction, pattern: pattern.to_vec(), action });
         self.cut.send_replace(CutStatus::Armed);
     }
 
     /// Whether the armed trigger matches `chunk` (read in `direction`, after `tail`); a
     /// match disarms it. The match must include at least one byte of `chunk`.
-    fn take_trigger(&self, direction: Direction, tail: &[u8], chunk: &[u8]) -> bool {
+    fn take_trigger(&self, direction: Direction, tail: &[u8], chunk: &[u8]) -> Option<Action> {
         let mut armed = self.trigger();
-        let Some(trigger) = armed.as_ref().filter(|t| t.direction == direction) else {
-            return false;
-        };
+        let trigger = armed.as_ref().filter(|t| t.direction == direction)?;
+        let action = trigger.action;
         let pattern = trigger.pattern.as_slice();
         let carried = &tail[tail.len() - tail.len().min(pattern.len() - 1)..];
         let found =
@@ -154,7 +171,7 @@ impl Shared {
         if found {
             *armed = None;
         }
-        found
+        found.then_some(action)
     }
 }
 
@@ -229,6 +246,7 @@ impl FaultProxy {
             open: watch::Sender::new(0),
             trigger: Mutex::new(None),
             cut: watch::Sender::new(CutStatus::Idle),
+            black_hole: std::sync::atomic::AtomicBool::new(false),
         });
         let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         FaultProxy { addr, shared, accept_task }
@@ -342,7 +360,7 @@ impl FaultProxy {
     /// hears the answer. Typical patterns are CommandComplete tags: `b"INSERT 0 1"`,
     /// `b"COMMIT"`. See [`FaultProxy::wait_cut`].
     pub fn cut_after_server_sends(&self, pattern: &[u8]) {
-        self.shared.arm(Direction::ServerToClient, pattern);
+        self.shared.arm(Direction::ServerToClient, pattern, Action::Cut);
     }
 
     /// Arm a one-shot cut (replacing any armed one): the first chunk coming from the
@@ -350,7 +368,34 @@ impl FaultProxy {
     /// then the client side is reset (RST) and the upstream side closed, so nothing the
     /// server answers reaches the client. See [`FaultProxy::wait_cut`].
     pub fn cut_when_client_sends(&self, pattern: &[u8]) {
-        self.shared.arm(Direction::ClientToServer, pattern);
+        self.shared.arm(Direction::ClientToServer, pattern, Action::Cut);
+    }
+
+    /// Arm a one-shot stall (replacing any armed trigger): the first chunk coming from the
+    /// server that contains `pattern` (also across two reads) is not forwarded, and the
+    /// connection is silenced from then on, both sockets kept open: the client waits for
+    /// an answer that never comes. E.g. the ServerHello of a TLS handshake, or the
+    /// server's SCRAM challenge. See [`FaultProxy::wait_cut`]; end it with
+    /// [`FaultProxy::release_silenced`] (resuming would lose the withheld chunk).
+    pub fn stall_after_server_sends(&self, pattern: &[u8]) {
+        self.shared.arm(Direction::ServerToClient, pattern, Action::Stall);
+    }
+
+    /// Arm a one-shot stall (replacing any armed trigger): the first chunk coming from the
+    /// client that contains `pattern` is forwarded to the server, then the connection is
+    /// silenced, both sockets kept open, so nothing the server answers reaches the client.
+    /// See [`FaultProxy::wait_cut`].
+    pub fn stall_when_client_sends(&self, pattern: &[u8]) {
+        self.shared.arm(Direction::ClientToServer, pattern, Action::Stall);
+    }
+
+    /// While `on`, connections accepted are silenced from the start: the client's TCP
+    /// connect succeeds, and then nothing is forwarded either way (a server that accepts
+    /// and stays silent, or a black-holed route behind a load balancer). Connections open
+    /// before are not affected. End it with `black_hole_new(false)` and
+    /// [`FaultProxy::release_silenced`].
+    pub fn black_hole_new(&self, on: bool) {
+        self.shared.black_hole.store(on, Ordering::SeqCst);
     }
 
     /// Wait until the trigger armed last fired; false on timeout (or if none was armed).
@@ -467,7 +512,18 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, direction: Direct
             },
         };
 
-        if link.shared.take_trigger(direction, &tail, &buf[..n]) {
+        let action = link.shared.take_trigger(direction, &tail, &buf[..n]);
+        if action == Some(Action::Stall) {
+            if direction == Direction::ClientToServer {
+                // The server must receive what triggered the stall.
+                let _ = to.write_all(&buf[..n]).await;
+                let _ = to.flush().await;
+            }
+            transition(&link.state, &[State::Open], State::Silenced);
+            link.shared.cut.send_replace(CutStatus::Fired);
+            continue;
+        }
+        if action == Some(Action::Cut) {
             // Stop the other pump before the server can answer anything more.
             link.close(State::Reset);
             if direction == Direction::ClientToServer {

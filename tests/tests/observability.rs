@@ -8,6 +8,7 @@ use integration_tests::orders::{
     get_order, post_valid_order, postgres_watching_closes, status, OrdersEnv, FUNCTION_NAME,
 };
 use integration_tests::server_log::Log;
+use integration_tests::{FaultProxy, InvokeOptions};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -205,4 +206,42 @@ async fn sigterm_closes_every_connection_with_terminate_within_500_ms() {
     assert!(output.contains("shutdown complete"), "{output}");
     let last = emf_records(&output);
     assert!(last.len() >= 2, "a final metrics record after the invocation's: {output}");
+}
+
+#[tokio::test]
+async fn sigterm_during_a_rebuild_still_exits_within_500_ms() {
+    let pg = postgres_watching_closes().await;
+    let proxy = FaultProxy::for_postgres(&pg).await;
+    let url = proxy.url_for(&pg.database_url());
+    let mut env = OrdersEnv::start_with(
+        pg,
+        &[
+            ("DATABASE_URL", url.as_str()),
+            ("DB_HEALTH_CHECK_INTERVAL_MS", "0"),
+            ("DB_HEALTH_CHECK_TIMEOUT_MS", "300"),
+            ("DB_CONNECT_TIMEOUT_MS", "5000"),
+        ],
+    )
+    .await;
+    // The pooled connection goes silent and new ones are never answered:
+    // the next check fails, and the rebuild's connect holds the maintenance
+    // lock for DB_CONNECT_TIMEOUT_MS.
+    proxy.silence_all();
+    proxy.black_hole_new(true);
+    let _pending = env.api.enqueue(get_order("1"), InvokeOptions::default());
+    assert!(
+        env.function.wait_for_output("rebuilding the pool", Duration::from_secs(10)).await,
+        "the check failed: {}",
+        env.function.output()
+    );
+
+    let signalled = Instant::now();
+    env.function.terminate();
+    let exit = env.function.wait_exit(Duration::from_secs(10)).await.expect("the function exits");
+    let took = signalled.elapsed();
+    eprintln!("measured: SIGTERM during a rebuild to exit: {took:?}");
+    assert!(exit.success(), "a clean exit: {exit:?}");
+    assert!(took < Duration::from_millis(500), "within Lambda's shutdown window, lock held elsewhere: {took:?}");
+    let output = env.function.output();
+    assert!(output.contains("shutdown complete"), "{output}");
 }

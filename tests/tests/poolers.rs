@@ -120,14 +120,16 @@ async fn warmup_health_checks_and_refreshes_work_through_the_pooler() {
     let bouncer = PgBouncer::start(&pg, "transaction", 2).await;
     let adapter = adapter(
         &bouncer.database_url(),
-        &[("DB_POOLER_MODE", "transaction"), ("DB_HEALTH_CHECK_INTERVAL_MS", "300"), ("DB_MAX_AGE_MS", "1000")],
+        // A max age far enough from the interval that a slow phase on a
+        // loaded machine cannot turn the expected check into a refresh.
+        &[("DB_POOLER_MODE", "transaction"), ("DB_HEALTH_CHECK_INTERVAL_MS", "300"), ("DB_MAX_AGE_MS", "3000")],
         &[GET_ORDER, INSERT_ORDER],
     )
     .await;
     assert!(adapter.is_warm(), "warmed through the pooler");
 
     let mut phases = Vec::new();
-    for pause_ms in [0, 400, 1100] {
+    for pause_ms in [0, 400, 3100] {
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
         let db = adapter.db(&context(Duration::from_secs(30))).await.expect("db");
         let id: i64 = db.query_one(INSERT_ORDER, &[&"tea", &1i32]).await.expect("insert").get(0);

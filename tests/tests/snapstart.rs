@@ -8,7 +8,7 @@ use integration_tests::orders::{
     get_order, orders_function, post_valid_order, postgres_watching_closes, status, FUNCTION_NAME, STARTUP,
 };
 use integration_tests::server_log::Log;
-use integration_tests::{Function, Postgres, RuntimeApi};
+use integration_tests::{FaultProxy, Function, Postgres, RuntimeApi};
 use tokio::time::Instant;
 
 const SNAP_START: (&str, &str) = ("AWS_LAMBDA_INITIALIZATION_TYPE", "snap-start");
@@ -79,6 +79,36 @@ async fn a_database_unreachable_at_restore_defers_the_warmup_to_the_first_invoca
     assert!(api.restore_errors().is_empty(), "a transient failure is not a restore error");
 
     pg.start_again().await;
+    let found = api.invoke(get_order("1")).await;
+    assert_eq!(status(found.response()), 404, "the first invocation warms the pool: {:?}", found.outcome);
+}
+
+/// How long re-warming after a restore may take before it defers to the
+/// first invocation (the adapter's budget), and what this machine may add.
+const RESTORE_BUDGET: Duration = Duration::from_secs(5);
+const SLACK: Duration = Duration::from_millis(1500);
+
+#[tokio::test]
+async fn a_database_black_holed_at_restore_is_given_up_on_well_within_the_hook_limit() {
+    let pg = postgres_watching_closes().await;
+    let proxy = FaultProxy::for_postgres(&pg).await;
+    let url = proxy.url_for(&pg.database_url());
+    // The defaults: three warmup attempts, each connect bounded by 5 s.
+    let (api, function) = at_snapshot(&pg, &[("DATABASE_URL", url.as_str())]).await;
+    // Connections are accepted and never answered, as through a route that
+    // went dark while the snapshot waited.
+    proxy.black_hole_new(true);
+    let restored = Instant::now();
+    api.restore();
+    assert!(api.wait_next_polls(1, STARTUP).await, "the runtime polls: {}", function.output());
+    let took = restored.elapsed();
+    eprintln!("measured: restore hook against a black-holed database: {took:?} (budget {RESTORE_BUDGET:?}, Lambda's limit 10 s)");
+    assert!(proxy.accepted() >= 2, "re-warming tried to connect after the restore");
+    assert!(api.restore_errors().is_empty(), "deferred, not failed: {}", function.output());
+    assert!(took < RESTORE_BUDGET + SLACK, "{took:?}: past the restore budget");
+
+    proxy.black_hole_new(false);
+    proxy.release_silenced();
     let found = api.invoke(get_order("1")).await;
     assert_eq!(status(found.response()), 404, "the first invocation warms the pool: {:?}", found.outcome);
 }

@@ -76,6 +76,15 @@ async fn a_handler_error_rolls_back_and_is_not_retried() {
         .await;
     let error = result.expect_err("unique violation");
     assert_eq!(error.code(), Some(&runtime_adapter::tokio_postgres::error::SqlState::UNIQUE_VIOLATION));
+    // The server's DETAIL holds the row's values: kept out of the text that
+    // reaches logs and Lambda, reachable through the source.
+    let text = error.to_string();
+    assert!(text.contains("duplicate key value violates unique constraint"), "{text}");
+    assert!(!text.contains("(id)=(1)"), "no row values in the message: {text}");
+    let source = std::error::Error::source(&error).expect("the driver's error");
+    let driver = source.downcast_ref::<runtime_adapter::tokio_postgres::Error>().expect("a tokio-postgres error");
+    let detail = driver.as_db_error().and_then(|db| db.detail()).expect("the server's detail");
+    assert!(detail.contains("(id)=(1)"), "{detail}");
     assert_eq!(error.kind(), ErrorKind::Permanent);
     assert_eq!(attempts.load(Ordering::SeqCst), 1, "a constraint violation is not retried");
     let count: i64 = db.query_one("SELECT count(*) FROM journal", &[]).await.expect("count").get(0);
