@@ -297,14 +297,13 @@ impl Error {
     /// "cached plan must not change result type"), or `DISCARD`/`DEALLOCATE`
     /// removed it (26000). Nothing ran: it may be prepared again and rerun.
     pub(crate) fn is_stale_statement(&self) -> bool {
-        matches!(self, Error::Db(_))
-            && matches!(self.code(), Some(c) if *c == SqlState::FEATURE_NOT_SUPPORTED || *c == SqlState::INVALID_SQL_STATEMENT_NAME)
+        matches!(self, Error::Db(_)) && self.code().is_some_and(is_stale_code)
     }
 
     /// Whether a write reached a read-only server (25006): after a failover
     /// the old writer comes back as a reader. Nothing ran.
     pub(crate) fn is_read_only(&self) -> bool {
-        matches!(self, Error::Db(_)) && self.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION)
+        matches!(self, Error::Db(_)) && self.code().is_some_and(|c| *c == SqlState::READ_ONLY_SQL_TRANSACTION)
     }
 
     /// Whether this error, met by `COMMIT`, leaves its outcome unknown: no
@@ -315,17 +314,26 @@ impl Error {
         match self {
             Error::Db(e) => match e.as_db_error() {
                 None => true,
-                Some(db) => {
-                    let class = &db.code().code()[..2];
-                    matches!(db.parsed_severity(), Some(Severity::Fatal | Severity::Panic))
-                        || class == "08"
-                        || class == "57"
-                }
+                Some(db) => commit_unknown(db.code(), db.parsed_severity()),
             },
             Error::Timeout { .. } | Error::ConnectionClosed => true,
             _ => false,
         }
     }
+}
+
+/// 0A000 ("cached plan must not change result type") or 26000 (the
+/// statement is gone): a stale prepared statement, refused at Bind.
+fn is_stale_code(code: &SqlState) -> bool {
+    *code == SqlState::FEATURE_NOT_SUPPORTED || *code == SqlState::INVALID_SQL_STATEMENT_NAME
+}
+
+/// Whether a server error answering `COMMIT` leaves the commit's outcome
+/// unknown: the session ended (FATAL, PANIC), the server was shutting down
+/// (class 57), or the link to it failed (class 08, a pooler's 08P01).
+fn commit_unknown(code: &SqlState, severity: Option<Severity>) -> bool {
+    let class = &code.code()[..2];
+    matches!(severity, Some(Severity::Fatal | Severity::Panic)) || class == "08" || class == "57"
 }
 
 impl From<tokio_postgres::Error> for Error {
@@ -350,19 +358,22 @@ enum Step {
 }
 
 fn classify(e: &tokio_postgres::Error, step: Step) -> ErrorKind {
-    if let Some(code) = e.code() {
-        if *code == SqlState::PROTOCOL_VIOLATION && step == Step::Query {
-            return ErrorKind::Transient;
-        }
-        return classify_code(code);
+    match e.code() {
+        Some(code) => classify_at(code, step),
+        // No SQLSTATE: the failure is in the connection itself (I/O, closed
+        // connection, TLS, timeout). Those are transient; so is anything
+        // whose source is an I/O error.
+        None if e.is_closed() || io_kind(e).is_some() => ErrorKind::Transient,
+        None => ErrorKind::Permanent,
     }
-    // No SQLSTATE: the failure is in the connection itself (I/O, closed
-    // connection, TLS, timeout). Those are transient; so is anything whose
-    // source is an I/O error of a transient kind.
-    if e.is_closed() || io_kind(e).is_some() {
+}
+
+/// A server error's kind, by its SQLSTATE and where it was met.
+fn classify_at(code: &SqlState, step: Step) -> ErrorKind {
+    if *code == SqlState::PROTOCOL_VIOLATION && step == Step::Query {
         return ErrorKind::Transient;
     }
-    ErrorKind::Permanent
+    classify_code(code)
 }
 
 fn classify_code(code: &SqlState) -> ErrorKind {
@@ -417,6 +428,49 @@ fn describe(e: &tokio_postgres::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protocol_violation_is_permanent_only_at_startup() {
+        assert_eq!(classify_at(&SqlState::PROTOCOL_VIOLATION, Step::Startup), ErrorKind::Permanent);
+        assert_eq!(classify_at(&SqlState::PROTOCOL_VIOLATION, Step::Query), ErrorKind::Transient);
+        assert_eq!(classify_at(&SqlState::UNIQUE_VIOLATION, Step::Query), ErrorKind::Permanent);
+        assert_eq!(classify_at(&SqlState::ADMIN_SHUTDOWN, Step::Startup), ErrorKind::Transient);
+    }
+
+    #[test]
+    fn stale_statements_and_unknown_commits_are_recognised() {
+        assert!(is_stale_code(&SqlState::FEATURE_NOT_SUPPORTED));
+        assert!(is_stale_code(&SqlState::INVALID_SQL_STATEMENT_NAME));
+        assert!(!is_stale_code(&SqlState::UNDEFINED_TABLE));
+        assert!(commit_unknown(&SqlState::ADMIN_SHUTDOWN, Some(Severity::Fatal)));
+        assert!(commit_unknown(&SqlState::PROTOCOL_VIOLATION, Some(Severity::Error)), "class 08");
+        assert!(commit_unknown(&SqlState::IDLE_SESSION_TIMEOUT, Some(Severity::Error)), "class 57");
+        assert!(commit_unknown(&SqlState::INTERNAL_ERROR, Some(Severity::Panic)));
+        assert!(commit_unknown(&SqlState::INTERNAL_ERROR, Some(Severity::Fatal)));
+        assert!(
+            !commit_unknown(&SqlState::UNIQUE_VIOLATION, Some(Severity::Error)),
+            "a deferred constraint: rolled back"
+        );
+        assert!(!commit_unknown(&SqlState::T_R_SERIALIZATION_FAILURE, None));
+        assert!(Error::Timeout { what: "commit", after: Duration::ZERO }.leaves_commit_unknown());
+        assert!(Error::ConnectionClosed.leaves_commit_unknown());
+        assert!(!Error::DeadlineReached { step: "COMMIT" }.leaves_commit_unknown(), "not sent: known");
+        assert!(!Error::PoolClosed.is_stale_statement() && !Error::PoolClosed.is_read_only());
+    }
+
+    #[test]
+    fn kinds_and_error_types_of_the_adapters_own_errors() {
+        assert!(Error::PoolClosed.is_transient());
+        assert!(!Error::Internal("x".into()).is_transient());
+        assert_eq!(Error::PoolClosed.code(), None);
+        assert_eq!(Error::CommitRolledBack.error_type(), "RuntimeAdapter.CommitRolledBack");
+        assert_eq!(Error::InTransaction.error_type(), "RuntimeAdapter.TransactionMisuse");
+        assert_eq!(Error::DeadlineReached { step: "statement" }.error_type(), "RuntimeAdapter.DeadlineExceeded");
+        let unknown = Error::OutcomeUnknown { source: Box::new(Error::ConnectionClosed) };
+        assert_eq!(unknown.error_type(), "RuntimeAdapter.OutcomeUnknown");
+        assert_eq!(unknown.kind(), ErrorKind::Transient, "the kind of what failed");
+        assert_eq!(Phase::RoundTrip.to_string(), "phase 1 (round trip)");
+    }
 
     #[test]
     fn sqlstates_are_classified() {

@@ -112,6 +112,19 @@ mod tests {
     }
 
     #[test]
+    fn a_removed_entry_frees_its_room_and_a_removed_pinned_one_frees_none() {
+        let mut lru = Lru::new(2);
+        lru.insert("a".into(), 1, false);
+        lru.insert("b".into(), 2, false);
+        lru.insert("p".into(), 0, true);
+        assert_eq!(lru.remove("a"), Some(1));
+        assert!(lru.insert("c".into(), 3, false).is_empty(), "a's room is free again");
+        assert_eq!(lru.remove("p"), Some(0));
+        assert_eq!(lru.insert("d".into(), 4, false), [2], "removing a pinned entry freed no unpinned room");
+        assert_eq!(lru.remove("nope"), None);
+    }
+
+    #[test]
     fn replacing_a_key_keeps_the_count_right() {
         let mut lru = Lru::new(1);
         lru.insert("a".into(), 1, false);

@@ -158,6 +158,18 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_far_deadline_lets_every_attempt_run() {
+        let until = Instant::now() + Duration::from_secs(3600);
+        let mut retrier = Retrier::new(3, Duration::from_millis(200), Some(until), Arc::default(), Arc::default());
+        assert!(retrier.backoff(Error::PoolClosed, "test").await.is_ok());
+        assert!(retrier.backoff(Error::PoolClosed, "test").await.is_ok());
+        match retrier.backoff(Error::PoolClosed, "test").await {
+            Err(Error::Unavailable { attempts: 3, out_of_time: false, .. }) => {}
+            other => panic!("expected the attempt limit, not the deadline, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn attempts_are_bounded() {
         let mut retrier = Retrier::new(3, Duration::from_millis(1), None, Arc::default(), Arc::default());
         assert!(retrier.backoff(Error::PoolClosed, "test").await.is_ok());
