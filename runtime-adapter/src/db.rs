@@ -160,9 +160,7 @@ impl Db {
 
     async fn run(&self, retry: Retry, sql: &str, params: &[&(dyn ToSql + Sync)], op: Op) -> Result<Out, Error> {
         let mut retrier = self.retrier();
-        // Each once per call: a second time means the cause did not pass.
-        let mut reprepared = false;
-        let mut failed_over = false;
+        let mut recovery = Recovery::default();
         loop {
             let conn = self.connection().await?;
             // A prepare changes no data: its failure is always safe to retry.
@@ -178,16 +176,7 @@ impl Db {
                 Ok(out) => return Ok(out),
                 Err(error) => error,
             };
-            // Failed at Bind, before anything ran; `execute` dropped the
-            // stale statement, so this prepares it again.
-            if error.is_stale_statement() && !reprepared {
-                reprepared = true;
-                continue;
-            }
-            // Refused before anything ran: the server is a reader now.
-            if error.is_read_only() && !failed_over {
-                failed_over = true;
-                self.fail_over(&conn).await?;
+            if recovery.again(self, &conn, &error).await? {
                 continue;
             }
             if !error.is_transient() {
@@ -204,7 +193,7 @@ impl Db {
     /// After a write reached a read-only server on `conn`: the pool it came
     /// from is replaced (once, whoever sees it first), and the invocation
     /// gets a connection from the new one.
-    pub(crate) async fn fail_over(&self, conn: &Arc<Conn>) -> Result<(), Error> {
+    async fn fail_over(&self, conn: &Arc<Conn>) -> Result<(), Error> {
         self.adapter.failover(crate::pool::generation_of(conn.object()), self.until).await?;
         let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
         if slot.as_ref().is_some_and(|current| Arc::ptr_eq(current, conn)) {
@@ -243,6 +232,36 @@ impl Db {
         let fresh = Arc::new(self.adapter.checkout(self.until).await?);
         let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(slot.get_or_insert(fresh).clone())
+    }
+}
+
+/// What a failed statement, or transaction, may run again after, once each
+/// per call (a second time means the cause did not pass). Both refusals come
+/// before anything ran, so this is safe for writes too.
+#[derive(Debug, Default)]
+pub(crate) struct Recovery {
+    reprepared: bool,
+    failed_over: bool,
+}
+
+impl Recovery {
+    /// Whether to run again after `error` on `conn`, having done what that
+    /// takes.
+    pub(crate) async fn again(&mut self, db: &Db, conn: &Arc<Conn>, error: &Error) -> Result<bool, Error> {
+        // A stale prepared statement, failed at Bind: `execute` dropped it,
+        // so the next run prepares it again.
+        if error.is_stale_statement() && !self.reprepared {
+            self.reprepared = true;
+            return Ok(true);
+        }
+        // A write refused by a server that turned reader: the pool is
+        // replaced, and the next run goes to the new writer.
+        if error.is_read_only() && !self.failed_over {
+            self.failed_over = true;
+            db.fail_over(conn).await?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 }
 

@@ -26,7 +26,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{IsolationLevel, Row};
 
 use crate::adapter::Adapter;
-use crate::db::{self, Db};
+use crate::db::{self, Db, Recovery};
 use crate::deadline;
 use crate::error::{Error, ErrorKind};
 use crate::lease::{Conn, OpenTransaction};
@@ -176,9 +176,7 @@ impl Db {
         let adapter = self.adapter();
         let until = self.until();
         let mut retrier = self.retrier();
-        // Each once per call: a second time means the cause did not pass.
-        let mut reprepared = false;
-        let mut failed_over = false;
+        let mut recovery = Recovery::default();
         loop {
             let conn = self.connection().await?;
             deadline::before(until, "BEGIN")?;
@@ -197,17 +195,7 @@ impl Db {
                 Ok(value) => value,
                 Err(error) => {
                     rollback(adapter, &conn, until, open).await;
-                    // A stale prepared statement, dropped by now: prepared
-                    // again on the rerun.
-                    if error.is_stale_statement() && !reprepared {
-                        reprepared = true;
-                        continue;
-                    }
-                    if error.is_read_only() && !failed_over {
-                        // Refused before anything ran: the server turned
-                        // reader. Rerun on a connection to the new writer.
-                        failed_over = true;
-                        self.fail_over(&conn).await?;
+                    if recovery.again(self, &conn, &error).await? {
                         continue;
                     }
                     if rerun(&error) {
