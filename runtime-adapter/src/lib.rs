@@ -22,7 +22,15 @@
 //! - `statement`: how statements reach the server: named and cached, or
 //!   unnamed for transaction-mode poolers (`DB_POOLER_MODE`).
 //! - `retry`: backoff with full jitter, bounded by attempts and deadline.
-//! - `runtime`: [`Builder::run`], the Lambda loop, init-error reporting.
+//! - `runtime`: [`Builder::run`], the short path for a `LambdaEvent`
+//!   handler; init-error reporting; the answer to a panic.
+//! - `lifecycle`: [`Builder::start`], [`Lifecycle`] and [`LifecycleLayer`]:
+//!   the whole lifecycle (gate, metrics, shutdown, SnapStart, init errors,
+//!   error types, panics) for any Lambda service, `lambda_http`'s included.
+//!   `Builder::run` is built on it.
+//! - `axum` (feature `axum`): [`Db`] as an axum extractor (the gate runs when
+//!   a handler asks for one), and [`Error`] as a response that fails the
+//!   invocation with its `errorType`.
 //! - `stats`: counters, percentiles in fixed memory, and their [`Stats`]
 //!   snapshot.
 //! - `metrics`: CloudWatch EMF records, one per invocation.
@@ -35,6 +43,8 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod adapter;
+#[cfg(feature = "axum")]
+mod axum;
 mod cancel;
 pub mod config;
 pub mod credentials;
@@ -43,6 +53,7 @@ mod deadline;
 pub mod error;
 mod health;
 mod lease;
+mod lifecycle;
 mod metrics;
 mod pool;
 mod random;
@@ -60,6 +71,7 @@ pub use adapter::{Adapter, Builder};
 pub use config::{Config, ConfigError, ConfigWarning, PoolerMode};
 pub use db::{Db, Idempotent, RawClient};
 pub use error::{Error, ErrorKind, Phase};
+pub use lifecycle::{Lifecycle, LifecycleFuture, LifecycleLayer, LifecycleService, ResponseBody, LAYER_MISSING};
 pub use runtime::{report_init_error, HANDLER_PANICKED};
 pub use stats::{Percentiles, RefreshReason, Stats, WarmupTimings};
 pub use transaction::Tx;
