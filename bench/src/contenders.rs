@@ -21,6 +21,9 @@ pub(crate) enum Contender {
     Adapter,
     /// The same with `DB_METRICS=off`: what the per-invocation EMF record costs.
     AdapterMetricsOff,
+    /// The `orders-axum` example: the same API as an axum Router on
+    /// lambda_http under the lifecycle layer (cold starts only).
+    AdapterAxum,
     Bare,
     DeadpoolVerified,
     CheckEveryRequest,
@@ -53,10 +56,11 @@ impl Contender {
         all
     }
 
-    /// Compared on cold starts.
+    /// Compared on cold starts: the strategies, and `orders-axum` beside `orders`.
     pub(crate) fn cold() -> Vec<Self> {
         let mut all = Self::strategies();
-        all.insert(2, Self::FixedSleep);
+        all.insert(1, Self::AdapterAxum);
+        all.insert(3, Self::FixedSleep);
         all
     }
 
@@ -64,6 +68,7 @@ impl Contender {
         match self {
             Self::Adapter => "runtime-adapter (`orders`)",
             Self::AdapterMetricsOff => "runtime-adapter, `DB_METRICS=off`",
+            Self::AdapterAxum => "runtime-adapter, axum (`orders-axum`)",
             Self::Bare => "bare tokio-postgres client",
             Self::DeadpoolVerified => "deadpool-postgres `Verified`",
             Self::CheckEveryRequest => "`SELECT 1` before every request",
@@ -76,7 +81,7 @@ impl Contender {
     /// `BENCH_STRATEGY` of `bench-contender`; `None` for the adapter.
     fn strategy(self) -> Option<&'static str> {
         match self {
-            Self::Adapter | Self::AdapterMetricsOff => None,
+            Self::Adapter | Self::AdapterMetricsOff | Self::AdapterAxum => None,
             Self::Bare => Some("bare"),
             Self::DeadpoolVerified => Some("deadpool-verified"),
             Self::CheckEveryRequest => Some("check-every-request"),
@@ -90,6 +95,7 @@ impl Contender {
         match self {
             Self::Adapter => "adapter",
             Self::AdapterMetricsOff => "adapter-metrics-off",
+            Self::AdapterAxum => "adapter-axum",
             other => other.strategy().unwrap_or("adapter"),
         }
     }
@@ -99,6 +105,7 @@ impl Contender {
     pub(crate) fn builder(self, port: u16, purpose: &str) -> FunctionBuilder {
         let binary = match self {
             Self::Adapter | Self::AdapterMetricsOff => "orders",
+            Self::AdapterAxum => "orders-axum",
             _ => "bench-contender",
         };
         let url = format!("postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{port}/{APP_DATABASE}");

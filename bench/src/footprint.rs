@@ -15,7 +15,7 @@ pub(crate) struct BinarySize {
 }
 
 pub(crate) fn binary_sizes() -> Vec<BinarySize> {
-    ["orders", "bench-contender"].into_iter().map(binary_size).collect()
+    ["orders", "orders-axum", "bench-contender"].into_iter().map(binary_size).collect()
 }
 
 fn binary_size(name: &'static str) -> BinarySize {

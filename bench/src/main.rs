@@ -1,7 +1,8 @@
 //! `bench`: runtime-adapter side by side with the strategies users would
 //! otherwise pick, in one run against one throwaway PostgreSQL on loopback
 //! (`scripts/bench`; issue 7). Prints a Markdown report; `--out FILE` also
-//! writes it there; `--quick` makes every loop shorter.
+//! writes it there; `--quick` makes every loop shorter; `--cold N` takes N
+//! cold-start samples of each contender.
 //!
 //! Every contender is a real Lambda function binary in its own process,
 //! driving `lambda_runtime`'s loop against its own emulated Runtime API:
@@ -86,17 +87,25 @@ const QUICK: Plan = Plan {
 #[tokio::main]
 async fn main() {
     let mut quick = false;
+    let mut cold_samples: Option<usize> = None;
     let mut out: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--out" => out = Some(args.next().unwrap_or_else(|| usage("--out needs a file")).into()),
+            "--cold" => {
+                let n = args.next().and_then(|n| n.parse().ok()).filter(|n| *n > 0);
+                cold_samples = Some(n.unwrap_or_else(|| usage("--cold needs a number of samples, at least 1")));
+            }
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown argument `{other}`")),
         }
     }
-    let plan = if quick { QUICK } else { FULL };
+    let mut plan = if quick { QUICK } else { FULL };
+    if let Some(n) = cold_samples {
+        plan.cold_samples = n;
+    }
     let started = Instant::now();
     let load_before = load_average();
 
@@ -193,6 +202,6 @@ fn usage(problem: &str) -> ! {
     if !problem.is_empty() {
         eprintln!("bench: {problem}");
     }
-    eprintln!("usage: scripts/bench [--quick] [--out FILE]");
+    eprintln!("usage: scripts/bench [--quick] [--cold SAMPLES] [--out FILE]");
     std::process::exit(2);
 }

@@ -12,6 +12,10 @@
 //!   passes (warmup, max-age refresh, health check), single-flight.
 //! - `pool`: one generation of the deadpool pool; every connection it opens
 //!   passes both warmup phases; clean close (Terminate sent).
+//! - `lease`: a checked-out connection and what is known of its session
+//!   (requests in flight, open transaction, raw use); one released
+//!   mid-request or mid-transaction is rolled back before reuse.
+//! - `cancel`: cancel requests that wait for the server's close, as libpq's.
 //! - `warmup`: phase 1 (round trip) and phase 2 (prepare), and the retry
 //!   loop around a pool build.
 //! - `health`: when a check is due, and the check.
@@ -21,8 +25,17 @@
 //! - `transaction`: [`Db::transaction`], closures retried whole when safe.
 //! - `statement`: how statements reach the server: named and cached, or
 //!   unnamed for transaction-mode poolers (`DB_POOLER_MODE`).
+//! - `lru`: the bounded, least-recently-used statement caches.
 //! - `retry`: backoff with full jitter, bounded by attempts and deadline.
-//! - `runtime`: [`Builder::run`], the Lambda loop, init-error reporting.
+//! - `runtime`: [`Builder::run`], the short path for a `LambdaEvent`
+//!   handler; init-error reporting; the answer to a panic.
+//! - `lifecycle`: [`Builder::start`], [`Lifecycle`] and [`LifecycleLayer`]:
+//!   the whole lifecycle (gate, metrics, shutdown, SnapStart, init errors,
+//!   error types, panics) for any Lambda service, `lambda_http`'s included.
+//!   `Builder::run` is built on it.
+//! - `axum` (feature `axum`): [`Db`] as an axum extractor (the gate runs when
+//!   a handler asks for one), and [`Error`] as a response that fails the
+//!   invocation with its `errorType`.
 //! - `stats`: counters, percentiles in fixed memory, and their [`Stats`]
 //!   snapshot.
 //! - `metrics`: CloudWatch EMF records, one per invocation.
@@ -35,6 +48,8 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod adapter;
+#[cfg(feature = "axum")]
+mod axum;
 mod cancel;
 pub mod config;
 pub mod credentials;
@@ -43,6 +58,7 @@ mod deadline;
 pub mod error;
 mod health;
 mod lease;
+mod lifecycle;
 mod lru;
 mod metrics;
 mod pool;
@@ -61,6 +77,7 @@ pub use adapter::{Adapter, Builder};
 pub use config::{Config, ConfigError, ConfigWarning, PoolerMode};
 pub use db::{Db, Idempotent, RawClient};
 pub use error::{Error, ErrorKind, Phase};
+pub use lifecycle::{Lifecycle, LifecycleFuture, LifecycleLayer, LifecycleService, ResponseBody, LAYER_MISSING};
 pub use runtime::{report_init_error, HANDLER_PANICKED};
 pub use stats::{Percentiles, RefreshReason, Stats, WarmupTimings};
 pub use transaction::Tx;

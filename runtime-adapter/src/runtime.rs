@@ -1,20 +1,21 @@
-//! The Lambda side: [`Builder::run`] wraps a handler, and init errors are
-//! reported to the Runtime API the way Lambda expects them.
+//! The Lambda side: [`Builder::run`], the short path for a `LambdaEvent`
+//! handler, built on the `lifecycle` module's pieces ([`Builder::start`],
+//! [`LifecycleLayer`](crate::LifecycleLayer), [`Lifecycle::run`](crate::Lifecycle::run));
+//! init errors reported to the Runtime API the way Lambda expects them.
 //!
 //! A handler's error reaches Lambda as the `errorType` its
 //! `Into<Diagnostic>` gives: `runtime_adapter::Error` keeps its own
 //! (`RuntimeAdapter.DatabaseUnavailable`, …). A panic in the handler is
-//! caught here, around the handler's future, and answered as
+//! caught by the layer, around the handler's future, and answered as
 //! [`HANDLER_PANICKED`] with the panic's message; the environment keeps
 //! serving, and the invocation's metrics record is still written.
 
 use std::any::Any;
 use std::fmt::Debug;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 
-use futures_util::{FutureExt as _, Stream};
+use futures_util::Stream;
+use lambda_runtime::tower::Layer as _;
 use lambda_runtime::{Diagnostic, IntoFunctionResponse, LambdaEvent};
 use lambda_runtime_api_client::body::Body;
 use lambda_runtime_api_client::{build_request, PooledClient};
@@ -23,9 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::adapter::Builder;
 use crate::db::Db;
 use crate::error::Error;
-use crate::metrics::Invocation;
-use crate::shutdown;
-use crate::snapstart::SnapStart;
+use crate::lifecycle::gate;
 
 /// The `errorType` Lambda receives when the handler panicked; the
 /// `errorMessage` is `the handler panicked: ` and the panic's message.
@@ -69,53 +68,26 @@ impl Builder {
         D: Into<bytes::Bytes> + Send + 'static,
         E: Into<lambda_runtime::Error> + Send + Debug + 'static,
     {
-        let adapter = match self.init().await {
-            Ok(adapter) => adapter,
-            Err(error) => {
-                tracing::error!(%error, error_type = error.error_type(), "init failed");
-                report_init_error(&error).await;
-                return Err(error.into());
-            }
-        };
-        shutdown::install(adapter.clone()).await;
-        let snap_start = Arc::new(SnapStart(adapter.clone()));
-        let service = lambda_runtime::service_fn(move |event: LambdaEvent<A>| {
+        let lifecycle = self.start().await?;
+        let adapter = lifecycle.adapter().clone();
+        // The gate before the handler: a `LambdaEvent` handler always
+        // receives a `Db`. The rest of the lifecycle is the layer's.
+        let handler = lambda_runtime::service_fn(move |event: LambdaEvent<A>| {
             let adapter = adapter.clone();
             let handler = handler.clone();
             async move {
-                let context = event.context.clone();
-                let result = match adapter.db(&context).await {
-                    // Also a panic in the call itself, not only in the future
-                    // it returns.
-                    Ok(db) => match AssertUnwindSafe(async move { handler(db, event).await }).catch_unwind().await {
-                        Ok(result) => result.map_err(Into::into),
-                        Err(payload) => Err(panicked(payload.as_ref())),
-                    },
-                    Err(error) => {
-                        tracing::error!(%error, kind = ?error.kind(), "no database connection for this invocation");
-                        Err(Diagnostic::from(error))
-                    }
-                };
-                // After the handler, so the record holds the invocation's
-                // statements; before the answer, which may freeze the process.
-                let invocation =
-                    Invocation { request_id: &context.request_id, xray_trace_id: context.xray_trace_id.as_deref() };
-                adapter.flush_metrics(Some(invocation));
-                result
+                let db = gate(&adapter, &event.context).await.map_err(Diagnostic::from)?;
+                handler(db, event).await.map_err(Into::into)
             }
         });
-        let runtime = lambda_runtime::Runtime::new(service)
-            .layer(lambda_runtime::layers::TracingLayer::new())
-            .register_snapstart_resource(snap_start);
-        // Boxed: the runtime's future type is deep enough to overflow the
-        // compiler's query depth in the caller's `main`.
-        Box::pin(runtime.run_concurrent()).await
+        let service = lifecycle.layer().layer(handler);
+        lifecycle.run(lambda_runtime::Runtime::new(service)).await
     }
 }
 
 /// The answer to a handler that panicked: [`HANDLER_PANICKED`], with the
 /// panic's message when it is a string (as `panic!` makes it).
-fn panicked(payload: &(dyn Any + Send)) -> Diagnostic {
+pub(crate) fn panicked(payload: &(dyn Any + Send)) -> Diagnostic {
     let message =
         payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str));
     tracing::error!(error_type = HANDLER_PANICKED, panic = message, "the handler panicked");

@@ -24,6 +24,18 @@ const EXTENSION_NAME: &str = "runtime-adapter-graceful-shutdown";
 /// Registers the extension and starts waiting for the signals. Must run
 /// during INIT, before the runtime loop starts.
 pub(crate) async fn install(adapter: Adapter) {
+    // Outside Lambda (a service driven in-process) there is no Extensions
+    // API, and lambda_extension's client panics without its address.
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_none() {
+        tracing::debug!("no AWS_LAMBDA_RUNTIME_API: the shutdown extension is not registered");
+    } else {
+        register().await;
+    }
+    listen(adapter);
+}
+
+/// Registers the no-op extension, so that Lambda sends SIGTERM.
+async fn register() {
     match Extension::new().with_events(&[]).with_extension_name(EXTENSION_NAME).register().await {
         Ok(extension) => {
             tokio::spawn(async move {
@@ -37,6 +49,10 @@ pub(crate) async fn install(adapter: Adapter) {
             tracing::warn!(%error, "could not register the shutdown extension; Lambda will not send SIGTERM");
         }
     }
+}
+
+/// Waits for SIGTERM or SIGINT in a task, then closes the pool and exits.
+fn listen(adapter: Adapter) {
     let (mut terminate, mut interrupt) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
         (Err(error), _) | (_, Err(error)) => {

@@ -1,6 +1,7 @@
-//! Fixtures for the `orders` example: its migration, API Gateway HTTP API
-//! (payload v2) events built from the fixtures in `example-functions/events`,
-//! and [`OrdersEnv`], a throwaway PostgreSQL + Runtime API + running function.
+//! Fixtures for the `orders` example and its axum twin `orders-axum`: their
+//! migration, API Gateway HTTP API (payload v2), REST API (v1) and ALB events
+//! built from the fixtures in `example-functions/events`, and [`OrdersEnv`],
+//! a throwaway PostgreSQL + Runtime API + running function.
 
 use std::time::Duration;
 
@@ -13,6 +14,15 @@ pub const MIGRATION: &str = include_str!("../../example-functions/migrations/000
 
 const POST_EVENT: &str = include_str!("../../example-functions/events/post-order.json");
 const GET_EVENT: &str = include_str!("../../example-functions/events/get-order.json");
+const REST_GET_EVENT: &str = include_str!("../../example-functions/events/rest-get-order.json");
+const ALB_GET_EVENT: &str = include_str!("../../example-functions/events/alb-get-order.json");
+
+/// The binary of the `orders` example.
+pub const ORDERS_BIN: &str = "orders";
+/// The binary of the `orders-axum` example: the same API on axum and
+/// lambda_http. The tests run it under the same function name as `orders`,
+/// so that the server log and the EMF records are read the same way.
+pub const AXUM_BIN: &str = "orders-axum";
 
 /// The function name the tests give `orders`; the adapter uses it as the
 /// connections' `application_name`, which is how tests find its backends.
@@ -43,6 +53,57 @@ pub fn get_order(id: &str) -> Value {
     event["requestContext"]["http"]["path"] = Value::String(format!("/orders/{id}"));
     event["pathParameters"]["id"] = Value::String(id.to_owned());
     event
+}
+
+/// An API Gateway v2 request: `method` on `path`, with `body` if any.
+#[must_use]
+pub fn v2_request(method: &str, path: &str, body: Option<&str>) -> Value {
+    let mut event: Value = serde_json::from_str(POST_EVENT).expect("post-order.json is JSON");
+    event["routeKey"] = Value::String(format!("{method} {path}"));
+    event["requestContext"]["routeKey"] = event["routeKey"].clone();
+    event["rawPath"] = Value::String(path.to_owned());
+    event["requestContext"]["http"]["method"] = Value::String(method.to_owned());
+    event["requestContext"]["http"]["path"] = Value::String(path.to_owned());
+    event["body"] = body.map_or(Value::Null, |b| Value::String(b.to_owned()));
+    event
+}
+
+/// An API Gateway REST API (payload v1) request on the `prod` stage:
+/// `method` on `path`, with `body` if any. lambda_http puts the stage in
+/// front of the path unless `AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH` is set.
+#[must_use]
+pub fn rest_request(method: &str, path: &str, body: Option<&str>) -> Value {
+    let mut event: Value = serde_json::from_str(REST_GET_EVENT).expect("rest-get-order.json is JSON");
+    event["httpMethod"] = Value::String(method.to_owned());
+    event["requestContext"]["httpMethod"] = Value::String(method.to_owned());
+    event["path"] = Value::String(path.to_owned());
+    event["requestContext"]["path"] = Value::String(format!("/prod{path}"));
+    match path.strip_prefix("/orders/") {
+        Some(id) => event["pathParameters"]["id"] = Value::String(id.to_owned()),
+        None => event["pathParameters"] = Value::Null,
+    }
+    event["body"] = body.map_or(Value::Null, |b| Value::String(b.to_owned()));
+    event
+}
+
+/// An Application Load Balancer request: `method` on `path`, with `body`.
+#[must_use]
+pub fn alb_request(method: &str, path: &str, body: &str) -> Value {
+    let mut event: Value = serde_json::from_str(ALB_GET_EVENT).expect("alb-get-order.json is JSON");
+    event["httpMethod"] = Value::String(method.to_owned());
+    event["path"] = Value::String(path.to_owned());
+    event["body"] = Value::String(body.to_owned());
+    event
+}
+
+/// Every line of `output` that is an EMF record, parsed.
+#[must_use]
+pub fn emf_records(output: &str) -> Vec<Value> {
+    output
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|v| v.get("_aws").is_some())
+        .collect()
 }
 
 /// The status code of an API Gateway v2 response.
@@ -82,12 +143,25 @@ impl OrdersEnv {
 
     /// As [`OrdersEnv::start`], on a database the caller prepared.
     pub async fn start_with(pg: Postgres, env: &[(&str, &str)]) -> Self {
+        Self::start_bin_with(ORDERS_BIN, pg, env).await
+    }
+
+    /// As [`OrdersEnv::start`], running `orders-axum` instead.
+    pub async fn start_axum(env: &[(&str, &str)]) -> Self {
+        let pg = postgres().await;
+        pg.apply_sql_as_app(MIGRATION).await;
+        Self::start_bin_with(AXUM_BIN, pg, env).await
+    }
+
+    /// As [`OrdersEnv::start_with`], running the binary `bin`
+    /// ([`ORDERS_BIN`] or [`AXUM_BIN`]).
+    pub async fn start_bin_with(bin: &str, pg: Postgres, env: &[(&str, &str)]) -> Self {
         let api = RuntimeApi::start_for(FUNCTION_NAME).await;
-        let function = orders_function(&pg, env).spawn(&api);
+        let function = function_for(bin, &pg, env).spawn(&api);
         let env = Self { pg, api, function };
         assert!(
             env.api.wait_next_polls(1, STARTUP).await,
-            "orders never polled for an event; its output:\n{}",
+            "{bin} never polled for an event; its output:\n{}",
             env.function.output()
         );
         env
@@ -116,7 +190,14 @@ pub async fn postgres_watching_closes() -> Postgres {
 /// The `orders` binary configured for `pg`, with `env` on top.
 #[must_use]
 pub fn orders_function(pg: &Postgres, env: &[(&str, &str)]) -> FunctionBuilder {
-    let mut builder = Function::builder(bin_path("orders")).name(FUNCTION_NAME).env("DATABASE_URL", pg.database_url());
+    function_for(ORDERS_BIN, pg, env)
+}
+
+/// The binary `bin` ([`ORDERS_BIN`] or [`AXUM_BIN`]) as function
+/// [`FUNCTION_NAME`], configured for `pg`, with `env` on top.
+#[must_use]
+pub fn function_for(bin: &str, pg: &Postgres, env: &[(&str, &str)]) -> FunctionBuilder {
+    let mut builder = Function::builder(bin_path(bin)).name(FUNCTION_NAME).env("DATABASE_URL", pg.database_url());
     for (key, value) in env {
         builder = builder.env(key, value);
     }

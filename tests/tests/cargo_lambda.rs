@@ -41,6 +41,14 @@ async fn watch_serves_from_the_database_in_its_environment() {
     let row =
         client.query_one("SELECT item, quantity FROM orders WHERE id = $1", &[&id]).await.expect("committed here");
     assert_eq!((row.get::<_, String>(0), row.get::<_, i32>(1)), ("coffee beans".to_owned(), 2));
+
+    // The axum example, on the same watcher: an HTTP API (v2) and an ALB event.
+    let found = watch.invoke("orders-axum", "example-functions/events/get-order.json").await;
+    assert_eq!(status(&found), 200, "{found}\nwatch output:\n{}", watch.output());
+    assert_eq!(body(&found)["item"], "only in this database");
+    let alb = watch.invoke("orders-axum", "example-functions/events/alb-get-order.json").await;
+    assert_eq!(status(&alb), 200, "{alb}\nwatch output:\n{}", watch.output());
+    assert_eq!(body(&alb)["item"], "only in this database");
     assert!(!watch.output().contains(integration_tests::APP_PASSWORD), "the password stays out of the logs");
 }
 

@@ -15,42 +15,17 @@ use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::http::{HeaderValue, Method};
 use base64::Engine as _;
-use chrono::{DateTime, Utc};
 use example_functions::order::NewOrder;
-use runtime_adapter::{Adapter, Db, Error, LambdaEvent, Row};
+use example_functions::orders_api::{Order, GET_ORDER, INSERT_ORDER};
+use runtime_adapter::{Adapter, Db, Error, LambdaEvent};
 use serde::Serialize;
 use serde_json::json;
-
-/// Declared to the adapter: prepared on every connection at INIT, so a
-/// schema problem fails INIT and no invocation pays a prepare.
-const GET_ORDER: &str = "SELECT id, item, quantity, created_at FROM orders WHERE id = $1";
-const INSERT_ORDER: &str =
-    "INSERT INTO orders (item, quantity) VALUES ($1, $2) RETURNING id, item, quantity, created_at";
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     // Honours AWS_LAMBDA_LOG_FORMAT and AWS_LAMBDA_LOG_LEVEL.
     lambda_runtime::tracing::init_default_subscriber();
     Adapter::builder().statement(GET_ORDER).statement(INSERT_ORDER).run(handle).await
-}
-
-#[derive(Debug, Serialize)]
-struct Order {
-    id: i64,
-    item: String,
-    quantity: i32,
-    created_at: DateTime<Utc>,
-}
-
-impl Order {
-    fn from_row(row: &Row) -> Result<Self, runtime_adapter::tokio_postgres::Error> {
-        Ok(Self {
-            id: row.try_get("id")?,
-            item: row.try_get("item")?,
-            quantity: row.try_get("quantity")?,
-            created_at: row.try_get("created_at")?,
-        })
-    }
 }
 
 async fn handle(db: Db, event: LambdaEvent<ApiGatewayV2httpRequest>) -> Result<ApiGatewayV2httpResponse, Error> {

@@ -1,0 +1,316 @@
+//! The adapter's lifecycle for any Lambda service: [`Builder::start`] and
+//! [`Lifecycle`] for what happens once per environment, [`LifecycleLayer`]
+//! for what happens around each invocation.
+//!
+//! Once per environment, at INIT ([`Builder::start`]): the pool is built and
+//! warmed, a permanent failure is reported to `/runtime/init/error`, and the
+//! shutdown extension and signal handlers are installed. [`Lifecycle::run`]
+//! then registers the SnapStart hooks and runs the loop.
+//!
+//! Around each invocation ([`LifecycleLayer`], a tower layer): the handler's
+//! panic is caught and answered as [`HANDLER_PANICKED`](crate::HANDLER_PANICKED), its error becomes a
+//! [`Diagnostic`] (keeping the adapter's `RuntimeAdapter.*` types), and the
+//! invocation's EMF record is written after the handler, before the answer.
+//!
+//! The layer wraps two kinds of services:
+//! - `Service<LambdaEvent<T>>`, as [`Builder::run`] does;
+//! - `Service<http::Request<B>>` answering `http::Response<RB>`, inside
+//!   `lambda_http` (an axum `Router`, for one). The layer puts the
+//!   [`Adapter`] into the request's extensions, where the `Db` extractor
+//!   (feature `axum`) finds it with the invocation's `Context` that
+//!   `lambda_http` put there, and runs the gate only when a handler asks for
+//!   a `Db`: a route that never touches the database never checks one out.
+//!   A response carrying a database failure (what an adapter [`Error`]
+//!   becomes as an axum response) fails the invocation with that error's
+//!   `errorType` rather than answering 500.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context as TaskContext, Poll};
+
+use futures_util::FutureExt as _;
+use lambda_runtime::layers::TracingLayer;
+use lambda_runtime::tower::{Layer, Service};
+use lambda_runtime::{Context, Diagnostic, LambdaEvent, LambdaInvocation, Runtime, SnapStartResource};
+
+use crate::adapter::{Adapter, Builder};
+use crate::db::Db;
+use crate::error::Error;
+use crate::metrics::Invocation;
+use crate::runtime::{panicked, report_init_error};
+use crate::shutdown;
+use crate::snapstart::SnapStart;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Builder {
+    /// INIT for a service of your own: initializes the adapter
+    /// ([`Builder::init`]), reports a permanent failure to Lambda as an init
+    /// error whose message names the cause, and installs graceful shutdown
+    /// (SIGTERM closes every connection with Terminate and writes the last
+    /// metrics record). Then wrap the service in [`Lifecycle::layer`] and
+    /// run it with [`Lifecycle::run`].
+    ///
+    /// ```no_run
+    /// use lambda_runtime::tower::Layer as _;
+    /// use lambda_runtime::{service_fn, LambdaEvent, Runtime};
+    /// use runtime_adapter::{Adapter, Error};
+    /// use serde_json::Value;
+    ///
+    /// # async fn app() -> Result<(), lambda_runtime::Error> {
+    /// let lifecycle = Adapter::builder().statement("SELECT 1").start().await?;
+    /// let handler = service_fn(|event: LambdaEvent<Value>| async move { Ok::<_, Error>(event.payload) });
+    /// let service = lifecycle.layer().layer(handler);
+    /// lifecycle.run(Runtime::new(service)).await
+    /// # }
+    /// ```
+    ///
+    /// With `lambda_http` (an axum `Router` as `router`):
+    /// `lifecycle.run(lambda_http::runtime_concurrent(lifecycle.layer().layer(router)))`.
+    ///
+    /// # Errors
+    ///
+    /// The init failure, already reported to Lambda.
+    pub async fn start(self) -> Result<Lifecycle, Error> {
+        let adapter = match self.init().await {
+            Ok(adapter) => adapter,
+            Err(error) => {
+                tracing::error!(%error, error_type = error.error_type(), "init failed");
+                report_init_error(&error).await;
+                return Err(error);
+            }
+        };
+        shutdown::install(adapter.clone()).await;
+        Ok(Lifecycle { adapter })
+    }
+}
+
+/// An initialized adapter with graceful shutdown installed, made by
+/// [`Builder::start`]: the layer for each invocation, and the loop.
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    adapter: Adapter,
+}
+
+impl Lifecycle {
+    /// The adapter, for code that needs it outside a handler.
+    #[must_use]
+    pub fn adapter(&self) -> &Adapter {
+        &self.adapter
+    }
+
+    /// The tower layer that brings the per-invocation lifecycle (panics,
+    /// errors, metrics, the `Db` extractor's adapter) to a service.
+    #[must_use]
+    pub fn layer(&self) -> LifecycleLayer {
+        LifecycleLayer { adapter: self.adapter.clone() }
+    }
+
+    /// The SnapStart hooks (pool closed before the snapshot, re-warmed after
+    /// each restore), for a [`Runtime`] you run yourself;
+    /// [`Lifecycle::run`] registers them.
+    #[must_use]
+    pub fn snap_start(&self) -> Arc<dyn SnapStartResource> {
+        Arc::new(SnapStart(self.adapter.clone()))
+    }
+
+    /// Runs `runtime` (`Runtime::new(service)`, or
+    /// `lambda_http::runtime_concurrent(service)`) with the SnapStart hooks
+    /// registered and lambda_runtime's `TracingLayer` (one span per
+    /// invocation carrying its request id), on the concurrent loop: with
+    /// `AWS_LAMBDA_MAX_CONCURRENCY` above 1 that many invocations share the
+    /// pool.
+    ///
+    /// The service given to the runtime should be wrapped in
+    /// [`Lifecycle::layer`]; without it no metrics are written and panics
+    /// keep lambda_runtime's own error type.
+    ///
+    /// # Errors
+    ///
+    /// The runtime's own error.
+    pub async fn run<S>(self, runtime: Runtime<S>) -> Result<(), lambda_runtime::Error>
+    where
+        S: Service<LambdaInvocation, Response = (), Error = BoxError> + Clone + Send + 'static,
+        S::Future: Send,
+    {
+        let runtime = runtime.register_snapstart_resource(self.snap_start()).layer(TracingLayer::new());
+        // Boxed: the runtime's future type is deep enough to overflow the
+        // compiler's query depth in the caller's `main`.
+        Box::pin(runtime.run_concurrent()).await
+    }
+}
+
+/// The per-invocation lifecycle as a tower [`Layer`]; see the module docs.
+#[derive(Debug, Clone)]
+pub struct LifecycleLayer {
+    adapter: Adapter,
+}
+
+impl<S> Layer<S> for LifecycleLayer {
+    type Service = LifecycleService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        LifecycleService { inner, adapter: self.adapter.clone() }
+    }
+}
+
+/// A service wrapped in [`LifecycleLayer`].
+#[derive(Debug, Clone)]
+pub struct LifecycleService<S> {
+    inner: S,
+    adapter: Adapter,
+}
+
+/// The future of a [`LifecycleService`].
+pub type LifecycleFuture<R> = Pin<Box<dyn Future<Output = Result<R, Diagnostic>> + Send>>;
+
+impl<S> LifecycleService<S> {
+    /// The inner service that was polled ready, leaving a fresh clone in its
+    /// place (tower's rule: call the instance that reported ready).
+    fn take_ready(&mut self) -> S
+    where
+        S: Clone,
+    {
+        let clone = self.inner.clone();
+        std::mem::replace(&mut self.inner, clone)
+    }
+}
+
+impl<S, T, R> Service<LambdaEvent<T>> for LifecycleService<S>
+where
+    S: Service<LambdaEvent<T>, Response = R> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<Diagnostic>,
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    type Response = R;
+    type Error = Diagnostic;
+    type Future = LifecycleFuture<R>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Diagnostic>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, event: LambdaEvent<T>) -> Self::Future {
+        let mut inner = self.take_ready();
+        let record = Record::of(&event.context);
+        let handled = async move { inner.call(event).await.map_err(Into::into) };
+        Box::pin(invocation(self.adapter.clone(), record, handled))
+    }
+}
+
+impl<S, B, RB> Service<http::Request<B>> for LifecycleService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<Diagnostic>,
+    B: Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = http::Response<ResponseBody<RB>>;
+    type Error = Diagnostic;
+    type Future = LifecycleFuture<http::Response<ResponseBody<RB>>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Diagnostic>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let mut inner = self.take_ready();
+        let record = request.extensions().get::<Context>().map(Record::of).unwrap_or_default();
+        request.extensions_mut().insert(self.adapter.clone());
+        let handled = async move {
+            let mut response = inner.call(request).await.map_err(Into::into)?;
+            match response.extensions_mut().remove::<Failed>() {
+                Some(Failed(diagnostic)) => Err(diagnostic),
+                None => Ok(response.map(|body| ResponseBody(Mutex::new(body)))),
+            }
+        };
+        Box::pin(invocation(self.adapter.clone(), record, handled))
+    }
+}
+
+/// An HTTP service's response body, made `Sync`, which
+/// `lambda_http::runtime_concurrent` requires of a response and axum's body
+/// is not. Never locked while polled: the mutex is there for its `Sync`.
+#[derive(Debug)]
+pub struct ResponseBody<B>(Mutex<B>);
+
+impl<B> http_body::Body for ResponseBody<B>
+where
+    B: http_body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let body = self.get_mut().0.get_mut().unwrap_or_else(PoisonError::into_inner);
+        Pin::new(body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.try_lock().is_ok_and(|body| body.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.try_lock().map(|body| body.size_hint()).unwrap_or_default()
+    }
+}
+
+/// What an invocation's metrics record names.
+#[derive(Debug, Default)]
+struct Record {
+    request_id: String,
+    xray_trace_id: Option<String>,
+}
+
+impl Record {
+    fn of(context: &Context) -> Self {
+        Self { request_id: context.request_id.clone(), xray_trace_id: context.xray_trace_id.clone() }
+    }
+}
+
+/// One invocation: the handler, a panic in it answered as
+/// [`HANDLER_PANICKED`](crate::HANDLER_PANICKED), then the metrics record.
+async fn invocation<R>(
+    adapter: Adapter,
+    record: Record,
+    handled: impl Future<Output = Result<R, Diagnostic>>,
+) -> Result<R, Diagnostic> {
+    // Also a panic in the inner service's `call`, which runs inside this
+    // future, not only in the future it returns.
+    let result = match AssertUnwindSafe(handled).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => Err(panicked(payload.as_ref())),
+    };
+    // After the handler, so the record holds the invocation's statements;
+    // before the answer, which may freeze the process.
+    adapter.flush_metrics(Some(Invocation {
+        request_id: &record.request_id,
+        xray_trace_id: record.xray_trace_id.as_deref(),
+    }));
+    result
+}
+
+/// The gate for one invocation: a warmed [`Db`], or the error that reaches
+/// Lambda, logged once here.
+pub(crate) async fn gate(adapter: &Adapter, context: &Context) -> Result<Db, Error> {
+    adapter.db(context).await.inspect_err(|error| {
+        tracing::error!(%error, kind = ?error.kind(), "no database connection for this invocation");
+    })
+}
+
+/// Marks an HTTP response that stands for a failed invocation: the layer
+/// answers Lambda with this [`Diagnostic`] instead of the response.
+#[derive(Debug, Clone)]
+pub(crate) struct Failed(pub(crate) Diagnostic);
+
+/// The `errorType` of an invocation whose handler asked for a `Db` from a
+/// service that is not wrapped in [`LifecycleLayer`].
+pub const LAYER_MISSING: &str = "RuntimeAdapter.LayerMissing";
