@@ -21,8 +21,10 @@ fn emf_records(output: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The sum of a counter over the records; a record without it fails the
+/// test (a renamed metric must not read as zero).
 fn sum(records: &[Value], metric: &str) -> u64 {
-    records.iter().map(|r| r[metric].as_u64().unwrap_or(0)).sum()
+    records.iter().map(|r| r[metric].as_u64().unwrap_or_else(|| panic!("a record without {metric}: {r}"))).sum()
 }
 
 #[tokio::test]

@@ -221,7 +221,10 @@ async fn ten_thousand_invocations_from_64_senders_through_the_pooler() {
         .filter(|v| v.get("_aws").is_some())
         .collect();
     assert!(records.len() >= total, "a record per invocation: {}", records.len());
-    let checks: u64 = records.iter().map(|r| r["HealthChecksRun"].as_u64().unwrap_or(0)).sum();
+    let checks: u64 = records
+        .iter()
+        .map(|r| r["HealthChecksRun"].as_u64().unwrap_or_else(|| panic!("a record without HealthChecksRun: {r}")))
+        .sum();
     assert_eq!(checks, bursts as u64, "exactly one health check each time the interval expired");
     let slowest_wait = records
         .iter()
