@@ -20,7 +20,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, TcpListener},
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Output, Stdio},
     time::{Duration, Instant},
@@ -106,7 +106,7 @@ impl Watch {
     /// environment (as a user's shell would give it), and waits until its
     /// Runtime API listens. Functions start on their first invocation.
     pub async fn start(env: &[(&str, &str)]) -> Watch {
-        let port = free_port();
+        let port = crate::free_port();
         let dir = tempfile::Builder::new().prefix("cargo-lambda-watch-").tempdir().expect("create temp dir");
         let log = std::fs::File::create(dir.path().join("watch.log")).expect("create watch.log");
         let log_err = log.try_clone().expect("clone watch.log handle");
@@ -210,10 +210,4 @@ impl Drop for Watch {
             std::thread::sleep(POLL_INTERVAL);
         }
     }
-}
-
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free port");
-    listener.local_addr().expect("local address").port()
 }

@@ -27,7 +27,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::runtime_api::RuntimeApi;
+use crate::runtime_api::{InitError, RuntimeApi};
 
 /// Inherited variables with these prefixes are removed from the child's environment.
 const SCRUBBED_PREFIXES: [&str; 3] = ["DB_", "DATABASE_URL", "AWS_LAMBDA_"];
@@ -308,6 +308,21 @@ impl Function {
             // Fails only if it exited in the meantime.
             let _ = self.child.start_kill();
         }
+    }
+
+    /// Waits for the init error this function reports to `api`, then checks
+    /// that INIT failed the way Lambda needs: the process exits non-zero and
+    /// never asked for an event (the handler never ran). Panics with the
+    /// function's output if no init error comes within `timeout`.
+    pub async fn expect_init_error(&mut self, api: &RuntimeApi, timeout: Duration) -> InitError {
+        let error = api
+            .wait_init_error(timeout)
+            .await
+            .unwrap_or_else(|| panic!("no init error reported; output:\n{}", self.output()));
+        let status = self.wait_exit(timeout).await.expect("the function exits after an init error");
+        assert!(!status.success(), "a failed INIT exits non-zero: {status:?}");
+        assert_eq!(api.next_polls(), 0, "the handler never ran: no event was asked for");
+        error
     }
 
     /// Send SIGTERM (graceful shutdown, as Lambda does) if it is still running.

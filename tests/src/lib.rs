@@ -19,6 +19,8 @@
 //! - [`cargo_lambda`]: `cargo lambda watch` as a child process, and `cargo lambda invoke`.
 //! - [`certs`]: a test CA and server certificates made with rcgen, and a PostgreSQL with
 //!   `ssl=on` serving them.
+//! - [`container_credentials`]: an AWS container credentials endpoint that hands out a new
+//!   key on every request.
 //! - [`moto`]: moto's server (Secrets Manager) as a child process, and the environment
 //!   that points the adapter at it; botocore's RDS IAM token for comparison.
 //!
@@ -27,6 +29,7 @@
 
 pub mod cargo_lambda;
 pub mod certs;
+pub mod container_credentials;
 pub mod function;
 pub mod inproc;
 pub mod migrations;
@@ -40,6 +43,6 @@ pub mod server_log;
 pub mod worker;
 
 pub use function::{bin_path, Function, FunctionBuilder};
-pub use postgres::{Postgres, PostgresBuilder, APP_DATABASE, APP_PASSWORD, APP_USER};
+pub use postgres::{free_port, Postgres, PostgresBuilder, APP_DATABASE, APP_PASSWORD, APP_USER};
 pub use proxy::FaultProxy;
 pub use runtime_api::{InitError, Invocation, InvokeOptions, Outcome, PendingInvocation, RuntimeApi};

@@ -6,7 +6,6 @@
 //! child process, killed when the value is dropped; [`Moto::env`] is the
 //! environment that points the adapter at it with static test credentials.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -41,7 +40,7 @@ impl Moto {
     pub async fn start() -> Self {
         let server = venv_bin("moto_server");
         assert!(server.exists(), "{} is missing: {INSTALL_HINT}", server.display());
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let port = crate::free_port();
         let child = Command::new(&server)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())

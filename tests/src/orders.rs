@@ -3,11 +3,12 @@
 //! built from the fixtures in `example-functions/events`, and [`OrdersEnv`],
 //! a throwaway PostgreSQL + Runtime API + running function.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{bin_path, Function, FunctionBuilder, Postgres, RuntimeApi};
+use crate::server_log::Log;
+use crate::{bin_path, FaultProxy, Function, FunctionBuilder, Postgres, RuntimeApi};
 
 /// The example's schema.
 pub const MIGRATION: &str = include_str!("../../example-functions/migrations/0001_orders.sql");
@@ -166,6 +167,71 @@ impl OrdersEnv {
         );
         env
     }
+
+    /// As [`OrdersEnv::start_bin_with`], with the function reaching `pg`
+    /// through a [`FaultProxy`] (its `DATABASE_URL` points at the proxy).
+    pub async fn start_behind_proxy(bin: &str, pg: Postgres, env: &[(&str, &str)]) -> (Self, FaultProxy) {
+        let proxy = FaultProxy::for_postgres(&pg).await;
+        let url = proxy.url_for(&pg.database_url());
+        let mut settings = vec![("DATABASE_URL", url.as_str())];
+        settings.extend_from_slice(env);
+        (Self::start_bin_with(bin, pg, &settings).await, proxy)
+    }
+
+    /// Sends SIGTERM, as Lambda does at shutdown, and checks what Lambda's
+    /// shutdown contract and the server need: a clean exit within 500 ms and
+    /// every backend of the function (taken before the signal) closed with
+    /// the Terminate message, as the server logged it. Needs a server from
+    /// [`postgres_watching_closes`]. Returns how long the exit took and the
+    /// function's whole output.
+    pub async fn terminate_and_check_closes(&mut self) -> (Duration, String) {
+        let pids = self.pg.backend_pids(FUNCTION_NAME).await;
+        assert!(!pids.is_empty(), "the function holds connections before SIGTERM");
+        let signalled = Instant::now();
+        self.function.terminate();
+        let exit = self.function.wait_exit(Duration::from_secs(5)).await.expect("the function exits");
+        let took = signalled.elapsed();
+        assert!(exit.success(), "a clean exit: {exit:?}");
+        assert!(took < Duration::from_millis(500), "within Lambda's shutdown window: {took:?}");
+        for pid in pids {
+            let tag = format!("[{pid}] {FUNCTION_NAME} LOG:  disconnection");
+            assert!(self.pg.wait_for_log(0, &tag, Duration::from_secs(5)).await, "backend {pid} closed");
+            let lines = Log::new(self.pg.read_log()).for_pid(pid);
+            assert_eq!(lines.counts().unclean_closes, 0, "backend {pid} got Terminate:\n{}", lines.text());
+        }
+        let output = self.function.output();
+        assert!(output.contains("shutdown complete"), "{output}");
+        (took, output)
+    }
+}
+
+/// An order id whose 8 bytes (big-endian, as tokio-postgres binds an `int8`)
+/// appear in nothing else the function sends: a [`FaultProxy`] trigger on
+/// them fires on the handler's own statement only.
+pub const CUT_ID: i64 = 0x0102_0304_0506_0708;
+
+/// The connection is lost inside the handler, after the gate passed: a GET
+/// for [`CUT_ID`] has its statement cut by `proxy`. Checks what Lambda
+/// receives, the adapter's `DatabaseUnavailable` through the handler's `?`
+/// after the single attempt `DB_RETRY_ATTEMPTS=1` allows, and that the next
+/// invocation is served.
+pub async fn check_an_outage_inside_the_handler(env: &OrdersEnv, proxy: &FaultProxy) {
+    proxy.cut_when_client_sends(&CUT_ID.to_be_bytes());
+    let lost = env.api.invoke(get_order(&CUT_ID.to_string())).await;
+    assert!(proxy.wait_cut(Duration::from_secs(5)).await, "the cut happened inside the handler");
+    assert_eq!(lost.outcome.error_type(), Some("RuntimeAdapter.DatabaseUnavailable"), "{:?}", lost.outcome);
+    let message = lost.outcome.error_message().expect("a message");
+    assert!(message.starts_with("database unavailable after 1 attempt(s)"), "{message}");
+    let next = env.api.invoke(get_order("1")).await;
+    assert_eq!(status(next.response()), 404, "served again: {:?}", next.outcome);
+}
+
+/// The orders another session sees as committed, as `(item, quantity)` in
+/// id order: what a test compares with what it sent, rather than a count.
+pub async fn committed_orders(pg: &Postgres) -> Vec<(String, i32)> {
+    let client = pg.app_client().await;
+    let rows = client.query("SELECT item, quantity FROM orders ORDER BY id", &[]).await.expect("read the orders");
+    rows.iter().map(|row| (row.get(0), row.get(1))).collect()
 }
 
 /// A throwaway PostgreSQL that logs every protocol step, so that tests can

@@ -676,7 +676,7 @@ fn signal(pid: i32, signal: &str) {
 
 /// A loopback port that was free a moment ago and that no other server of this process
 /// has used (the kernel may hand a just-released port out again).
-pub(crate) fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     loop {
         let port = std::net::TcpListener::bind("127.0.0.1:0")

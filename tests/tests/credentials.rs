@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 use integration_tests::certs::{tls_postgres, TestCa};
+use integration_tests::container_credentials::ContainerCredentials;
 use integration_tests::inproc::context;
 use integration_tests::moto::{botocore_db_auth_token, Moto, ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY};
 use integration_tests::orders::{orders_function, postgres, FUNCTION_NAME, MIGRATION, STARTUP};
@@ -144,15 +145,10 @@ async fn a_wrong_secret_arn_fails_init_with_a_clear_message() {
     let mut env: Vec<(&str, &str)> = vec![("DB_SECRET_ARN", missing)];
     let moto_env = moto.env();
     env.extend(moto_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let function = orders_function(&pg, &env).spawn(&api);
-    let init_error = api
-        .wait_init_error(STARTUP)
-        .await
-        .unwrap_or_else(|| panic!("no init error reported; output:\n{}", function.output()));
+    let init_error = orders_function(&pg, &env).spawn(&api).expect_init_error(&api, STARTUP).await;
     assert_eq!(init_error.error_type(), Some("RuntimeAdapter.CredentialsUnavailable"));
     let reported = init_error.error_message().unwrap_or_default();
     assert!(reported.contains("DB_SECRET_ARN") && reported.contains("ResourceNotFoundException"), "{reported}");
-    assert_eq!(api.next_polls(), 0, "the handler never ran");
 }
 
 #[test]
@@ -242,6 +238,37 @@ async fn iam_auth_offers_a_fresh_token_over_tls_and_a_refusal_fails_init() {
         warnings.iter().any(|w| w.contains("longer than the 15 minutes an IAM authentication token is valid")),
         "{warnings:?}"
     );
+}
+
+#[tokio::test]
+async fn a_refused_iam_token_is_followed_by_one_signed_with_renewed_credentials() {
+    // The function reads its AWS credentials as on ECS or SnapStart: from a
+    // container credentials endpoint, which hands out a new key each time.
+    // A token names its key (X-Amz-Credential), so a token signed after the
+    // renewal differs from the refused one.
+    let ca = TestCa::new("iam renewal CA");
+    let (pg, _files) = tls_postgres(&ca.server_cert(&["localhost"])).await;
+    let endpoint = ContainerCredentials::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = ca.write_pem(dir.path()).display().to_string();
+    let url = format!("postgres://{APP_USER}@localhost:{}/{APP_DATABASE}?sslmode=verify-full", pg.port());
+    let mut env: Vec<(String, String)> = endpoint.env();
+    env.extend(
+        [("DATABASE_URL", url.as_str()), ("DB_IAM_AUTH", "true"), ("DB_SSL_ROOT_CERT", &root), ("AWS_REGION", REGION)]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mark = pg.log_mark();
+    let api = RuntimeApi::start_for(FUNCTION_NAME).await;
+    let error = orders_function(&pg, &env).spawn(&api).expect_init_error(&api, STARTUP).await;
+    let message = error.error_message().unwrap_or_default();
+    assert!(message.contains("28P01"), "the server's refusal: {message}");
+
+    let log = pg.log_since(mark);
+    assert_eq!(log.matches("password authentication failed").count(), 2, "two tokens offered:\n{log}");
+    let keys = endpoint.served();
+    assert_eq!(keys.len(), 2, "credentials fetched for the first token and renewed for the second: {keys:?}");
+    assert_ne!(keys[0], keys[1], "the second token is signed with other credentials than the refused one");
 }
 
 #[tokio::test]

@@ -7,19 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use integration_tests::orders::{
-    get_order, orders_function, post_valid_order, postgres, status, OrdersEnv, FUNCTION_NAME, MIGRATION, STARTUP,
+    committed_orders, get_order, orders_function, post_valid_order, postgres, status, OrdersEnv, FUNCTION_NAME,
+    MIGRATION, ORDERS_BIN, STARTUP,
 };
-use integration_tests::{FaultProxy, InvokeOptions, RuntimeApi};
+use integration_tests::{InvokeOptions, RuntimeApi};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 /// One invocation of a stream: started, ended, succeeded, outcome.
 type Run = (Instant, Instant, bool, String);
-
-async fn order_count(env: &OrdersEnv) -> i64 {
-    let client = env.pg.app_client().await;
-    client.query_one("SELECT count(*) FROM orders", &[]).await.expect("count orders").get(0)
-}
 
 #[tokio::test]
 async fn reads_keep_succeeding_when_backends_are_killed_inside_the_interval() {
@@ -157,18 +153,16 @@ async fn exhausted_connection_slots_give_a_clear_error_in_time_and_recover_when_
 async fn a_write_whose_answer_is_lost_after_commit_is_not_applied_twice() {
     let pg = postgres().await;
     pg.apply_sql_as_app(MIGRATION).await;
-    let proxy = FaultProxy::for_postgres(&pg).await;
-    let url = proxy.url_for(&pg.database_url());
-    let env = OrdersEnv::start_with(pg, &[("DATABASE_URL", &url)]).await;
+    let (env, proxy) = OrdersEnv::start_behind_proxy(ORDERS_BIN, pg, &[]).await;
 
     // The server commits the INSERT (autocommit); its answer never arrives.
     proxy.cut_after_server_sends(b"INSERT 0 1");
     let lost = env.api.invoke(post_valid_order("tea", 1)).await;
     assert!(proxy.wait_cut(Duration::from_secs(5)).await, "the cut happened");
     assert!(lost.outcome.is_error(), "the handler reports the failure: {:?}", lost.outcome);
-    assert_eq!(order_count(&env).await, 1, "written once, not retried");
+    assert_eq!(committed_orders(&env.pg).await, [("tea".to_owned(), 1)], "written once, not retried");
 
     let next = env.api.invoke(post_valid_order("coffee", 2)).await;
     assert_eq!(status(next.response()), 201, "the next invocation gets a new connection: {:?}", next.outcome);
-    assert_eq!(order_count(&env).await, 2);
+    assert_eq!(committed_orders(&env.pg).await, [("tea".to_owned(), 1), ("coffee".to_owned(), 2)]);
 }

@@ -10,22 +10,15 @@ use integration_tests::orders::{
 use integration_tests::{InitError, InvokeOptions, Postgres, RuntimeApi, APP_PASSWORD};
 
 /// Starts `orders` against `pg` and returns the init error it reports, after
-/// checking that it exited without ever asking for an event.
+/// checking that it exited without ever asking for an event
+/// ([`integration_tests::Function::expect_init_error`]).
 async fn init_error(pg: &Postgres, url: Option<&str>, env: &[(&str, &str)]) -> InitError {
     let api = RuntimeApi::start_for(FUNCTION_NAME).await;
     let mut builder = orders_function(pg, env);
     if let Some(url) = url {
         builder = builder.env("DATABASE_URL", url);
     }
-    let mut function = builder.spawn(&api);
-    let error = api
-        .wait_init_error(STARTUP)
-        .await
-        .unwrap_or_else(|| panic!("no init error reported; output:\n{}", function.output()));
-    let status = function.wait_exit(STARTUP).await.expect("the function exits after an init error");
-    assert!(!status.success(), "a failed INIT exits non-zero");
-    assert_eq!(api.next_polls(), 0, "the handler never ran: no event was asked for");
-    error
+    builder.spawn(&api).expect_init_error(&api, STARTUP).await
 }
 
 #[tokio::test]

@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use integration_tests::orders::{
-    get_order, post_valid_order, postgres_watching_closes, status, OrdersEnv, FUNCTION_NAME,
+    get_order, post_valid_order, postgres_watching_closes, status, OrdersEnv, FUNCTION_NAME, ORDERS_BIN,
 };
 use integration_tests::server_log::Log;
-use integration_tests::{FaultProxy, InvokeOptions};
+use integration_tests::InvokeOptions;
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -187,25 +187,9 @@ async fn sigterm_closes_every_connection_with_terminate_within_500_ms() {
     let mut env = OrdersEnv::start_with(pg, &[("AWS_LAMBDA_MAX_CONCURRENCY", "4")]).await;
     assert_eq!(env.api.extensions_registered(), 1, "the shutdown extension registered during INIT");
     assert_eq!(status(env.api.invoke(post_valid_order("tea", 1)).await.response()), 201);
-    let pids = env.pg.backend_pids(FUNCTION_NAME).await;
-    assert_eq!(pids.len(), 4, "a pool of four");
-
-    let signalled = Instant::now();
-    env.function.terminate();
-    let exit = env.function.wait_exit(Duration::from_secs(5)).await.expect("the function exits");
-    let took = signalled.elapsed();
-    assert!(exit.success(), "a clean exit: {exit:?}");
-    assert!(took < Duration::from_millis(500), "within Lambda's shutdown window: {took:?}");
+    assert_eq!(env.pg.backend_pids(FUNCTION_NAME).await.len(), 4, "a pool of four");
+    let (took, output) = env.terminate_and_check_closes().await;
     eprintln!("measured: SIGTERM to exit with 4 connections closed: {took:?}");
-
-    for pid in pids {
-        let tag = format!("[{pid}] {FUNCTION_NAME} LOG:  disconnection");
-        assert!(env.pg.wait_for_log(0, &tag, Duration::from_secs(5)).await, "backend {pid} closed");
-        let lines = Log::new(env.pg.read_log()).for_pid(pid);
-        assert_eq!(lines.counts().unclean_closes, 0, "backend {pid} got Terminate:\n{}", lines.text());
-    }
-    let output = env.function.output();
-    assert!(output.contains("shutdown complete"), "{output}");
     let last = emf_records(&output);
     assert!(last.len() >= 2, "a final metrics record after the invocation's: {output}");
 }
@@ -213,12 +197,10 @@ async fn sigterm_closes_every_connection_with_terminate_within_500_ms() {
 #[tokio::test]
 async fn sigterm_during_a_rebuild_still_exits_within_500_ms() {
     let pg = postgres_watching_closes().await;
-    let proxy = FaultProxy::for_postgres(&pg).await;
-    let url = proxy.url_for(&pg.database_url());
-    let mut env = OrdersEnv::start_with(
+    let (mut env, proxy) = OrdersEnv::start_behind_proxy(
+        ORDERS_BIN,
         pg,
         &[
-            ("DATABASE_URL", url.as_str()),
             ("DB_HEALTH_CHECK_INTERVAL_MS", "0"),
             ("DB_HEALTH_CHECK_TIMEOUT_MS", "300"),
             ("DB_CONNECT_TIMEOUT_MS", "5000"),

@@ -1,13 +1,8 @@
 //! The `orders` example's HTTP behaviour: creation, lookup, and bad input
 //! answered with 400 and nothing written.
 
-use integration_tests::orders::{body, get_order, post_order, post_valid_order, status, OrdersEnv};
+use integration_tests::orders::{body, committed_orders, get_order, post_order, post_valid_order, status, OrdersEnv};
 use serde_json::Value;
-
-async fn row_count(env: &OrdersEnv) -> i64 {
-    let client = env.pg.app_client().await;
-    client.query_one("SELECT count(*) FROM orders", &[]).await.expect("count orders").get(0)
-}
 
 #[tokio::test]
 async fn orders_are_created_and_found() {
@@ -73,7 +68,7 @@ async fn bad_input_gets_400_and_writes_nothing() {
         assert_eq!(status(answer.response()), 400, "{bad_id}: {:?}", answer.outcome);
         assert_eq!(body(answer.response())["error"], "id must be a whole number");
     }
-    assert_eq!(row_count(&env).await, 0, "nothing was written");
+    assert_eq!(committed_orders(&env.pg).await, [], "nothing was written");
 
     let mut unknown = get_order("1");
     unknown["rawPath"] = Value::String("/customers/1".to_owned());

@@ -6,24 +6,17 @@
 //! Terminate, and a database outage reaching Lambda with the adapter's
 //! `errorType`.
 
-use std::time::Duration;
-
 use integration_tests::orders::{
-    alb_request, body, emf_records, get_order, post_order, post_valid_order, postgres, postgres_watching_closes,
-    rest_request, status, v2_request, OrdersEnv, AXUM_BIN, FUNCTION_NAME, MIGRATION,
+    alb_request, body, check_an_outage_inside_the_handler, emf_records, get_order, post_order, post_valid_order,
+    postgres, postgres_watching_closes, rest_request, status, v2_request, OrdersEnv, AXUM_BIN, FUNCTION_NAME,
+    MIGRATION,
 };
 use integration_tests::server_log::{Counts, Log};
-use integration_tests::FaultProxy;
 use serde_json::Value;
-use tokio::time::Instant;
 
 /// A REST API puts its stage in the path; the template sets this for
 /// `orders-axum`, so that the router sees `/orders/…`.
 const IGNORE_STAGE: (&str, &str) = ("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", "true");
-
-/// An order id whose 8 bytes (big-endian, as tokio-postgres binds an
-/// `int8`) appear in nothing else the function sends.
-const CUT_ID: i64 = 0x0102_0304_0506_0708;
 
 /// What a client sees of an answer: the status, the content type, and the
 /// JSON body with `created_at` (a clock reading) checked and set aside.
@@ -211,23 +204,8 @@ async fn sigterm_closes_every_connection_with_terminate() {
     let mut env = OrdersEnv::start_bin_with(AXUM_BIN, pg, &[("AWS_LAMBDA_MAX_CONCURRENCY", "4")]).await;
     assert_eq!(env.api.extensions_registered(), 1, "the shutdown extension registered during INIT");
     assert_eq!(status(env.api.invoke(post_valid_order("tea", 1)).await.response()), 201);
-    let pids = env.pg.backend_pids(FUNCTION_NAME).await;
-    assert_eq!(pids.len(), 4, "a pool of four");
-
-    let signalled = Instant::now();
-    env.function.terminate();
-    let exit = env.function.wait_exit(Duration::from_secs(5)).await.expect("the function exits");
-    let took = signalled.elapsed();
-    assert!(exit.success(), "a clean exit: {exit:?}");
-    assert!(took < Duration::from_millis(500), "within Lambda's shutdown window: {took:?}");
-    for pid in pids {
-        let tag = format!("[{pid}] {FUNCTION_NAME} LOG:  disconnection");
-        assert!(env.pg.wait_for_log(0, &tag, Duration::from_secs(5)).await, "backend {pid} closed");
-        let lines = Log::new(env.pg.read_log()).for_pid(pid);
-        assert_eq!(lines.counts().unclean_closes, 0, "backend {pid} got Terminate:\n{}", lines.text());
-    }
-    let output = env.function.output();
-    assert!(output.contains("shutdown complete"), "{output}");
+    assert_eq!(env.pg.backend_pids(FUNCTION_NAME).await.len(), 4, "a pool of four");
+    let (_, output) = env.terminate_and_check_closes().await;
     assert_eq!(emf_records(&output).len(), 2, "the invocation's record and the final one: {output}");
 }
 
@@ -235,21 +213,11 @@ async fn sigterm_closes_every_connection_with_terminate() {
 async fn a_database_outage_reaches_lambda_with_the_adapters_error_type() {
     let pg = postgres().await;
     pg.apply_sql_as_app(MIGRATION).await;
-    let proxy = FaultProxy::for_postgres(&pg).await;
-    let url = proxy.url_for(&pg.database_url());
-    let settings = [("DATABASE_URL", url.as_str()), ("DB_RETRY_ATTEMPTS", "1"), ("DB_WARMUP_ATTEMPTS", "1")];
-    let env = OrdersEnv::start_bin_with(AXUM_BIN, pg, &settings).await;
+    let settings = [("DB_RETRY_ATTEMPTS", "1"), ("DB_WARMUP_ATTEMPTS", "1")];
+    let (env, proxy) = OrdersEnv::start_behind_proxy(AXUM_BIN, pg, &settings).await;
 
-    // Inside the handler: the gate passed, the handler's own statement (the
-    // only one carrying this id) loses its connection, and `?` fails the
-    // invocation.
-    proxy.cut_when_client_sends(&CUT_ID.to_be_bytes());
-    let lost = env.api.invoke(get_order(&CUT_ID.to_string())).await;
-    assert!(proxy.wait_cut(Duration::from_secs(5)).await, "the cut happened inside the handler");
-    assert_eq!(lost.outcome.error_type(), Some("RuntimeAdapter.DatabaseUnavailable"), "{:?}", lost.outcome);
-    let message = lost.outcome.error_message().expect("a message");
-    assert!(message.starts_with("database unavailable after 1 attempt(s)"), "{message}");
-    assert_eq!(status(env.api.invoke(get_order("1")).await.response()), 404, "served again");
+    // Inside the handler: the gate passed, then `?` fails the invocation.
+    check_an_outage_inside_the_handler(&env, &proxy).await;
 
     // At the gate: the server is down when the `Db` extractor runs.
     env.pg.stop().await;

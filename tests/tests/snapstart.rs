@@ -157,10 +157,8 @@ async fn a_server_restarted_during_the_snapshot_does_not_matter() {
 async fn a_missing_table_fails_the_publish_init_with_its_name() {
     let pg = Postgres::start().await;
     let api = RuntimeApi::start_for(FUNCTION_NAME).await;
-    let mut function = orders_function(&pg, &[SNAP_START]).spawn(&api);
-    let error = api.wait_init_error(STARTUP).await.unwrap_or_else(|| panic!("no init error: {}", function.output()));
+    let error = orders_function(&pg, &[SNAP_START]).spawn(&api).expect_init_error(&api, STARTUP).await;
     let message = error.error_message().expect("a message");
     assert!(message.contains(r#"relation "orders" does not exist"#), "{message}");
-    assert!(function.wait_exit(STARTUP).await.is_some_and(|s| !s.success()));
     assert_eq!(api.restore_polls(), 0, "no snapshot of a failed INIT");
 }
