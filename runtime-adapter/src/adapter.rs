@@ -78,7 +78,11 @@ impl Builder {
     pub async fn init(self) -> Result<Adapter, Error> {
         let started = Instant::now();
         let config = match self.config {
-            Some(config) => config,
+            // Changed in code after parsing: held to the same rules.
+            Some(mut config) => {
+                config.validate()?;
+                config
+            }
             None => Config::from_env()?,
         };
         // Parsing logs nothing; the adjustments it made are reported here,

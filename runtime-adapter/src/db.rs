@@ -370,8 +370,9 @@ pub(crate) async fn execute(
     // Behind a transaction-mode pooler the server cannot hold a session's
     // statement_timeout: the client enforces it.
     let config = adapter.config();
-    let statement_timeout = (config.pooler_mode == PoolerMode::Transaction && !config.statement_timeout.is_zero())
-        .then(|| started + config.statement_timeout);
+    let client_timeout = config.client_statement_timeout();
+    let statement_timeout =
+        (config.pooler_mode == PoolerMode::Transaction && !client_timeout.is_zero()).then(|| started + client_timeout);
     let stop = match (until, statement_timeout) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -394,7 +395,7 @@ pub(crate) async fn execute(
                     };
                     let _ = tokio::time::timeout(budget, settled).await;
                     return Err(if statement_timeout == Some(stop) {
-                        Error::StatementTimeout { after: config.statement_timeout }
+                        Error::StatementTimeout { after: client_timeout }
                     } else {
                         Error::DeadlineExceeded { after: started.elapsed() }
                     });

@@ -13,7 +13,62 @@ use std::time::Duration;
 
 use tokio_postgres::error::{Severity, SqlState};
 
-use crate::config::ConfigError;
+use crate::tls::TlsError;
+
+/// A setting that could not be used. The message names the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A required variable is not set.
+    #[error("{var} is not set; expected {expected}")]
+    Missing {
+        /// The variable.
+        var: &'static str,
+        /// The expected form.
+        expected: &'static str,
+    },
+    /// A variable's value cannot be used.
+    #[error("{var} {problem}; expected {expected}")]
+    Invalid {
+        /// The variable.
+        var: &'static str,
+        /// What is wrong with the value (never the value itself for secrets).
+        problem: String,
+        /// The expected form.
+        expected: &'static str,
+    },
+    /// Two settings contradict each other, and running with them would be
+    /// unsafe or certainly broken.
+    #[error("{vars} contradict each other: {problem}")]
+    Conflict {
+        /// The variables involved.
+        vars: &'static str,
+        /// Why they cannot hold together, and what to change.
+        problem: String,
+    },
+}
+
+impl From<TlsError> for ConfigError {
+    fn from(error: TlsError) -> Self {
+        const ROOT_CERT_FORM: &str =
+            "the path of a PEM file of CA certificates, e.g. /opt/rds/global-bundle.pem, or system";
+        match error {
+            TlsError::SystemRootsNeedVerifyFull { mode } => ConfigError::Conflict {
+                vars: "DB_SSL_ROOT_CERT and sslmode",
+                problem: format!(
+                    "DB_SSL_ROOT_CERT=system trusts every public CA, which is safe only with the host name checked, and sslmode={mode} does not check it; use sslmode=verify-full (or leave sslmode unset), or name a CA file"
+                ),
+            },
+            TlsError::RootCertMissing => ConfigError::Missing {
+                var: "DB_SSL_ROOT_CERT",
+                expected: "with sslmode=verify-ca the path of a PEM file of the CAs to trust, e.g. /opt/rds/global-bundle.pem (verify-ca checks no host name, so it never trusts public CAs; for those use sslmode=verify-full)",
+            },
+            TlsError::RootCert { problem } => {
+                ConfigError::Invalid { var: "DB_SSL_ROOT_CERT", problem, expected: ROOT_CERT_FORM }
+            }
+        }
+    }
+}
 
 /// Which warmup phase failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,12 +2,16 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the settings, read once from the environment at INIT.
-//! - [`error`]: the one error type and its classification by SQLSTATE and
-//!   connection state.
-//! - [`credentials`]: where the address and credentials come from (URL,
-//!   Secrets Manager, RDS IAM tokens), resolved at every pool build.
-//! - [`tls`]: libpq's `sslmode` on rustls, trust roots, certificate checks.
+//! - [`config`]: the settings, the one place that reads the environment
+//!   (the address, credential source, TLS and AWS settings in
+//!   `config::address`); the connection settings are derived from it at
+//!   each pool build ([`Config::pg_config`]).
+//! - [`error`]: the one error type, [`ConfigError`], and their
+//!   classification by SQLSTATE and connection state.
+//! - [`credentials`]: resolving the credentials (URL, Secrets Manager, RDS
+//!   IAM tokens) at every pool build.
+//! - [`tls`]: libpq's `sslmode` on rustls, trust roots, certificate checks;
+//!   its own error type.
 //! - `adapter`: [`Adapter`] and its [`Builder`]; the gate every invocation
 //!   passes (warmup, max-age refresh, health check), single-flight.
 //! - `pool`: one generation of the deadpool pool; every connection it opens
@@ -74,9 +78,9 @@ mod transaction;
 mod warmup;
 
 pub use adapter::{Adapter, Builder};
-pub use config::{Config, ConfigError, ConfigWarning, PoolerMode};
+pub use config::{Config, ConfigWarning, PoolerMode};
 pub use db::{Db, Idempotent, RawClient};
-pub use error::{Error, ErrorKind, Phase};
+pub use error::{ConfigError, Error, ErrorKind, Phase};
 pub use lifecycle::{Lifecycle, LifecycleFuture, LifecycleLayer, LifecycleService, ResponseBody, LAYER_MISSING};
 pub use runtime::{report_init_error, HANDLER_PANICKED};
 pub use stats::{Percentiles, RefreshReason, Stats, WarmupTimings};

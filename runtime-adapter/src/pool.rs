@@ -62,14 +62,15 @@ impl WarmPool {
     ) -> Result<Self, Error> {
         let started = Instant::now();
         // Once per build: a rotated secret is picked up by the next refresh.
-        let session = Box::pin(config.credentials.resolve(&config.pg)).await?;
+        let pg = config.pg_config();
+        let session = Box::pin(config.credentials.resolve(&pg)).await?;
         let tasks = TaskTracker::new();
         let connect = TrackedConnect { tasks: tasks.clone(), tls: config.tls.clone(), timeout: config.connect_timeout };
         let manager = WarmingManager {
             session,
             connect: connect.clone(),
             inner: deadpool_postgres::Manager::from_connect(
-                config.pg.clone(),
+                pg,
                 connect,
                 // `Fast` only looks at whether the connection is closed: no
                 // round trip per checkout. Health is the adapter's business.
