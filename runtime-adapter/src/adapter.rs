@@ -19,15 +19,16 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::deadline;
 use crate::error::{Error, ErrorKind};
-use crate::health::{self, Checked, Liveness};
-use crate::lease::Conn;
+use crate::health::{self, Checked};
+use crate::liveness::{self, Liveness};
 use crate::metrics::{Emf, Invocation};
-use crate::pool::{millis, WarmPool};
+use crate::pool::Conn;
+use crate::pool::WarmPool;
 use crate::random::Entropy;
 use crate::retry::{self, Retrier};
 use crate::statement::Statements;
 use crate::stats::{bump, Counters, RefreshReason, Stats};
-use crate::warmup;
+use crate::units::millis;
 
 /// How long to wait, at random within these bounds, before trying again
 /// after the server ran out of connection slots: long enough for other
@@ -105,8 +106,15 @@ impl Builder {
         let shared = &adapter.shared;
         let until = deadline::init_until(started);
         let attempts = shared.config.warmup_attempts;
-        match warmup::warm(&shared.config, &shared.statements, &shared.counters, &shared.liveness, attempts, until)
-            .await
+        match WarmPool::build_retrying(
+            &shared.config,
+            &shared.statements,
+            &shared.counters,
+            &shared.liveness,
+            attempts,
+            until,
+        )
+        .await
         {
             Ok(pool) => drop(shared.install(Some(Arc::new(pool)))),
             Err(error) if matches!(error.kind(), ErrorKind::Transient | ErrorKind::TooManyConnections) => {
@@ -319,7 +327,7 @@ impl Adapter {
     ///
     /// Bounded for shutdown, which Lambda gives about 500 ms: a warmup,
     /// refresh or rebuild holding the maintenance lock (for up to a whole
-    /// connect) is waited for only [`CLOSE_LOCK_WAIT`]; then the pool in
+    /// connect) is waited for only 100 ms; then the pool in
     /// place, if any, is closed without it. A pool that such a rebuild is
     /// still opening is not in place: it is dropped with the process.
     pub async fn close(&self) {
@@ -360,8 +368,15 @@ impl Adapter {
         let until = Some(deadline::restore_until(started));
         let attempts = shared.config.warmup_attempts;
         let _flight = shared.maintenance.lock().await;
-        match warmup::warm(&shared.config, &shared.statements, &shared.counters, &shared.liveness, attempts, until)
-            .await
+        match WarmPool::build_retrying(
+            &shared.config,
+            &shared.statements,
+            &shared.counters,
+            &shared.liveness,
+            attempts,
+            until,
+        )
+        .await
         {
             Ok(pool) => {
                 shared.install(Some(Arc::new(pool)));
@@ -395,7 +410,15 @@ impl Adapter {
         // Whatever made this invocation wait may have done the work already.
         let Some(mut pool) = shared.current() else {
             let pool = Arc::new(
-                warmup::warm(&shared.config, &shared.statements, &shared.counters, &shared.liveness, 1, until).await?,
+                WarmPool::build_retrying(
+                    &shared.config,
+                    &shared.statements,
+                    &shared.counters,
+                    &shared.liveness,
+                    1,
+                    until,
+                )
+                .await?,
             );
             shared.install(Some(pool.clone()));
             return Ok(pool);
@@ -485,7 +508,8 @@ impl Adapter {
         old.close();
         let started = Instant::now();
         let new = Arc::new(
-            warmup::warm(&shared.config, &shared.statements, &shared.counters, &shared.liveness, 1, until).await?,
+            WarmPool::build_retrying(&shared.config, &shared.statements, &shared.counters, &shared.liveness, 1, until)
+                .await?,
         );
         shared.install(Some(new));
         shared.counters.refreshed(RefreshReason::Failover);
@@ -505,7 +529,8 @@ impl Adapter {
         old.close();
         let started = Instant::now();
         let new = Arc::new(
-            warmup::warm(&shared.config, &shared.statements, &shared.counters, &shared.liveness, 1, until).await?,
+            WarmPool::build_retrying(&shared.config, &shared.statements, &shared.counters, &shared.liveness, 1, until)
+                .await?,
         );
         shared.install(Some(new.clone()));
         shared.counters.refreshed(RefreshReason::FailedCheck);
@@ -524,7 +549,7 @@ impl Shared {
     /// environments started together spread their refreshes out.
     fn install(&self, pool: Option<Arc<WarmPool>>) -> Option<Arc<WarmPool>> {
         if let Some(pool) = &pool {
-            pool.set_lifetime(self.config.max_age.mul_f64(1.0 - 0.1 * self.entropy.fraction()));
+            pool.set_lifetime(liveness::jittered_lifetime(self.config.max_age, self.entropy.fraction()));
         }
         std::mem::replace(&mut *self.current.write().unwrap_or_else(PoisonError::into_inner), pool)
     }

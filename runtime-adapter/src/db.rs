@@ -22,10 +22,10 @@ use crate::adapter::Adapter;
 use crate::config::PoolerMode;
 use crate::deadline;
 use crate::error::{Error, ErrorKind};
-use crate::lease::Conn;
-use crate::pool::millis;
+use crate::pool::Conn;
 use crate::retry::Retrier;
 use crate::statement::{self, Op, Out, Prepared};
+use crate::units::millis;
 
 /// How long a cancel request may take; it opens its own connection.
 pub(crate) const CANCEL_TIMEOUT: Duration = Duration::from_secs(1);

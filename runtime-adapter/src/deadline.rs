@@ -17,10 +17,15 @@ use lambda_runtime::Context;
 /// The instant by which database work for this invocation must stop
 /// (`margin` before its deadline), if the invocation has a real deadline.
 pub(crate) fn gate_until(context: &Context, margin: Duration) -> Option<Instant> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let deadline = Duration::from_millis(context.deadline);
-    let remaining = deadline.checked_sub(now).filter(|r| !r.is_zero())?;
-    Some(Instant::now() + remaining.saturating_sub(margin))
+    until(context.deadline, margin, SystemTime::now(), Instant::now())
+}
+
+/// [`gate_until`] for a deadline of `deadline_ms` (epoch milliseconds), with
+/// the wall clock reading `wall` at the monotonic instant `now`.
+fn until(deadline_ms: u64, margin: Duration, wall: SystemTime, now: Instant) -> Option<Instant> {
+    let wall = wall.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let remaining = Duration::from_millis(deadline_ms).checked_sub(wall).filter(|r| !r.is_zero())?;
+    Some(now + remaining.saturating_sub(margin))
 }
 
 /// Lambda ends an on-demand INIT after 10 s. Warmup at INIT gives up before
@@ -40,8 +45,12 @@ pub(crate) fn restore_until(started: Instant) -> Instant {
 
 /// The instant by which a warmup at INIT must give up, if any.
 pub(crate) fn init_until(started: Instant) -> Option<Instant> {
-    let snap_start = std::env::var("AWS_LAMBDA_INITIALIZATION_TYPE").is_ok_and(|t| t == "snap-start");
-    (!snap_start).then_some(started + INIT_BUDGET)
+    init_until_for(started, std::env::var("AWS_LAMBDA_INITIALIZATION_TYPE").ok().as_deref())
+}
+
+/// [`init_until`] for the initialization type `kind`.
+fn init_until_for(started: Instant, kind: Option<&str>) -> Option<Instant> {
+    (kind != Some("snap-start")).then_some(started + INIT_BUDGET)
 }
 
 /// Refuses to start `step` once `until` (the deadline less the margin) has
@@ -51,5 +60,62 @@ pub(crate) fn before(until: Option<Instant>, step: &'static str) -> Result<(), c
     match until {
         Some(until) if Instant::now() >= until => Err(crate::error::Error::DeadlineReached { step }),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MARGIN: Duration = Duration::from_millis(500);
+
+    /// A wall clock reading of `ms` epoch milliseconds.
+    fn wall(ms: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(ms)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gate_stops_the_margin_before_the_deadline() {
+        let now = Instant::now();
+        let at = 1_764_201_600_000;
+        assert_eq!(until(at + 3_000, MARGIN, wall(at), now), Some(now + Duration::from_millis(2_500)));
+        assert_eq!(until(at + 300, MARGIN, wall(at), now), Some(now), "less left than the margin: stop at once");
+        assert_eq!(until(at + 1, Duration::ZERO, wall(at), now), Some(now + Duration::from_millis(1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_already_past_or_from_1970_is_no_deadline() {
+        let now = Instant::now();
+        let at = 1_764_201_600_000;
+        assert_eq!(until(at, MARGIN, wall(at), now), None, "exactly now");
+        assert_eq!(until(at - 1, MARGIN, wall(at), now), None, "past");
+        // cargo lambda's constant deadline: 600 000 ms after the epoch.
+        assert_eq!(until(600_000, MARGIN, wall(at), now), None, "cargo lambda watch");
+        assert_eq!(
+            until(at, MARGIN, wall(0) - Duration::from_secs(1), now),
+            Some(now + Duration::from_millis(at) - MARGIN),
+            "a clock before 1970 reads as 1970"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn init_gives_up_within_lambdas_10_s_except_for_a_snapstart_publish() {
+        let started = Instant::now();
+        assert_eq!(init_until_for(started, None), Some(started + INIT_BUDGET));
+        assert_eq!(init_until_for(started, Some("on-demand")), Some(started + INIT_BUDGET));
+        assert_eq!(init_until_for(started, Some("provisioned-concurrency")), Some(started + INIT_BUDGET));
+        assert_eq!(init_until_for(started, Some("snap-start")), None);
+        assert!(INIT_BUDGET < Duration::from_secs(10));
+        assert_eq!(restore_until(started), started + RESTORE_BUDGET);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_starts_once_the_gate_has_passed() {
+        let until = Instant::now() + Duration::from_millis(10);
+        before(Some(until), "statement").expect("before the gate");
+        before(None, "statement").expect("no deadline");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let error = before(Some(until), "statement").expect_err("exactly at the gate");
+        assert!(matches!(error, crate::error::Error::DeadlineReached { step: "statement" }), "{error:?}");
     }
 }

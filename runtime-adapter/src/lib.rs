@@ -14,15 +14,19 @@
 //!   its own error type.
 //! - `adapter`: [`Adapter`] and its [`Builder`]; the gate every invocation
 //!   passes (warmup, max-age refresh, health check), single-flight.
-//! - `pool`: one generation of the deadpool pool; every connection it opens
-//!   passes both warmup phases; clean close (Terminate sent).
+//! - `pool`: one generation of the deadpool pool, and the retry loop that
+//!   builds one; every connection it opens passes both warmup phases; clean
+//!   close (Terminate sent).
 //! - `lease`: a checked-out connection and what is known of its session
 //!   (requests in flight, open transaction, raw use); one released
 //!   mid-request or mid-transaction is rolled back before reuse.
 //! - `cancel`: cancel requests that wait for the server's close, as libpq's.
-//! - `warmup`: phase 1 (round trip) and phase 2 (prepare), and the retry
-//!   loop around a pool build.
-//! - `health`: when a check is due, and the check.
+//! - `warmup`: phase 1 (round trip) and phase 2 (prepare), which the pool
+//!   runs on every connection it opens.
+//! - `liveness`: when a round trip last succeeded, so whether a health check
+//!   is due; time is an argument, unit-tested on paused time.
+//! - `health`: the check.
+//! - `units`: durations as log fields.
 //! - `deadline`: the time budget an invocation's deadline leaves the gate.
 //! - `db`: [`Db`], the handle a handler receives; what is retried, and
 //!   cancellation at the deadline.
@@ -32,7 +36,9 @@
 //! - `lru`: the bounded, least-recently-used statement caches.
 //! - `retry`: backoff with full jitter, bounded by attempts and deadline.
 //! - `runtime`: [`Builder::run`], the short path for a `LambdaEvent`
-//!   handler; init-error reporting; the answer to a panic.
+//!   handler.
+//! - `report`: what Lambda receives when INIT or a handler fails: init
+//!   errors posted to the Runtime API, the answer to a panic.
 //! - `lifecycle`: [`Builder::start`], [`Lifecycle`] and [`LifecycleLayer`]:
 //!   the whole lifecycle (gate, metrics, shutdown, SnapStart, init errors,
 //!   error types, panics) for any Lambda service, `lambda_http`'s included.
@@ -63,10 +69,12 @@ pub mod error;
 mod health;
 mod lease;
 mod lifecycle;
+mod liveness;
 mod lru;
 mod metrics;
 mod pool;
 mod random;
+mod report;
 mod retry;
 mod runtime;
 mod shutdown;
@@ -75,6 +83,7 @@ mod statement;
 mod stats;
 pub mod tls;
 mod transaction;
+mod units;
 mod warmup;
 
 pub use adapter::{Adapter, Builder};
@@ -82,7 +91,7 @@ pub use config::{Config, ConfigWarning, PoolerMode};
 pub use db::{Db, Idempotent, RawClient};
 pub use error::{ConfigError, Error, ErrorKind, Phase};
 pub use lifecycle::{Lifecycle, LifecycleFuture, LifecycleLayer, LifecycleService, ResponseBody, LAYER_MISSING};
-pub use runtime::{report_init_error, HANDLER_PANICKED};
+pub use report::{report_init_error, HANDLER_PANICKED};
 pub use stats::{Percentiles, RefreshReason, Stats, WarmupTimings};
 pub use transaction::Tx;
 

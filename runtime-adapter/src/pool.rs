@@ -23,10 +23,11 @@ use crate::cancel::CancelTarget;
 use crate::config::Config;
 use crate::credentials::{self, Session};
 use crate::error::{Error, Phase};
-use crate::health::Liveness;
-use crate::lease::{Conn, Connection};
+use crate::lease::{Connection, Keeper, Lease};
+use crate::liveness::{Expiry, Liveness};
 use crate::statement::Statements;
 use crate::stats::{bump, Counters, WarmupTimings};
+use crate::units::millis;
 use crate::warmup;
 
 type Pool = managed::Pool<WarmingManager>;
@@ -39,21 +40,22 @@ const CLOSE_WAIT: Duration = Duration::from_millis(300);
 /// Numbers pool generations, so that a connection's can be recognised.
 static GENERATIONS: AtomicU64 = AtomicU64::new(1);
 
+/// A connection checked out of a [`WarmPool`], for one invocation.
+pub(crate) type Conn = Lease<WarmingManager>;
+
 /// A pool whose connections all passed both warmup phases.
 pub(crate) struct WarmPool {
     pool: Pool,
     /// The tasks driving this pool's connections; awaited on close so that
     /// each connection's Terminate has been written.
     tasks: TaskTracker,
-    built: Instant,
-    /// Nanoseconds after `built` at which the pool is due for a refresh; moved
-    /// later when a refresh fails.
-    expires_after: AtomicU64,
+    /// When the pool is due for a refresh.
+    expiry: Expiry,
 }
 
 impl WarmPool {
     /// Opens and warms `config.pool_size` connections side by side. One
-    /// attempt; [`warmup::warm`] retries.
+    /// attempt; [`WarmPool::build_retrying`] retries.
     pub(crate) async fn build(
         config: &Config,
         statements: &Statements,
@@ -91,8 +93,7 @@ impl WarmPool {
             .map_err(|e| Error::Internal(format!("building the pool: {e}")))?;
 
         let opened = try_join_all((0..config.pool_size).map(|_| checkout(&pool))).await;
-        let warm =
-            Self { pool, tasks, built: started, expires_after: AtomicU64::new(config.max_age.as_nanos() as u64) };
+        let warm = Self { pool, tasks, expiry: Expiry::new(started, config.max_age) };
         match opened {
             Ok(conns) => drop(conns),
             Err(e) => {
@@ -113,6 +114,63 @@ impl WarmPool {
             "pool warmed"
         );
         Ok(warm)
+    }
+
+    /// Builds and warms a pool at INIT, retrying transient failures up to
+    /// `DB_WARMUP_ATTEMPTS` times, `DB_WARMUP_RETRY_DELAY_MS` apart, and never
+    /// past `until` when one is given. Permanent failures return at once.
+    ///
+    /// Inside an invocation the gate makes one attempt per call and its own
+    /// retry loop (with backoff) spaces them.
+    pub(crate) async fn build_retrying(
+        config: &Config,
+        statements: &Statements,
+        counters: &Arc<Counters>,
+        liveness: &Arc<Liveness>,
+        attempts: u32,
+        until: Option<Instant>,
+    ) -> Result<Self, Error> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let build = Self::build(config, statements, counters, liveness);
+            let result = match until {
+                Some(until) => tokio::time::timeout_at(until, build).await.unwrap_or_else(|_| {
+                    Err(Error::Timeout {
+                        what: "warmup within its time budget",
+                        after: until.saturating_duration_since(Instant::now()),
+                    })
+                }),
+                None => build.await,
+            };
+            let error = match result {
+                Ok(pool) => return Ok(pool),
+                Err(error) => error,
+            };
+            bump(&counters.warmup_failures);
+            counters.failed_now();
+            let next = Instant::now() + config.warmup_retry_delay;
+            let out_of_time = until.is_some_and(|until| next >= until);
+            if !error.is_transient() {
+                tracing::error!(%error, attempt, kind = ?error.kind(), "warmup failed permanently");
+                return Err(error);
+            }
+            if attempt >= attempts || out_of_time {
+                tracing::warn!(%error, attempt, kind = ?error.kind(), "warmup failed; no attempt left");
+                if attempts == 1 {
+                    return Err(error);
+                }
+                return Err(Error::Unavailable { attempts: attempt, out_of_time, source: Box::new(error) });
+            }
+            tracing::warn!(
+                %error,
+                attempt,
+                delay_ms = config.warmup_retry_delay.as_millis() as u64,
+                kind = ?error.kind(),
+                "warmup failed; retrying"
+            );
+            tokio::time::sleep_until(next).await;
+        }
     }
 
     /// This pool's generation number.
@@ -149,22 +207,22 @@ impl WarmPool {
     }
 
     pub(crate) fn age(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.built)
+        self.expiry.age(now)
     }
 
     pub(crate) fn is_expired(&self, now: Instant) -> bool {
-        self.age(now).as_nanos() as u64 >= self.expires_after.load(Ordering::Relaxed)
+        self.expiry.is_due(now)
     }
 
     /// Sets the age at which the pool is due for a refresh.
     pub(crate) fn set_lifetime(&self, lifetime: Duration) {
-        self.expires_after.store(lifetime.as_nanos() as u64, Ordering::Relaxed);
+        self.expiry.set_lifetime(lifetime);
     }
 
     /// Moves the refresh `by` later, after a refresh that could not build a
     /// replacement.
     pub(crate) fn postpone_expiry(&self, now: Instant, by: Duration) {
-        self.expires_after.store((self.age(now) + by).as_nanos() as u64, Ordering::Relaxed);
+        self.expiry.postpone(now, by);
     }
 
     /// Closes the pool: idle connections now, checked-out ones when their
@@ -187,10 +245,6 @@ impl WarmPool {
             );
         }
     }
-}
-
-pub(crate) fn millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 async fn checkout(pool: &Pool) -> Result<Conn, Error> {
@@ -304,18 +358,17 @@ pub(crate) fn generation_of(object: &managed::Object<WarmingManager>) -> Option<
     managed::Object::pool(object).map(|pool| pool.manager().generation)
 }
 
-impl WarmingManager {
-    /// Counts a connection released mid-request or mid-transaction.
-    pub(crate) fn abandoned(&self) {
+impl Keeper for WarmingManager {
+    fn abandoned(&self) {
         bump(&self.counters.abandoned_sessions);
     }
 
-    /// Runs `work` (the rollback of an abandoned session) in the pool's
-    /// tasks, which shutdown waits for.
-    pub(crate) fn track(&self, work: impl std::future::Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
+    fn track(&self, work: impl std::future::Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
         self.connect.tasks.spawn(work)
     }
+}
 
+impl WarmingManager {
     /// Opens one connection with this generation's credentials (a fresh IAM
     /// token each time). If it fails to authenticate (28P01, 28000), the
     /// credentials are resolved once more and the connection tried again:

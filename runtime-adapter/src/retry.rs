@@ -12,9 +12,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::Error;
-use crate::pool::millis;
 use crate::random::Entropy;
 use crate::stats::{bump, Counters};
+use crate::units::millis;
 
 /// No single pause is longer than this, however many attempts are allowed.
 const MAX_DELAY: Duration = Duration::from_secs(5);

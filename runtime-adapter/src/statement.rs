@@ -24,7 +24,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Row, Statement};
 
 use crate::config::PoolerMode;
-use crate::lease::Connection;
+use crate::lease::{Cache, Connection};
 use crate::lru::Lru;
 
 /// The statements an application declares, checked (and in `none` mode
@@ -42,9 +42,6 @@ pub(crate) struct Statements {
     capacity: usize,
     types: Arc<Mutex<Lru<Arc<[Type]>>>>,
 }
-
-/// The statements prepared on one connection (`none` mode).
-pub(crate) type Cache = Mutex<Lru<Statement>>;
 
 /// A statement ready to run on one connection.
 #[derive(Debug, Clone)]

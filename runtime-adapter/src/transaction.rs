@@ -29,7 +29,8 @@ use crate::adapter::Adapter;
 use crate::db::{self, Db, Recovery};
 use crate::deadline;
 use crate::error::{Error, ErrorKind};
-use crate::lease::{Conn, OpenTransaction};
+use crate::lease::OpenTransaction;
+use crate::pool::Conn;
 use crate::retry;
 use crate::statement::{Op, Out};
 
