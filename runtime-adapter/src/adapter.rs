@@ -17,8 +17,8 @@ use lambda_runtime::Context;
 
 use crate::config::Config;
 use crate::db::Db;
-use crate::deadline;
-use crate::error::{Error, ErrorKind};
+use crate::deadline::{self, Deadline};
+use crate::error::{Error, ErrorKind, Step};
 use crate::health::{self, Checked};
 use crate::liveness::{self, Liveness};
 use crate::metrics::{Emf, Invocation};
@@ -187,13 +187,13 @@ impl Adapter {
 
     /// A warmed connection, through the gate, retrying transient failures
     /// with backoff within `until`.
-    pub(crate) async fn checkout(&self, until: Option<Instant>) -> Result<Conn, Error> {
+    pub(crate) async fn checkout(&self, until: Deadline) -> Result<Conn, Error> {
         self.checkout_noting(until, &AtomicBool::new(false)).await
     }
 
     /// As [`checkout`](Self::checkout), setting `skipped` when the gate
     /// found no health check due (and clearing it when one ran).
-    async fn checkout_noting(&self, until: Option<Instant>, skipped: &AtomicBool) -> Result<Conn, Error> {
+    async fn checkout_noting(&self, until: Deadline, skipped: &AtomicBool) -> Result<Conn, Error> {
         let mut retrier = self.retrier(until);
         loop {
             // The generation the checkout was tried on, if it got that far.
@@ -203,7 +203,7 @@ impl Adapter {
                 tried = Some(pool.generation());
                 pool.checkout().await
             };
-            match retry::bounded(until, attempt, "checkout within the invocation's deadline").await {
+            match until.bound(Step::Checkout, attempt).await {
                 Ok(conn) => return Ok(conn),
                 // A concurrent invocation replaced the pool while this one
                 // waited on it; the replacement is warm.
@@ -213,7 +213,7 @@ impl Adapter {
                 }
                 Err(error) if error.is_transient() => {
                     self.shared.counters.failed_now();
-                    retrier.backoff(error, "checkout").await?;
+                    retrier.backoff(error, Step::Checkout).await?;
                 }
                 Err(error) => {
                     self.shared.counters.failed_now();
@@ -234,7 +234,7 @@ impl Adapter {
         &self,
         error: Error,
         failed: Option<u64>,
-        until: Option<Instant>,
+        until: Deadline,
         skipped: &AtomicBool,
     ) -> Result<Conn, Error> {
         let shared = &self.shared;
@@ -253,7 +253,7 @@ impl Adapter {
             other => other,
         };
         let delay = retry::jitter_between(EXHAUSTED_BACKOFF.0, EXHAUSTED_BACKOFF.1, shared.entropy.fraction());
-        let out_of_time = until.is_some_and(|until| Instant::now() + delay >= until);
+        let out_of_time = until.passed_at(Instant::now() + delay);
         tracing::warn!(
             %error,
             delay_ms = millis(delay),
@@ -265,7 +265,7 @@ impl Adapter {
         }
         tokio::time::sleep(delay).await;
         let attempt = async { self.ready_pool(until, skipped).await?.checkout().await };
-        match retry::bounded(until, attempt, "checkout within the invocation's deadline").await {
+        match until.bound(Step::Checkout, attempt).await {
             Ok(conn) => Ok(conn),
             Err(error) if error.kind() == ErrorKind::TooManyConnections => {
                 bump(&shared.counters.pool_exhausted);
@@ -293,7 +293,7 @@ impl Adapter {
     }
 
     /// A retry loop's pacing, within `until`.
-    pub(crate) fn retrier(&self, until: Option<Instant>) -> Retrier {
+    pub(crate) fn retrier(&self, until: Deadline) -> Retrier {
         let config = &self.shared.config;
         Retrier::new(
             config.retry_attempts,
@@ -365,7 +365,7 @@ impl Adapter {
         shared.liveness.reset();
         let started = Instant::now();
         // Bounded even under SnapStart, whose publish-time INIT is not.
-        let until = Some(deadline::restore_until(started));
+        let until = deadline::restore_until(started);
         let attempts = shared.config.warmup_attempts;
         let _flight = shared.maintenance.lock().await;
         match WarmPool::build_retrying(
@@ -394,7 +394,7 @@ impl Adapter {
         }
     }
 
-    async fn ready_pool(&self, until: Option<Instant>, skipped: &AtomicBool) -> Result<Arc<WarmPool>, Error> {
+    async fn ready_pool(&self, until: Deadline, skipped: &AtomicBool) -> Result<Arc<WarmPool>, Error> {
         let shared = &self.shared;
         let interval = shared.config.health_check_interval;
         if let Some(pool) = shared.current() {
@@ -454,17 +454,12 @@ impl Adapter {
     /// Replaces a pool past its maximum age. Never fails: if no new pool can
     /// be built, the old one stays in use and the refresh is tried again
     /// after a tenth of the maximum age.
-    async fn refresh(&self, old: Arc<WarmPool>, until: Option<Instant>) -> Arc<WarmPool> {
+    async fn refresh(&self, old: Arc<WarmPool>, until: Deadline) -> Arc<WarmPool> {
         let shared = &self.shared;
         let age = old.age(Instant::now());
         let started = Instant::now();
         let build = WarmPool::build(&shared.config, &shared.statements, &shared.counters, &shared.liveness);
-        let built = match until {
-            Some(until) => tokio::time::timeout_at(until, build)
-                .await
-                .unwrap_or(Err(Error::Timeout { what: "pool refresh", after: started.elapsed() })),
-            None => build.await,
-        };
+        let built = until.bound(Step::Refresh, build).await;
         match built {
             Ok(new) => {
                 let new = Arc::new(new);
@@ -498,7 +493,7 @@ impl Adapter {
     /// # Errors
     ///
     /// The new pool's warmup failure.
-    pub(crate) async fn failover(&self, generation: Option<u64>, until: Option<Instant>) -> Result<(), Error> {
+    pub(crate) async fn failover(&self, generation: Option<u64>, until: Deadline) -> Result<(), Error> {
         let shared = &self.shared;
         let _flight = shared.maintenance.lock().await;
         let Some(old) = shared.current().filter(|pool| Some(pool.generation()) == generation) else {
@@ -523,7 +518,7 @@ impl Adapter {
 
     /// Replaces a pool that failed its health check. Its connections are
     /// closed whether or not a new pool can be built.
-    async fn rebuild(&self, old: Arc<WarmPool>, until: Option<Instant>) -> Result<Arc<WarmPool>, Error> {
+    async fn rebuild(&self, old: Arc<WarmPool>, until: Deadline) -> Result<Arc<WarmPool>, Error> {
         let shared = &self.shared;
         shared.install(None);
         old.close();

@@ -30,8 +30,8 @@ use aws_sigv4::http_request::{self, SignableBody, SignableRequest, SignatureLoca
 use aws_sigv4::sign::v4;
 use tokio_postgres::config::Host;
 
-use crate::error::ConfigError;
 use crate::error::Error;
+use crate::error::{ConfigError, CredentialsStep};
 use crate::tls::Tls;
 
 /// AWS credentials, as [`rds_auth_token`] takes them.
@@ -212,7 +212,7 @@ impl Credentials {
 
     async fn read_secret(&self, secret_id: &str) -> Result<Secret, Error> {
         use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
-        let what = "reading the Secrets Manager secret named by DB_SECRET_ARN";
+        let what = CredentialsStep::ReadSecret;
         let clients = self.clients().await?;
         let client = clients.secrets.as_ref().ok_or_else(|| Error::Internal("no Secrets Manager client".to_owned()))?;
         let output = client.get_secret_value().secret_id(secret_id).send().await.map_err(|e| {
@@ -248,7 +248,7 @@ impl Credentials {
         if let Some(cached) = cached.filter(|c| !renew && !expires_soon(c)) {
             return Ok(cached);
         }
-        let what = "getting AWS credentials to sign the RDS IAM authentication token";
+        let what = CredentialsStep::GetAwsCredentials;
         let clients = self.clients().await?;
         let provider = clients.sdk.credentials_provider().ok_or_else(|| Error::Credentials {
             what,
@@ -270,7 +270,7 @@ impl Credentials {
 
     fn region(&self, clients: &AwsClients) -> Result<String, Error> {
         self.aws.region.clone().or_else(|| clients.sdk.region().map(ToString::to_string)).ok_or(Error::Credentials {
-            what: "signing the RDS IAM authentication token",
+            what: CredentialsStep::SignToken,
             problem: "no AWS region is configured; set AWS_REGION to the database's region".to_owned(),
             transient: false,
         })
@@ -295,7 +295,7 @@ impl Session {
     pub(crate) async fn connection_config(&self) -> Result<tokio_postgres::Config, Error> {
         let mut pg = self.pg.lock().unwrap_or_else(PoisonError::into_inner).clone();
         if self.credentials.source == CredentialSource::Iam {
-            let what = "signing the RDS IAM authentication token";
+            let what = CredentialsStep::SignToken;
             let aws = Box::pin(self.credentials.signing_credentials(false)).await?;
             let clients = Box::pin(self.credentials.clients()).await?;
             let region = self.credentials.region(&clients)?;
@@ -401,7 +401,7 @@ fn apply_secret(pg: &tokio_postgres::Config, secret: Secret) -> Result<tokio_pos
         }
     }
     let missing = |part: &str, var: &str| Error::Credentials {
-        what: "reading the Secrets Manager secret named by DB_SECRET_ARN",
+        what: CredentialsStep::ReadSecret,
         problem: format!("the secret has no \"{part}\", and neither DATABASE_URL nor {var} gives one"),
         transient: false,
     };
@@ -434,7 +434,7 @@ pub fn rds_auth_token(
     at: SystemTime,
 ) -> Result<String, Error> {
     let failed = |e: &dyn std::error::Error| Error::Credentials {
-        what: "signing the RDS IAM authentication token",
+        what: CredentialsStep::SignToken,
         problem: e.to_string(),
         transient: false,
     };

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use deadpool::managed::Object;
 
-use crate::error::Error;
+use crate::error::{Error, Step};
 use crate::pool::WarmPool;
 
 /// The check's query. The comment names it in the server's logs.
@@ -54,6 +54,6 @@ pub(crate) async fn check(pool: &WarmPool, timeout: Duration) -> Result<Checked,
     match tokio::time::timeout(left, conn.sent(conn.simple_query(HEALTH_CHECK_SQL))).await {
         Ok(Ok(_)) => Ok(Checked::Passed),
         Ok(Err(e)) => Err(Error::Db(e)),
-        Err(_) => Err(Error::Timeout { what: "health check (DB_HEALTH_CHECK_TIMEOUT_MS)", after: timeout }),
+        Err(_) => Err(Error::Timeout { step: Step::HealthCheck, after: timeout }),
     }
 }

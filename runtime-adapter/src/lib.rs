@@ -89,7 +89,7 @@ mod warmup;
 pub use adapter::{Adapter, Builder};
 pub use config::{Config, ConfigWarning, PoolerMode};
 pub use db::{Db, Idempotent, RawClient};
-pub use error::{ConfigError, Error, ErrorKind, Phase};
+pub use error::{ConfigError, CredentialsStep, Error, ErrorKind, Phase, Step};
 pub use lifecycle::{Lifecycle, LifecycleFuture, LifecycleLayer, LifecycleService, ResponseBody, LAYER_MISSING};
 pub use report::{report_init_error, HANDLER_PANICKED};
 pub use stats::{Percentiles, RefreshReason, Stats, WarmupTimings};

@@ -22,7 +22,8 @@ use tokio_util::task::TaskTracker;
 use crate::cancel::CancelTarget;
 use crate::config::Config;
 use crate::credentials::{self, Session};
-use crate::error::{Error, Phase};
+use crate::deadline::Deadline;
+use crate::error::{Error, Phase, Step};
 use crate::lease::{Connection, Keeper, Lease};
 use crate::liveness::{Expiry, Liveness};
 use crate::statement::Statements;
@@ -128,21 +129,13 @@ impl WarmPool {
         counters: &Arc<Counters>,
         liveness: &Arc<Liveness>,
         attempts: u32,
-        until: Option<Instant>,
+        until: Deadline,
     ) -> Result<Self, Error> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let build = Self::build(config, statements, counters, liveness);
-            let result = match until {
-                Some(until) => tokio::time::timeout_at(until, build).await.unwrap_or_else(|_| {
-                    Err(Error::Timeout {
-                        what: "warmup within its time budget",
-                        after: until.saturating_duration_since(Instant::now()),
-                    })
-                }),
-                None => build.await,
-            };
+            let result = until.bound(Step::Warmup, build).await;
             let error = match result {
                 Ok(pool) => return Ok(pool),
                 Err(error) => error,
@@ -150,7 +143,7 @@ impl WarmPool {
             bump(&counters.warmup_failures);
             counters.failed_now();
             let next = Instant::now() + config.warmup_retry_delay;
-            let out_of_time = until.is_some_and(|until| next >= until);
+            let out_of_time = until.passed_at(next);
             if !error.is_transient() {
                 tracing::error!(%error, attempt, kind = ?error.kind(), "warmup failed permanently");
                 return Err(error);
@@ -199,10 +192,7 @@ impl WarmPool {
             Ok(Ok(conn)) => Ok(Some(conn)),
             Ok(Err(Error::Timeout { .. })) | Err(_) if busy() => Ok(None),
             Ok(Err(error)) => Err(error),
-            Err(_) => Err(Error::Timeout {
-                what: "health check: opening a connection (DB_HEALTH_CHECK_TIMEOUT_MS)",
-                after: bound,
-            }),
+            Err(_) => Err(Error::Timeout { step: Step::HealthCheckConnect, after: bound }),
         }
     }
 
@@ -250,11 +240,10 @@ impl WarmPool {
 async fn checkout(pool: &Pool) -> Result<Conn, Error> {
     pool.get().await.map(Conn::new).map_err(|e| match e {
         PoolError::Backend(e) => e,
-        PoolError::Timeout(TimeoutType::Wait) => Error::Timeout {
-            what: "waiting for a pooled connection (DB_POOL_TIMEOUT_MS)",
-            after: pool.timeouts().wait.unwrap_or_default(),
-        },
-        PoolError::Timeout(_) => Error::Timeout { what: "opening a connection", after: Duration::ZERO },
+        PoolError::Timeout(TimeoutType::Wait) => {
+            Error::Timeout { step: Step::PoolWait, after: pool.timeouts().wait.unwrap_or_default() }
+        }
+        PoolError::Timeout(_) => Error::Timeout { step: Step::Connect, after: Duration::ZERO },
         PoolError::Closed => Error::PoolClosed,
         other => Error::Internal(other.to_string()),
     })
@@ -432,12 +421,7 @@ impl TrackedConnect {
         let (client, connection) = match tokio::time::timeout(self.timeout, connect).await {
             Ok(Ok(opened)) => opened,
             Ok(Err(error)) => return Ok(Err(error)),
-            Err(_) => {
-                return Err(Error::Timeout {
-                    what: "opening a connection: TCP, TLS, startup and authentication (DB_CONNECT_TIMEOUT_MS)",
-                    after: self.timeout,
-                })
-            }
+            Err(_) => return Err(Error::Timeout { step: Step::Connect, after: self.timeout }),
         };
         self.tasks.spawn(async move {
             if let Err(error) = connection.await {

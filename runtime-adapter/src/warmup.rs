@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use deadpool_postgres::ClientWrapper;
 
-use crate::error::{Error, Phase};
+use crate::error::{Error, Phase, Step};
 use crate::statement::Statements;
 
 /// Phase 1's round trip. The comment names it in the server's logs.
@@ -22,7 +22,7 @@ pub(crate) async fn round_trip(client: &ClientWrapper, bound: Duration) -> Resul
     match tokio::time::timeout(bound, client.simple_query(ROUND_TRIP_SQL)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(source)) => Err(Error::Warmup { phase: Phase::RoundTrip, statement: None, source }),
-        Err(_) => Err(Error::Timeout { what: "warmup phase 1 (round trip)", after: bound }),
+        Err(_) => Err(Error::Timeout { step: Step::RoundTrip, after: bound }),
     }
 }
 
@@ -35,9 +35,7 @@ pub(crate) async fn prepare(
 ) -> Result<Vec<(String, tokio_postgres::Statement)>, Error> {
     match tokio::time::timeout(bound, statements.warm(client)).await {
         Ok(Ok(prepared)) => Ok(prepared),
-        Ok(Err((sql, source))) => {
-            Err(Error::Warmup { phase: Phase::Prepare, statement: (!sql.is_empty()).then_some(sql), source })
-        }
-        Err(_) => Err(Error::Timeout { what: "warmup phase 2 (prepare)", after: bound }),
+        Ok(Err((statement, source))) => Err(Error::Warmup { phase: Phase::Prepare, statement, source }),
+        Err(_) => Err(Error::Timeout { step: Step::Prepare, after: bound }),
     }
 }
