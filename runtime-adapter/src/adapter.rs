@@ -76,6 +76,41 @@ impl Builder {
     /// Bad configuration, and permanent warmup failures: bad credentials
     /// (28P01, 28000), unknown database (3D000), a declared statement naming
     /// a missing relation (42P01) or column (42703), and the like.
+    ///
+    /// # Example
+    ///
+    /// The manual path, for a runtime loop of your own: `init` once, during
+    /// Lambda's INIT (its error reported with [`report_init_error`](crate::report_init_error),
+    /// which [`Builder::run`] does for you), then [`Adapter::db`] in every
+    /// invocation, with the invocation's context, so that its deadline bounds
+    /// the gate and the statements.
+    ///
+    /// ```no_run
+    /// use lambda_runtime::{service_fn, LambdaEvent};
+    /// use runtime_adapter::{report_init_error, Adapter, Error};
+    /// use serde_json::{json, Value};
+    ///
+    /// #[tokio::main]
+    /// async fn main() -> Result<(), lambda_runtime::Error> {
+    ///     let adapter = match Adapter::builder().statement("SELECT item FROM orders WHERE id = $1").init().await {
+    ///         Ok(adapter) => adapter,
+    ///         Err(error) => {
+    ///             report_init_error(&error).await;
+    ///             return Err(error.into());
+    ///         }
+    ///     };
+    ///     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {
+    ///         let adapter = adapter.clone();
+    ///         async move {
+    ///             let db = adapter.db(&event.context).await?;
+    ///             let id = event.payload["id"].as_i64().unwrap_or_default();
+    ///             let row = db.query_opt("SELECT item FROM orders WHERE id = $1", &[&id]).await?;
+    ///             Ok::<_, Error>(json!({ "item": row.map(|r| r.get::<_, String>(0)) }))
+    ///         }
+    ///     }))
+    ///     .await
+    /// }
+    /// ```
     pub async fn init(self) -> Result<Adapter, Error> {
         let started = Instant::now();
         let config = match self.config {

@@ -35,10 +35,10 @@ use crate::error::{ConfigError, CredentialsStep};
 use crate::tls::Tls;
 
 /// AWS credentials, as [`rds_auth_token`] takes them.
-pub use aws_credential_types::Credentials as AwsCredentials;
+pub(crate) use aws_credential_types::Credentials as AwsCredentials;
 
 /// How long an RDS IAM authentication token is valid: RDS's maximum.
-pub const IAM_TOKEN_LIFETIME: Duration = Duration::from_secs(900);
+pub(crate) const IAM_TOKEN_LIFETIME: Duration = Duration::from_secs(900);
 
 /// AWS credentials this close to expiry are fetched anew before signing.
 const CREDENTIALS_MARGIN: Duration = Duration::from_secs(300);
@@ -425,7 +425,7 @@ fn apply_secret(pg: &tokio_postgres::Config, secret: Secret) -> Result<tokio_pos
 /// # Errors
 ///
 /// [`Error::Credentials`] if the request cannot be signed.
-pub fn rds_auth_token(
+pub(crate) fn rds_auth_token(
     host: &str,
     port: u16,
     user: &str,
@@ -579,5 +579,109 @@ mod tests {
             assert!(token.contains(part), "{part} missing from {token}");
         }
         assert!(!token.contains("https://"));
+    }
+
+    /// The AWS documentation's example keys.
+    const ACCESS_KEY_ID: &str = "AKIAIOSFODNN7EXAMPLE";
+    const SECRET_ACCESS_KEY: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    const INSTALL_HINT: &str = "run `scripts/tools moto` (installs the pinned boto3 into .venv/)";
+
+    /// The RDS IAM token botocore's `generate_db_auth_token` makes for these
+    /// inputs at `at` (whole seconds), run with the virtualenv's boto3.
+    fn botocore_db_auth_token(
+        host: &str,
+        port: u16,
+        user: &str,
+        region: &str,
+        keys: (&str, &str, Option<&str>),
+        at: SystemTime,
+    ) -> String {
+        const SCRIPT: &str = r#"
+import datetime, sys
+from unittest import mock
+import boto3, botocore.auth
+host, port, user, region, key_id, secret, token, epoch = sys.argv[1:]
+aware = datetime.datetime.fromtimestamp(int(epoch), tz=datetime.timezone.utc)
+def fixed(remove_tzinfo=True):
+    return aware.replace(tzinfo=None) if remove_tzinfo else aware
+client = boto3.client("rds", region_name=region, aws_access_key_id=key_id,
+                      aws_secret_access_key=secret, aws_session_token=token or None)
+# botocore signs in Python, or with awscrt when installed (aws-sam-cli brings it): freeze both clocks.
+patches = [mock.patch.object(botocore.auth, "get_current_datetime", fixed)]
+try:
+    import botocore.crt.auth
+    patches.append(mock.patch.object(botocore.crt.auth, "get_current_datetime", fixed))
+except ImportError:
+    pass
+for p in patches:
+    p.start()
+print(client.generate_db_auth_token(DBHostname=host, Port=int(port), DBUsername=user, Region=region))
+"#;
+        let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+        assert!(python.exists(), "{} is missing: {INSTALL_HINT}", python.display());
+        let epoch = at.duration_since(SystemTime::UNIX_EPOCH).expect("after 1970").as_secs().to_string();
+        let out = std::process::Command::new(&python)
+            .args(["-c", SCRIPT, host, &port.to_string(), user, region, keys.0, keys.1, keys.2.unwrap_or(""), &epoch])
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", python.display()));
+        assert!(
+            out.status.success(),
+            "botocore failed ({}): {}; {INSTALL_HINT}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8 token").trim().to_owned()
+    }
+
+    #[test]
+    fn iam_tokens_have_the_rds_form() {
+        let keys = AwsCredentials::new(ACCESS_KEY_ID, SECRET_ACCESS_KEY, None, None, "test");
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_201_600); // 2025-11-27T00:00:00Z
+        let token =
+            rds_auth_token("db.cluster-abc.eu-west-1.rds.amazonaws.com", 5432, "app_iam", "eu-west-1", &keys, at)
+                .expect("token");
+        let (address, query) = token.split_once("/?").expect("host:port/?query");
+        assert_eq!(address, "db.cluster-abc.eu-west-1.rds.amazonaws.com:5432");
+        let params: std::collections::HashMap<&str, &str> =
+            query.split('&').filter_map(|p| p.split_once('=')).collect();
+        assert_eq!(params["Action"], "connect");
+        assert_eq!(params["DBUser"], "app_iam");
+        assert_eq!(params["X-Amz-Expires"], "900");
+        assert_eq!(params["X-Amz-Algorithm"], "AWS4-HMAC-SHA256");
+        assert_eq!(
+            params["X-Amz-Credential"],
+            format!("{ACCESS_KEY_ID}%2F20251127%2Feu-west-1%2Frds-db%2Faws4_request")
+        );
+        assert_eq!(params["X-Amz-Date"], "20251127T000000Z");
+        assert_eq!(params["X-Amz-SignedHeaders"], "host");
+        assert_eq!(params["X-Amz-Signature"].len(), 64);
+    }
+
+    #[test]
+    fn iam_token_signatures_match_botocores() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_201_723);
+        for (host, port, user, session_token) in [
+            ("db.cluster-abc.eu-west-1.rds.amazonaws.com", 5432, "app_iam", None),
+            ("proxy.proxy-xyz.us-east-1.rds.amazonaws.com", 6432, "svc user", Some("FwoGZXIvYXdzEJr//////////+token=")),
+        ] {
+            let keys =
+                AwsCredentials::new(ACCESS_KEY_ID, SECRET_ACCESS_KEY, session_token.map(str::to_owned), None, "t");
+            let region = host.split('.').nth(2).expect("region in host");
+            let ours = rds_auth_token(host, port, user, region, &keys, at).expect("token");
+            let theirs =
+                botocore_db_auth_token(host, port, user, region, (ACCESS_KEY_ID, SECRET_ACCESS_KEY, session_token), at);
+            let signature =
+                |token: &str| token.split('&').find_map(|p| p.strip_prefix("X-Amz-Signature=")).map(str::to_owned);
+            assert_eq!(signature(&ours), signature(&theirs), "signatures differ:\nours:   {ours}\nboto3:  {theirs}");
+            let sorted = |token: &str| {
+                let (address, query) = token.split_once("/?").expect("query");
+                let mut params: Vec<&str> = query.split('&').collect();
+                params.sort_unstable();
+                (address.to_owned(), params.join("&"))
+            };
+            assert_eq!(sorted(&ours), sorted(&theirs), "same parameters, same encoding");
+        }
     }
 }

@@ -2,15 +2,15 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the settings, the one place that reads the environment
+//! - `config`: the settings, the one place that reads the environment
 //!   (the address, credential source, TLS and AWS settings in
 //!   `config::address`); the connection settings are derived from it at
 //!   each pool build ([`Config::pg_config`]).
-//! - [`error`]: the one error type, [`ConfigError`], and their
+//! - `error`: the one error type, [`ConfigError`], and their
 //!   classification by SQLSTATE and connection state.
-//! - [`credentials`]: resolving the credentials (URL, Secrets Manager, RDS
+//! - `credentials`: resolving the credentials (URL, Secrets Manager, RDS
 //!   IAM tokens) at every pool build.
-//! - [`tls`]: libpq's `sslmode` on rustls, trust roots, certificate checks;
+//! - `tls`: libpq's `sslmode` on rustls, trust roots, certificate checks;
 //!   its own error type.
 //! - `adapter`: [`Adapter`] and its [`Builder`]; the gate every invocation
 //!   passes (warmup, max-age refresh, health check), single-flight.
@@ -61,11 +61,11 @@ mod adapter;
 #[cfg(feature = "axum")]
 mod axum;
 mod cancel;
-pub mod config;
-pub mod credentials;
+mod config;
+mod credentials;
 mod db;
 mod deadline;
-pub mod error;
+mod error;
 mod health;
 mod lease;
 mod lifecycle;
@@ -81,18 +81,21 @@ mod shutdown;
 mod snapstart;
 mod statement;
 mod stats;
-pub mod tls;
+mod tls;
 mod transaction;
 mod units;
 mod warmup;
 
+// The public face: every public item, each at one path, the crate's root.
 pub use adapter::{Adapter, Builder};
 pub use config::{Config, ConfigWarning, PoolerMode};
+pub use credentials::{CredentialSource, Credentials};
 pub use db::{Db, Idempotent, RawClient};
 pub use error::{ConfigError, CredentialsStep, Error, ErrorKind, Phase, Step};
 pub use lifecycle::{Lifecycle, LifecycleFuture, LifecycleLayer, LifecycleService, ResponseBody, LAYER_MISSING};
 pub use report::{report_init_error, HANDLER_PANICKED};
-pub use stats::{Percentiles, RefreshReason, Stats, WarmupTimings};
+pub use stats::{Percentiles, Stats, WarmupTimings};
+pub use tls::{SslMode, Tls, TlsCheck, TlsError};
 pub use transaction::Tx;
 
 pub use lambda_runtime::{Context, Diagnostic, LambdaEvent};

@@ -160,7 +160,7 @@ impl Default for Tls {
 }
 
 /// `DB_SSL_ROOT_CERT`'s special value: the public roots, with `verify-full`.
-pub const SYSTEM_ROOTS: &str = "system";
+pub(crate) const SYSTEM_ROOTS: &str = "system";
 
 impl Tls {
     /// Builds the connector for `mode`. `root_cert` is the PEM file of the
