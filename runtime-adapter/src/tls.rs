@@ -39,7 +39,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsError {
-    /// [`SYSTEM_ROOTS`] (every public CA) with a mode that does not check
+    /// `DB_SSL_ROOT_CERT=system` (every public CA) with a mode that does not check
     /// the host name.
     #[error("the public roots need sslmode=verify-full, not {mode}")]
     SystemRootsNeedVerifyFull {
@@ -164,7 +164,7 @@ pub(crate) const SYSTEM_ROOTS: &str = "system";
 
 impl Tls {
     /// Builds the connector for `mode`. `root_cert` is the PEM file of the
-    /// CAs to trust (alone), or [`SYSTEM_ROOTS`] for the public roots.
+    /// CAs to trust (alone), or `system` for the public roots.
     ///
     /// # Errors
     ///
