@@ -46,7 +46,7 @@ use tokio::time::Instant;
 pub use environment::{Answer, Ending, Reap};
 pub use report::{quantile as quantile_of, Bucket, Environment, FleetReport, Mark, Record, Summary};
 pub use schedule::{Arrival, Phase, Schedule};
-pub use server::{closes_by_application, connections_in_log, Closes, PoolSample, Sample};
+pub use server::{closes_by_application, connections_in_log, peak_sessions_in_log, Closes, PoolSample, Sample};
 
 use environment::{Command, Event};
 

@@ -215,7 +215,11 @@ fn children(parent: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Connections of the `app` role the server authorized, and connection
+/// The harness's own sessions (schema, checks), left out of the counts.
+const HARNESS: &str = crate::postgres::HARNESS_APPLICATION_NAME;
+
+/// Connections of the `app` role the server authorized (the harness's own
+/// left out), and connection
 /// attempts it refused for want of slots (53300), each as time since
 /// `started` (the run's start, wall clock), read from the log's `%m`
 /// timestamps (UTC, millisecond).
@@ -238,13 +242,33 @@ pub fn connections_in_log(log: &str, started: std::time::SystemTime) -> (Vec<Dur
     let mut authorized = Vec::new();
     let mut refused = Vec::new();
     for line in log.lines() {
-        if line.contains("connection authorized: user=app ") {
+        if line.contains("connection authorized: user=app ") && !line.contains(HARNESS) {
             authorized.extend(at(line));
         } else if line.contains("sorry, too many clients already") || line.contains("remaining connection slots are reserved") {
             refused.extend(at(line));
         }
     }
     (authorized, refused)
+}
+
+/// The most sessions of the `app` role open at once, replaying the log's
+/// `connection authorized` and `disconnection` lines in order: exact where
+/// sampling `pg_stat_activity` could miss a peak.
+#[must_use]
+pub fn peak_sessions_in_log(log: &str) -> usize {
+    let (mut open, mut peak) = (0usize, 0usize);
+    for line in log.lines() {
+        if line.contains("connection authorized: user=app ") && !line.contains(HARNESS) {
+            open += 1;
+            peak = peak.max(open);
+        } else if line.contains("LOG:  disconnection: session time:")
+            && line.contains(" user=app ")
+            && !line.contains(&format!("] {HARNESS} "))
+        {
+            open = open.saturating_sub(1);
+        }
+    }
+    peak
 }
 
 /// How the sessions of one `application_name` ended, from a server log
