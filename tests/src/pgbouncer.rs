@@ -118,7 +118,11 @@ impl PgBouncer {
         }
         let _ = self.child.wait();
         let mut command = Command::new(BINARY);
-        command.arg(self._dir.path().join("pgbouncer.ini")).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        command
+            .arg(self._dir.path().join("pgbouncer.ini"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         if let Some(user) = run_as() {
             command.uid(user.uid).gid(user.gid);
         }

@@ -7,12 +7,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use integration_tests::bin_path;
 use integration_tests::fleet::{
     self, closes_by_application, order_item, peak_sessions_in_log, Answer, Ending, FleetConfig, Phase, Schedule,
     Server, Workload,
 };
 use integration_tests::orders::{postgres_watching_closes, ORDERS_BIN};
-use integration_tests::bin_path;
 
 const LIMIT: usize = 8;
 const POOL_SIZE: usize = 1;
@@ -113,7 +113,11 @@ async fn a_fleet_loses_nothing_stays_within_its_budget_and_closes_with_terminate
     }
     // The same reading does see a client that leaves without Terminate.
     let killed: Vec<_> = report.environments.iter().filter(|e| matches!(e.ended, Some((_, Ending::Killed)))).collect();
-    eprintln!("measured: {} environments SIGTERMed ({reaped_mid_run} mid-run), {} SIGKILLed", terminated.len(), killed.len());
+    eprintln!(
+        "measured: {} environments SIGTERMed ({reaped_mid_run} mid-run), {} SIGKILLed",
+        terminated.len(),
+        killed.len()
+    );
     for env in &killed {
         let name = &env.application_name;
         let tag = format!("] {name} DEBUG:  unexpected EOF on client connection");

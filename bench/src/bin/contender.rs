@@ -133,7 +133,8 @@ impl Strategy {
                 Self::DeadpoolVerified(pool.build()?)
             }
             "pool-of-5" => {
-                let size = std::env::var("BENCH_POOL_SIZE").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_SEED_POOL);
+                let size =
+                    std::env::var("BENCH_POOL_SIZE").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_SEED_POOL);
                 let manager = deadpool_postgres::Manager::from_config(
                     config,
                     NoTls,

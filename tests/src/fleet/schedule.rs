@@ -97,7 +97,7 @@ impl Schedule {
                 }
             }
         }
-        arrivals.sort_by(|a, b| a.at.cmp(&b.at));
+        arrivals.sort_by_key(|a| a.at);
         arrivals.truncate(self.max_arrivals);
         arrivals
     }

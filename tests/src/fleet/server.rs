@@ -244,7 +244,9 @@ pub fn connections_in_log(log: &str, started: std::time::SystemTime) -> (Vec<Dur
     for line in log.lines() {
         if line.contains("connection authorized: user=app ") && !line.contains(HARNESS) {
             authorized.extend(at(line));
-        } else if line.contains("sorry, too many clients already") || line.contains("remaining connection slots are reserved") {
+        } else if line.contains("sorry, too many clients already")
+            || line.contains("remaining connection slots are reserved")
+        {
             refused.extend(at(line));
         }
     }
@@ -304,7 +306,9 @@ pub fn closes_by_application(log: &str, prefix: &str) -> BTreeMap<String, Closes
         if message.contains("disconnection: session time") {
             entry.1 = true;
         }
-        if message.contains("unexpected EOF on client connection") || message.contains("could not receive data from client") {
+        if message.contains("unexpected EOF on client connection")
+            || message.contains("could not receive data from client")
+        {
             entry.2 = true;
         }
     }

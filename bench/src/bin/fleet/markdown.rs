@@ -55,14 +55,22 @@ pub(crate) fn report(runs: &[Ran], seed: u64, size: Size, cost: &ConnectCost) ->
         let s = ran.report.summary();
         let slots = match ran.scenario.target {
             Target::Direct => format!("max_connections {}", ran.scenario.max_connections),
-            Target::Bouncer(pool) => format!("PgBouncer pool {pool} (max_connections {})", ran.scenario.max_connections),
+            Target::Bouncer(pool) => {
+                format!("PgBouncer pool {pool} (max_connections {})", ran.scenario.max_connections)
+            }
         };
         let terminate = match &ran.terminate_closes {
             Some(closes) => {
-                let clean = closes.iter().filter(|c| c.backends > 0 && c.unclean == 0 && c.disconnections == c.backends).count();
+                let clean = closes
+                    .iter()
+                    .filter(|c| c.backends > 0 && c.unclean == 0 && c.disconnections == c.backends)
+                    .count();
                 format!("{clean} of {} ({} exited 0)", closes.len(), s.terminated_clean)
             }
-            None => format!("{} exited 0 of {} (server side not visible behind the pooler)", s.terminated_clean, s.terminated),
+            None => format!(
+                "{} exited 0 of {} (server side not visible behind the pooler)",
+                s.terminated_clean, s.terminated
+            ),
         };
         let first_failure = ran.report.envs_at_first_failure().map_or("no failure".to_owned(), |n| n.to_string());
         let _ = writeln!(
@@ -121,14 +129,21 @@ pub(crate) fn report(runs: &[Ran], seed: u64, size: Size, cost: &ConnectCost) ->
         md,
         "Recovered = the first second from which on, for 3 s, nothing failed and each second's p99 stayed within 3 × the warm p99 before the disruption (at least 25 ms).\n"
     );
-    let _ = writeln!(md, "| scenario | disruption at | action took | failed (arrived during the disruption's phase) | time to recover |");
+    let _ = writeln!(
+        md,
+        "| scenario | disruption at | action took | failed (arrived during the disruption's phase) | time to recover |"
+    );
     let _ = writeln!(md, "|---|---|---|---|---|");
     for ran in runs {
         let Some(mark) = disruption(ran) else { continue };
         let normal = normal_p99(&ran.report, mark.from);
-        let phase_end = ran.report.marks.iter().filter(|m| !m.fault && m.from <= mark.from).map(|m| m.to).max().unwrap_or(mark.to);
+        let phase_end =
+            ran.report.marks.iter().filter(|m| !m.fault && m.from <= mark.from).map(|m| m.to).max().unwrap_or(mark.to);
         let failed = ran.report.failures_between(mark.from, phase_end);
-        let recovery = ran.report.recovery(&mark, normal, 3).map_or("not within the run".to_owned(), |d| format!("{} s", d.as_secs()));
+        let recovery = ran
+            .report
+            .recovery(&mark, normal, 3)
+            .map_or("not within the run".to_owned(), |d| format!("{} s", d.as_secs()));
         let _ = writeln!(
             md,
             "| {} | {} ({:.1} s) | {} | {} | {} |",
@@ -161,7 +176,11 @@ pub(crate) fn report(runs: &[Ran], seed: u64, size: Size, cost: &ConnectCost) ->
                 .filter(|b| b.second as u64 >= m.from.as_secs() && (b.second as u64) < m.to.as_secs())
                 .fold((0, Duration::ZERO), |(c, t), b| (c + b.connects, t + b.server_cpu))
         });
-        let share = if cpu.is_zero() { 0.0 } else { (cost.per_connect * connects as u32).as_secs_f64() / cpu.as_secs_f64() * 100.0 };
+        let share = if cpu.is_zero() {
+            0.0
+        } else {
+            (cost.per_connect * connects as u32).as_secs_f64() / cpu.as_secs_f64() * 100.0
+        };
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} | {:.0} % |",

@@ -66,7 +66,8 @@ pub(crate) struct Ran {
 pub(crate) fn all(size: Size) -> Vec<Scenario> {
     let (small, big) = match size {
         Size::Quick => (24, 60),
-        _ => (60, 200),
+        // Below the ~50 environments the default burst needs (measured).
+        _ => (30, 200),
     };
     let pool = if size == Size::Quick { 4 } else { 10 };
     if size == Size::Large {

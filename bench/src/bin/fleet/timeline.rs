@@ -42,11 +42,7 @@ pub(crate) fn draw(runs: &[Ran], path: &Path) {
     let panels = root.split_evenly((MEASURES.len(), 1));
     let marks = &runs[0].report.marks;
     for (panel, (name, measure)) in panels.iter().zip(MEASURES) {
-        let top = timelines
-            .iter()
-            .flat_map(|t| t.iter().filter_map(measure))
-            .fold(1.0f64, f64::max)
-            * 1.08;
+        let top = timelines.iter().flat_map(|t| t.iter().filter_map(measure)).fold(1.0f64, f64::max) * 1.08;
         let mut chart = ChartBuilder::on(panel)
             .caption(name, ("sans-serif", 18))
             .margin(8)
@@ -54,7 +50,12 @@ pub(crate) fn draw(runs: &[Ran], path: &Path) {
             .y_label_area_size(56)
             .build_cartesian_2d(0f64..seconds, 0f64..top)
             .expect("build a panel");
-        chart.configure_mesh().x_desc("seconds since the start").light_line_style(WHITE.mix(0.0)).draw().expect("draw the mesh");
+        chart
+            .configure_mesh()
+            .x_desc("seconds since the start")
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .expect("draw the mesh");
         // The bursts, shaded.
         for mark in marks.iter().filter(|m| !m.fault && m.label.contains("burst")) {
             let area = Rectangle::new(
