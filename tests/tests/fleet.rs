@@ -77,7 +77,7 @@ async fn a_fleet_loses_nothing_stays_within_its_budget_and_closes_with_terminate
         })
         .collect();
     assert!(accepted.len() >= 10, "enough writes to mean something: {}", accepted.len());
-    for (id, item) in &accepted {
+    for item in accepted.values() {
         let index: usize = item.rsplit('-').next().and_then(|i| i.parse().ok()).expect("fleet-<seed>-<index>");
         assert_eq!(item, &order_item(seed, index));
     }
