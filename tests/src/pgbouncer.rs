@@ -104,6 +104,32 @@ impl PgBouncer {
         bouncer
     }
 
+    /// Process id of the running PgBouncer.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops PgBouncer (SIGTERM: its immediate shutdown, every client and
+    /// server connection closed) and starts it again with the same settings
+    /// on the same port; returns once it accepts connections.
+    pub async fn restart(&mut self) {
+        if let Some(pid) = i32::try_from(self.child.id()).ok().and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let _ = self.child.wait();
+        let mut command = Command::new(BINARY);
+        command
+            .arg(self._dir.path().join("pgbouncer.ini"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(user) = run_as() {
+            command.uid(user.uid).gid(user.gid);
+        }
+        self.child = command.spawn().expect("spawn pgbouncer again");
+        self.wait_ready().await;
+    }
+
     /// Port PgBouncer listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port
