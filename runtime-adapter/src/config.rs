@@ -574,8 +574,10 @@ fn namespace(env: &Lookup<'_>) -> Result<Option<String>, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeSet, HashMap};
+    use std::sync::Mutex;
+
     use super::*;
-    use std::collections::HashMap;
 
     const URL: &str = "postgres://app:hunter2-secret@127.0.0.1:5432/app";
 
@@ -848,5 +850,63 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
         assert!(debug.contains("pool_size"));
+    }
+
+    /// The README's table of variables: for each row, the names in its first
+    /// column and its default as written.
+    fn readme_rows() -> Vec<(Vec<String>, String)> {
+        let readme = include_str!("../../README.md");
+        let table = readme.split("| Variable | Default | Meaning |").nth(1).expect("the README's table of variables");
+        table
+            .lines()
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                let names = cells[1].split('`').skip(1).step_by(2).map(str::to_owned).collect();
+                (names, cells[2].trim_matches('`').to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_table_names_every_variable_the_code_reads_and_no_other() {
+        let read = Mutex::new(BTreeSet::new());
+        let record = |vars: &[(&str, &str)]| {
+            let map: HashMap<&str, &str> = vars.iter().copied().collect();
+            let lookup = |name: &str| {
+                read.lock().expect("lock").insert(name.to_owned());
+                map.get(name).map(|v| (*v).to_owned())
+            };
+            drop(Config::from_lookup(lookup));
+        };
+        // Each way to give the address and the credentials, so that every
+        // branch asks for its variables.
+        record(&[("DATABASE_URL", URL)]);
+        record(&[("DB_HOST", "h"), ("DB_NAME", "d"), ("DB_USER", "u")]);
+        record(&[("DB_SECRET_ARN", "arn")]);
+        record(&[("DATABASE_URL", URL), ("DB_IAM_AUTH", "true")]);
+        let ours = |name: &String| name.starts_with("DB_") || name == "DATABASE_URL";
+        let code: BTreeSet<String> = read.into_inner().expect("lock").into_iter().filter(ours).collect();
+        let table: BTreeSet<String> = readme_rows().into_iter().flat_map(|(names, _)| names).filter(ours).collect();
+        assert_eq!(code, table, "the variables the code reads, and those the README's table lists");
+    }
+
+    #[test]
+    fn the_readme_table_gives_the_codes_defaults() {
+        let baseline = format!("{:?}", parse_with_url(&[]).expect("valid"));
+        let mut checked = 0;
+        for (names, default) in readme_rows() {
+            let [name] = names.as_slice() else { continue };
+            let plain = default.chars().all(|c| c.is_ascii_digit())
+                || ["on", "off", "true", "false", "none"].contains(&default.as_str());
+            if !name.starts_with("DB_") || !plain {
+                continue;
+            }
+            let explicit = parse_with_url(&[(name.as_str(), default.as_str())]).expect("the README's default is valid");
+            assert_eq!(format!("{explicit:?}"), baseline, "{name}: the README's default {default} is not the code's");
+            checked += 1;
+        }
+        assert!(checked >= 15, "only {checked} defaults checked");
     }
 }
