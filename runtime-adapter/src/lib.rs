@@ -9,7 +9,8 @@
 //! - `error`: the one error type, [`ConfigError`], and their
 //!   classification by SQLSTATE and connection state.
 //! - `credentials`: resolving the credentials (URL, Secrets Manager, RDS
-//!   IAM tokens) at every pool build.
+//!   IAM tokens) at every pool build; the secret's shape in
+//!   `credentials::secret`, token signing in `credentials::iam`.
 //! - `tls`: libpq's `sslmode` on rustls, trust roots, certificate checks;
 //!   its own error type.
 //! - `adapter`: [`Adapter`] and its [`Builder`]; the gate every invocation
