@@ -159,7 +159,7 @@ pub(crate) fn schedule(size: Size, injected: Injected) -> (Schedule, usize, Dura
         Size::Large => (
             vec![
                 Phase::steady("steady", s(10), 20.0),
-                Phase::burst("burst", s(40), 1000, s(8), 30.0),
+                Phase::burst("burst", s(40), 1000, s(1), 30.0),
                 Phase::steady("quiet", s(40), 0.2),
                 Phase::steady("steady again", s(10), 20.0),
             ],
