@@ -141,16 +141,7 @@ impl Builder {
         let shared = &adapter.shared;
         let until = deadline::init_until(started);
         let attempts = shared.config.warmup_attempts;
-        match WarmPool::build_retrying(
-            &shared.config,
-            &shared.statements,
-            &shared.counters,
-            &shared.liveness,
-            attempts,
-            until,
-        )
-        .await
-        {
+        match shared.build_pool(attempts, until).await {
             Ok(pool) => drop(shared.install(Some(Arc::new(pool)))),
             Err(error) if matches!(error.kind(), ErrorKind::Transient | ErrorKind::TooManyConnections) => {
                 if error.kind() == ErrorKind::TooManyConnections {
@@ -403,16 +394,7 @@ impl Adapter {
         let until = deadline::restore_until(started);
         let attempts = shared.config.warmup_attempts;
         let _flight = shared.maintenance.lock().await;
-        match WarmPool::build_retrying(
-            &shared.config,
-            &shared.statements,
-            &shared.counters,
-            &shared.liveness,
-            attempts,
-            until,
-        )
-        .await
-        {
+        match shared.build_pool(attempts, until).await {
             Ok(pool) => {
                 shared.install(Some(Arc::new(pool)));
                 tracing::info!(duration_ms = millis(started.elapsed()), "restore: pool re-warmed");
@@ -444,17 +426,7 @@ impl Adapter {
         let _flight = shared.maintenance.lock().await;
         // Whatever made this invocation wait may have done the work already.
         let Some(mut pool) = shared.current() else {
-            let pool = Arc::new(
-                WarmPool::build_retrying(
-                    &shared.config,
-                    &shared.statements,
-                    &shared.counters,
-                    &shared.liveness,
-                    1,
-                    until,
-                )
-                .await?,
-            );
+            let pool = Arc::new(shared.build_pool(1, until).await?);
             shared.install(Some(pool.clone()));
             return Ok(pool);
         };
@@ -537,10 +509,7 @@ impl Adapter {
         shared.install(None);
         old.close();
         let started = Instant::now();
-        let new = Arc::new(
-            WarmPool::build_retrying(&shared.config, &shared.statements, &shared.counters, &shared.liveness, 1, until)
-                .await?,
-        );
+        let new = Arc::new(shared.build_pool(1, until).await?);
         shared.install(Some(new));
         shared.counters.refreshed(RefreshReason::Failover);
         tracing::warn!(
@@ -558,10 +527,7 @@ impl Adapter {
         shared.install(None);
         old.close();
         let started = Instant::now();
-        let new = Arc::new(
-            WarmPool::build_retrying(&shared.config, &shared.statements, &shared.counters, &shared.liveness, 1, until)
-                .await?,
-        );
+        let new = Arc::new(shared.build_pool(1, until).await?);
         shared.install(Some(new.clone()));
         shared.counters.refreshed(RefreshReason::FailedCheck);
         tracing::info!(reason = "failed_check", duration_ms = millis(started.elapsed()), "pool rebuilt");
@@ -570,6 +536,11 @@ impl Adapter {
 }
 
 impl Shared {
+    /// Builds and warms a pool: `attempts` tries, never past `until`.
+    async fn build_pool(&self, attempts: u32, until: Deadline) -> Result<WarmPool, Error> {
+        WarmPool::build_retrying(&self.config, &self.statements, &self.counters, &self.liveness, attempts, until).await
+    }
+
     fn current(&self) -> Option<Arc<WarmPool>> {
         self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
