@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use runtime_adapter::{Adapter, Config, Context};
+use runtime_adapter::{Adapter, Config, Context, Stats};
 
 /// An adapter warmed against `database_url` with `env` as its environment
 /// and `statements` declared.
@@ -41,4 +41,17 @@ pub async fn try_adapter(
         builder = builder.statement(*sql);
     }
     builder.init().await
+}
+
+/// Waits, polling every 10 ms, until `done` holds for the adapter's
+/// counters; false after `within`.
+pub async fn wait_stats(adapter: &Adapter, within: Duration, done: impl Fn(&Stats) -> bool) -> bool {
+    let give_up = tokio::time::Instant::now() + within;
+    while !done(&adapter.stats()) {
+        if tokio::time::Instant::now() >= give_up {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
 }

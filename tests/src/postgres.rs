@@ -379,6 +379,34 @@ impl Postgres {
         self.count_backends("usename", user).await
     }
 
+    /// Waits until the server has `n` client backends whose
+    /// `application_name` is `application_name`; false after `timeout`.
+    /// Polls on one session of its own, which logs nothing.
+    pub async fn wait_connection_count(&self, application_name: &str, n: i64, timeout: Duration) -> bool {
+        let client = self.superuser().await;
+        client.batch_execute("SET log_statement = 'none'").await.expect("quiet polling");
+        let give_up = tokio::time::Instant::now() + timeout;
+        loop {
+            let count: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE application_name = $1 AND backend_type = 'client backend' \
+                       AND pid <> pg_backend_pid()",
+                    &[&application_name],
+                )
+                .await
+                .expect("count backends in pg_stat_activity")
+                .get(0);
+            if count == n {
+                return true;
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     async fn count_backends(&self, column: &str, value: &str) -> i64 {
         let sql = format!(
             "SELECT count(*) FROM pg_stat_activity \

@@ -249,3 +249,136 @@ async fn a_statement_still_running_at_the_deadline_is_cancelled_on_the_server() 
     assert_eq!(one, 1);
     assert_eq!(adapter.stats().connect_attempts, 1, "the same connection");
 }
+
+#[tokio::test]
+async fn each_isolation_level_is_the_one_the_server_runs_the_transaction_at() {
+    let pg = postgres().await;
+    let adapter = adapter(&pg.database_url(), &[], &[]).await;
+    let db = adapter.db(&context(Duration::from_secs(30))).await.expect("db");
+    for (level, name) in [
+        (IsolationLevel::Serializable, "serializable"),
+        (IsolationLevel::RepeatableRead, "repeatable read"),
+        (IsolationLevel::ReadUncommitted, "read uncommitted"),
+        (IsolationLevel::ReadCommitted, "read committed"),
+    ] {
+        let shown: String =
+            db.transaction_with(level, |tx| async move {
+                Ok(tx.query_one("SHOW transaction_isolation", &[]).await?.get(0))
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{level:?}: {e}"));
+        assert_eq!(shown, name, "{level:?}: the level the server reports inside the transaction");
+    }
+}
+
+#[tokio::test]
+async fn a_tx_returns_the_rows_the_server_returned_and_its_debug_shows_only_the_deadline() {
+    let pg = postgres().await;
+    pg.apply_sql_as_app(SCHEMA).await;
+    let adapter = adapter(&pg.database_url(), &[], &[]).await;
+    let db = adapter.db(&context(Duration::from_secs(30))).await.expect("db");
+    let (found, missing, debug) = db
+        .transaction(|tx| async move {
+            let found = tx.query_opt("SELECT n FROM counters WHERE id = 1", &[]).await?.map(|row| row.get::<_, i32>(0));
+            let missing =
+                tx.query_opt("SELECT n FROM counters WHERE id = 2", &[]).await?.map(|row| row.get::<_, i32>(0));
+            Ok((found, missing, format!("{tx:?}")))
+        })
+        .await
+        .expect("transaction");
+    assert_eq!((found, missing), (Some(0), None), "query_opt: the one row, then none");
+    assert!(debug.starts_with("Tx { until: Some("), "{debug}");
+    assert!(debug.ends_with(", .. }"), "nothing but the deadline: {debug}");
+}
+
+#[tokio::test]
+async fn a_serialization_failure_at_commit_reruns_the_transaction() {
+    let pg = postgres().await;
+    pg.apply_sql_as_app(
+        "CREATE TABLE duty (doctor text PRIMARY KEY, on_call bool NOT NULL);
+         INSERT INTO duty VALUES ('alice', true), ('bob', true);",
+    )
+    .await;
+    let adapter = adapter(&pg.database_url(), &[], &[]).await;
+    let db = adapter.db(&context(Duration::from_secs(30))).await.expect("db");
+    let other = pg.app_client().await;
+    let attempts = AtomicU32::new(0);
+    let first_returned_ok = std::sync::atomic::AtomicBool::new(false);
+    let (other, first_returned_ok_ref) = (&other, &first_returned_ok);
+    let result = db
+        .transaction_with(IsolationLevel::Serializable, |tx| {
+            let attempt = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                let on_call: i64 = tx.query_one("SELECT count(*) FROM duty WHERE on_call", &[]).await?.get(0);
+                if attempt == 1 {
+                    // Write skew: both read two doctors on call and each
+                    // takes one off. The other commits first; this
+                    // transaction's statements all succeed, and only its
+                    // COMMIT can fail (40001).
+                    tx.execute("UPDATE duty SET on_call = false WHERE doctor = 'alice'", &[]).await?;
+                    other
+                        .batch_execute(
+                            "BEGIN ISOLATION LEVEL SERIALIZABLE;
+                             SELECT count(*) FROM duty WHERE on_call;
+                             UPDATE duty SET on_call = false WHERE doctor = 'bob';
+                             COMMIT",
+                        )
+                        .await
+                        .expect("the other transaction commits first");
+                    first_returned_ok_ref.store(true, Ordering::SeqCst);
+                }
+                Ok(on_call)
+            }
+        })
+        .await;
+    assert!(first_returned_ok.load(Ordering::SeqCst), "the first attempt's closure returned Ok");
+    assert_eq!(attempts.load(Ordering::SeqCst), 2, "rerun once, after the COMMIT failed");
+    assert_eq!(result.expect("committed on the second attempt"), 1, "the rerun saw the other's commit");
+    let rows = other.query("SELECT doctor, on_call FROM duty ORDER BY doctor", &[]).await.expect("duty");
+    let duty: Vec<(String, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(duty, [("alice".to_owned(), true), ("bob".to_owned(), false)], "the first attempt's update rolled back");
+    assert_eq!(adapter.stats().retry_attempts, 1);
+}
+
+#[tokio::test]
+async fn a_deferred_constraint_failing_at_commit_is_the_servers_error_and_not_retried() {
+    let pg = postgres().await;
+    pg.apply_sql_as_app(
+        "CREATE TABLE codes (code text UNIQUE DEFERRABLE INITIALLY DEFERRED); INSERT INTO codes VALUES ('a');",
+    )
+    .await;
+    let adapter = adapter(&pg.database_url(), &[], &[]).await;
+    let db = adapter.db(&context(Duration::from_secs(30))).await.expect("db");
+    let attempts = AtomicU32::new(0);
+    let result = db
+        .transaction(|tx| {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tx.execute("INSERT INTO codes VALUES ('b')", &[]).await?;
+                // Checked at COMMIT, not here.
+                tx.execute("INSERT INTO codes VALUES ('a')", &[]).await
+            }
+        })
+        .await;
+    match result {
+        Err(error @ Error::Db(_)) => {
+            assert_eq!(error.code(), Some(&runtime_adapter::tokio_postgres::error::SqlState::UNIQUE_VIOLATION));
+        }
+        other => panic!("expected the server's unique violation, got {other:?}"),
+    }
+    assert_eq!(attempts.load(Ordering::SeqCst), 1, "a constraint violation at COMMIT is not retried");
+    let client = pg.app_client().await;
+    let codes: Vec<String> = client
+        .query("SELECT code FROM codes ORDER BY code", &[])
+        .await
+        .expect("codes")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(codes, ["a"], "nothing of the transaction committed");
+    // The server ended the transaction: the connection serves on.
+    let one: i32 = db.query_one("SELECT 1", &[]).await.expect("the connection is reused").get(0);
+    assert_eq!(one, 1);
+    let stats = adapter.stats();
+    assert_eq!((stats.connect_attempts, stats.abandoned_sessions), (1, 0), "the same connection, nothing abandoned");
+}
