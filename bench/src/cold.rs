@@ -1,14 +1,18 @@
 //! Cold starts: a new process per sample, an invocation already queued, timed
 //! from spawning the process to its INIT ending (first poll) and to its first
 //! answer. The adapter's own breakdown of its warmup (connect, phase 1,
-//! phase 2) is read from the `pool warmed` line it logs at INIT.
+//! phase 2) is read from the `pool warmed` line it logs at INIT. The same
+//! again on Lambda-sized CPU shares ([`crate::cgroup`]), with the CPU the
+//! process had used when it answered.
 
 use std::time::{Duration, Instant};
 
 use integration_tests::orders::get_order;
-use integration_tests::{InvokeOptions, Postgres, RuntimeApi};
+use integration_tests::{Function, InvokeOptions, Postgres, RuntimeApi};
 
+use crate::cgroup::{CpuCgroup, Share, Throttling, SHARES};
 use crate::contenders::{check_found, Contender, ORDER_ID};
+use crate::cpu::Cpu;
 use crate::summary::Summary;
 
 const STARTUP: Duration = Duration::from_secs(30);
@@ -70,27 +74,10 @@ pub(crate) async fn run(pg: &Postgres, samples: usize) -> Vec<ColdResult> {
     // Interleaved: sample k of every contender before sample k+1 of any.
     for sample in 0..samples {
         for (i, &contender) in contenders.iter().enumerate() {
-            let purpose = format!("cold{sample}");
-            let api = RuntimeApi::start_for(&purpose).await;
-            let pending = api.enqueue(get_order(ORDER_ID), InvokeOptions::default().timeout(STARTUP));
-            let builder = contender.builder(pg.port(), &purpose);
-            let spawned = Instant::now();
-            let mut function = builder.spawn(&api);
-            let polled = async {
-                assert!(api.wait_next_polls(1, STARTUP).await, "{} never polled", contender.label());
-                spawned.elapsed()
-            };
-            let answered = async {
-                let invocation = pending.wait().await;
-                (invocation, spawned.elapsed())
-            };
-            let (polled, (invocation, answered)) = tokio::join!(polled, answered);
-            check_found(contender, &invocation);
-            init[i].push(polled);
-            first[i].push(answered);
-            warmups[i].extend(Warmup::parse_all(&function.output()));
-            function.kill();
-            function.wait_exit(Duration::from_secs(5)).await;
+            let one = cold_start(pg, contender, &format!("cold{sample}"), None).await;
+            init[i].push(one.init);
+            first[i].push(one.first_answer);
+            warmups[i].extend(one.warmups);
         }
     }
     contenders
@@ -103,6 +90,105 @@ pub(crate) async fn run(pg: &Postgres, samples: usize) -> Vec<ColdResult> {
             warmups: std::mem::take(&mut warmups[i]),
         })
         .collect()
+}
+
+/// Cold starts of one contender on one Lambda-sized CPU share.
+#[derive(Debug)]
+pub(crate) struct QuotaResult {
+    pub(crate) share: Share,
+    pub(crate) contender: Contender,
+    pub(crate) init: Summary,
+    pub(crate) first_answer: Summary,
+    /// CPU the function process had used when it answered (all its threads), ms.
+    pub(crate) cpu_ms: Vec<f64>,
+    /// Periods in which it ran, spawn → first answer (`nr_periods`).
+    pub(crate) periods: Vec<f64>,
+    /// Periods in which the quota stopped it, spawn → first answer.
+    pub(crate) throttled_periods: Vec<f64>,
+}
+
+/// Cold starts under each of [`SHARES`], for the adapter, the bare client
+/// and sqlx defaults. Each sample gets a new cgroup, so that it starts with
+/// a whole period's quota as a new environment would, whatever the sample
+/// before it used. Interleaved: sample k of every share and contender
+/// before sample k+1 of any. The server and the driver are not limited
+/// (on Lambda the database is elsewhere). An error when no cgroup can be made.
+pub(crate) async fn run_on_shares(pg: &Postgres, samples: usize) -> Result<Vec<QuotaResult>, String> {
+    let contenders = Contender::cold_on_shares();
+    let mut results: Vec<QuotaResult> = SHARES
+        .iter()
+        .flat_map(|&share| {
+            contenders.iter().map(move |&contender| QuotaResult {
+                share,
+                contender,
+                init: Summary::default(),
+                first_answer: Summary::default(),
+                cpu_ms: Vec::new(),
+                periods: Vec::new(),
+                throttled_periods: Vec::new(),
+            })
+        })
+        .collect();
+    let mut init: Vec<Vec<Duration>> = vec![Vec::new(); results.len()];
+    let mut first: Vec<Vec<Duration>> = vec![Vec::new(); results.len()];
+    for sample in 0..samples {
+        for (i, result) in results.iter_mut().enumerate() {
+            let slug = result.share.label.replace(' ', "-");
+            let cgroup = CpuCgroup::create(&format!("bench-cold-{slug}-{i}-{sample}"), result.share)?;
+            let purpose = format!("quota{sample}");
+            let one = cold_start(pg, result.contender, &purpose, Some(&cgroup)).await;
+            init[i].push(one.init);
+            first[i].push(one.first_answer);
+            result.cpu_ms.push(one.cpu.on_cpu_ns as f64 / 1e6);
+            result.periods.push(one.throttled.periods as f64);
+            result.throttled_periods.push(one.throttled.throttled_periods as f64);
+        }
+    }
+    for (i, result) in results.iter_mut().enumerate() {
+        result.init = Summary::of(&init[i]);
+        result.first_answer = Summary::of(&first[i]);
+    }
+    Ok(results)
+}
+
+/// One cold start, measured.
+struct ColdStart {
+    init: Duration,
+    first_answer: Duration,
+    warmups: Vec<Warmup>,
+    /// The function process's CPU when it answered.
+    cpu: Cpu,
+    throttled: Throttling,
+}
+
+/// A new process of `contender` (in `cgroup` when given) with the
+/// invocation already queued, timed from spawn; killed once it answered.
+async fn cold_start(pg: &Postgres, contender: Contender, purpose: &str, cgroup: Option<&CpuCgroup>) -> ColdStart {
+    let api = RuntimeApi::start_for(purpose).await;
+    let pending = api.enqueue(get_order(ORDER_ID), InvokeOptions::default().timeout(STARTUP));
+    let builder = contender.builder(pg.port(), purpose);
+    let throttled_before = cgroup.map(CpuCgroup::throttling).unwrap_or_default();
+    let spawned = Instant::now();
+    let mut function = match cgroup {
+        Some(cgroup) => cgroup.spawn_inside(|| builder.spawn(&api), Function::pid),
+        None => builder.spawn(&api),
+    };
+    let polled = async {
+        assert!(api.wait_next_polls(1, STARTUP).await, "{} never polled", contender.label());
+        spawned.elapsed()
+    };
+    let answered = async {
+        let invocation = pending.wait().await;
+        let at = spawned.elapsed();
+        (invocation, at, Cpu::of(&[function.pid()]))
+    };
+    let (init, (invocation, first_answer, cpu)) = tokio::join!(polled, answered);
+    check_found(contender, &invocation);
+    let throttled = cgroup.map(CpuCgroup::throttling).unwrap_or_default().since(throttled_before);
+    let warmups = Warmup::parse_all(&function.output());
+    function.kill();
+    function.wait_exit(Duration::from_secs(5)).await;
+    ColdStart { init, first_answer, warmups, cpu, throttled }
 }
 
 #[cfg(test)]

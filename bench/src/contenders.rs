@@ -64,6 +64,16 @@ impl Contender {
         all
     }
 
+    /// Compared on cold starts under Lambda-sized CPU shares: the adapter,
+    /// the lower bound and sqlx defaults (issue 18).
+    pub(crate) fn cold_on_shares() -> Vec<Self> {
+        let mut all = vec![Self::Adapter, Self::Bare];
+        if cfg!(feature = "sqlx") {
+            all.push(Self::Sqlx);
+        }
+        all
+    }
+
     pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Adapter => "runtime-adapter (`orders`)",

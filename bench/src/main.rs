@@ -2,7 +2,8 @@
 //! otherwise pick, in one run against one throwaway PostgreSQL on loopback
 //! (`scripts/bench`; issue 7). Prints a Markdown report; `--out FILE` also
 //! writes it there; `--quick` makes every loop shorter; `--cold N` takes N
-//! cold-start samples of each contender.
+//! cold-start samples of each contender; `--svg DIR` is where the pictures
+//! go (`bench/` by default, beside BENCHMARKS.md).
 //!
 //! Every contender is a real Lambda function binary in its own process,
 //! driving `lambda_runtime`'s loop against its own emulated Runtime API:
@@ -17,22 +18,27 @@
 //! - [`warm`]: warm latency, interleaved; CPU per invocation; connections held and peak memory after.
 //! - [`round_trips`]: round trips per invocation (through [`wire`]) and statements executed.
 //! - [`wire`]: the protocol-reading proxy that counts round trips.
-//! - [`cold`]: process start to first answer; the adapter's warmup breakdown.
+//! - [`cold`]: process start to first answer, also on Lambda-sized CPU
+//!   shares; the adapter's warmup breakdown.
+//! - [`cgroup`]: a CPU quota for a function process, from its first instruction.
 //! - [`refresh`]: the invocation that replaces a pool past its maximum age.
 //! - [`budget`]: connections per environment, environments per 100 slots.
 //! - [`concurrency`]: 16 concurrent invocations per environment, 64 senders.
 //! - [`cpu`]: CPU time and wake-ups of processes, from `/proc`.
 //! - [`footprint`]: binary sizes.
 //! - [`summary`]: percentiles. [`report`]: the Markdown and the targets.
+//! - [`pictures`]: the warm-latency distributions and the refresh run, as SVG.
 
 mod baseline;
 mod budget;
+mod cgroup;
 mod cold;
 mod concurrency;
 mod contenders;
 mod cpu;
 mod footprint;
 mod library;
+mod pictures;
 mod refresh;
 mod report;
 mod round_trips;
@@ -53,6 +59,8 @@ struct Plan {
     rounds: usize,
     round_trip_invocations: usize,
     cold_samples: usize,
+    /// Cold starts of each contender on each CPU share (issue 18: medians of 5).
+    share_samples: usize,
     refresh_for: Duration,
     concurrent_invocations: usize,
     baseline_round_trips: usize,
@@ -65,6 +73,7 @@ const FULL: Plan = Plan {
     rounds: 3000,
     round_trip_invocations: 200,
     cold_samples: 7,
+    share_samples: 5,
     refresh_for: Duration::from_secs(10),
     concurrent_invocations: 5000,
     baseline_round_trips: 2000,
@@ -77,6 +86,7 @@ const QUICK: Plan = Plan {
     rounds: 300,
     round_trip_invocations: 50,
     cold_samples: 2,
+    share_samples: 5,
     refresh_for: Duration::from_secs(4),
     concurrent_invocations: 1000,
     baseline_round_trips: 300,
@@ -89,11 +99,13 @@ async fn main() {
     let mut quick = false;
     let mut cold_samples: Option<usize> = None;
     let mut out: Option<PathBuf> = None;
+    let mut svg_dir = PathBuf::from("bench");
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--out" => out = Some(args.next().unwrap_or_else(|| usage("--out needs a file")).into()),
+            "--svg" => svg_dir = args.next().unwrap_or_else(|| usage("--svg needs a directory")).into(),
             "--cold" => {
                 let n = args.next().and_then(|n| n.parse().ok()).filter(|n| *n > 0);
                 cold_samples = Some(n.unwrap_or_else(|| usage("--cold needs a number of samples, at least 1")));
@@ -130,6 +142,8 @@ async fn main() {
     let round_trips = round_trips::run(&pg, plan.round_trip_invocations).await;
     progress(&format!("cold starts: {} samples each", plan.cold_samples));
     let cold = cold::run(&pg, plan.cold_samples).await;
+    progress(&format!("cold starts on Lambda-sized CPU shares: {} samples each", plan.share_samples));
+    let cold_on_shares = cold::run_on_shares(&pg, plan.share_samples).await;
     progress("refresh cost");
     let refresh = refresh::run(&pg, plan.refresh_for).await;
     progress("connection budget");
@@ -139,8 +153,21 @@ async fn main() {
     let binaries = footprint::binary_sizes();
 
     let setup = setup(&pg, quick, started.elapsed(), &load_before).await;
-    let results =
-        report::Results { setup, baseline, library, warm, round_trips, cold, refresh, budget, concurrency, binaries };
+    let pictures = draw(&svg_dir, &warm, &refresh);
+    let results = report::Results {
+        setup,
+        baseline,
+        library,
+        warm,
+        round_trips,
+        cold,
+        cold_on_shares,
+        refresh,
+        budget,
+        concurrency,
+        binaries,
+        pictures,
+    };
     let report = results.render();
     println!("{report}");
     if let Some(path) = out {
@@ -149,6 +176,20 @@ async fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// The pictures, into `dir`: the files written, or why not.
+fn draw(
+    dir: &std::path::Path,
+    warm: &[warm::WarmResult],
+    refresh: &refresh::RefreshResult,
+) -> Result<Vec<PathBuf>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let latency = dir.join("warm-latency.svg");
+    pictures::warm_latency(warm, &latency)?;
+    let timeline = dir.join("refresh-timeline.svg");
+    pictures::refresh_timeline(refresh, &timeline)?;
+    Ok(vec![latency, timeline])
 }
 
 /// The run's header: command, date, machine, server, code.
@@ -202,6 +243,6 @@ fn usage(problem: &str) -> ! {
     if !problem.is_empty() {
         eprintln!("bench: {problem}");
     }
-    eprintln!("usage: scripts/bench [--quick] [--cold SAMPLES] [--out FILE]");
+    eprintln!("usage: scripts/bench [--quick] [--cold SAMPLES] [--out FILE] [--svg DIR]");
     std::process::exit(2);
 }

@@ -15,7 +15,7 @@ use crate::summary::Summary;
 use crate::wire::CountingProxy;
 
 /// `DB_MAX_AGE_MS`: short, so that a run of seconds sees several refreshes.
-const MAX_AGE_MS: &str = "1000";
+pub(crate) const MAX_AGE_MS: &str = "1000";
 /// `DB_HEALTH_CHECK_INTERVAL_MS` must be shorter than the maximum age; at the
 /// pace below a round trip succeeds every few milliseconds, so no check runs.
 const HEALTH_CHECK_INTERVAL_MS: &str = "900";
@@ -29,6 +29,18 @@ pub(crate) struct RefreshResult {
     pub(crate) warmups: Vec<Warmup>,
     /// The adapter's own `duration_ms` of each refresh.
     pub(crate) durations_ms: Vec<f64>,
+    /// Every invocation in order (for the picture).
+    pub(crate) timeline: Vec<Point>,
+}
+
+/// One invocation of the refresh run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Point {
+    /// When it was sent, since the first.
+    pub(crate) at: Duration,
+    pub(crate) latency: Duration,
+    /// It opened a connection: it replaced the pool.
+    pub(crate) refreshed: bool,
 }
 
 pub(crate) async fn run(pg: &Postgres, duration: Duration) -> RefreshResult {
@@ -37,15 +49,19 @@ pub(crate) async fn run(pg: &Postgres, duration: Duration) -> RefreshResult {
     let mut instance = Running::start(Contender::Adapter, pg, Some(proxy.port()), "refresh", &env).await;
     let mut normal = Vec::new();
     let mut refreshing = Vec::new();
+    let mut timeline = Vec::new();
     let started = Instant::now();
     while started.elapsed() < duration {
         let before = proxy.counts();
+        let at = started.elapsed();
         let invocation = instance.invoke().await;
-        if proxy.counts().since(before).connections > 0 {
+        let refreshed = proxy.counts().since(before).connections > 0;
+        if refreshed {
             refreshing.push(invocation.latency);
         } else {
             normal.push(invocation.latency);
         }
+        timeline.push(Point { at, latency: invocation.latency, refreshed });
         tokio::time::sleep(PACE).await;
     }
     let output = instance.function.output();
@@ -55,6 +71,7 @@ pub(crate) async fn run(pg: &Postgres, duration: Duration) -> RefreshResult {
         // The first warmup is INIT's.
         warmups: Warmup::parse_all(&output).into_iter().skip(1).collect(),
         durations_ms: refreshed_lines(&output).iter().filter_map(|line| field(line, "duration_ms")).collect(),
+        timeline,
     }
 }
 

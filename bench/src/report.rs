@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use crate::baseline::Baseline;
 use crate::budget::{self, Budget};
-use crate::cold::{ColdResult, Warmup};
+use crate::cgroup::{self, SHARES};
+use crate::cold::{ColdResult, QuotaResult, Warmup};
 use crate::concurrency::{ConcurrencyResult, MAX_CONCURRENCY, SENDERS};
 use crate::contenders::{Contender, FOOTPRINT_INVOCATIONS};
 use crate::footprint::BinarySize;
@@ -24,10 +25,14 @@ pub(crate) struct Results {
     pub(crate) warm: Vec<WarmResult>,
     pub(crate) round_trips: Vec<RoundTrips>,
     pub(crate) cold: Vec<ColdResult>,
+    /// Cold starts on Lambda-sized CPU shares, or why they could not run.
+    pub(crate) cold_on_shares: Result<Vec<QuotaResult>, String>,
     pub(crate) refresh: RefreshResult,
     pub(crate) budget: Budget,
     pub(crate) concurrency: Vec<ConcurrencyResult>,
     pub(crate) binaries: Vec<BinarySize>,
+    /// The SVG files drawn, or why not.
+    pub(crate) pictures: Result<Vec<std::path::PathBuf>, String>,
 }
 
 const SLOTS: i64 = 100;
@@ -41,10 +46,12 @@ impl Results {
         self.render_warm(o);
         self.render_round_trips(o);
         self.render_cold(o);
+        self.render_cold_on_shares(o);
         self.render_refresh(o);
         self.render_budget(o);
         self.render_concurrency(o);
         self.render_footprint(o);
+        self.render_pictures(o);
         out
     }
 
@@ -284,6 +291,91 @@ impl Results {
                 b.connect.n
             ),
         );
+    }
+
+    fn render_cold_on_shares(&self, o: &mut String) {
+        line(o, "### Cold start on Lambda-sized CPU\n");
+        let results = match &self.cold_on_shares {
+            Ok(results) if !results.is_empty() => results,
+            Ok(_) => return,
+            Err(why) => {
+                line(o, &format!("Not measured: {why}.\n"));
+                return;
+            }
+        };
+        let samples = results[0].first_answer.n;
+        line(
+            o,
+            &format!(
+                "Lambda gives CPU in proportion to memory (1,769 MB is one vCPU). Each sample is a new process \
+                 in a new cgroup with a CPU quota ({}); PostgreSQL and the driver are not limited. \
+                 Spawn → first answer, median of {samples} (× the bare client's):\n",
+                cgroup::mechanism()
+            ),
+        );
+        let of = |share, contender| results.iter().find(|r| r.share == share && r.contender == contender);
+        let mut contenders: Vec<Contender> = Vec::new();
+        for r in results {
+            if !contenders.contains(&r.contender) {
+                contenders.push(r.contender);
+            }
+        }
+        let header: Vec<String> = SHARES.iter().map(ToString::to_string).collect();
+        line(o, &format!("| contender | {} |", header.join(" | ")));
+        line(o, &format!("|---|{}", "---|".repeat(SHARES.len())));
+        for &contender in &contenders {
+            let cells: Vec<String> = SHARES
+                .iter()
+                .map(|&share| match (of(share, contender), of(share, Contender::Bare)) {
+                    (Some(r), Some(bare)) => format!(
+                        "{} ms (× {:.2})",
+                        ms(r.first_answer.p50),
+                        secs(r.first_answer.p50) / secs(bare.first_answer.p50).max(1e-9)
+                    ),
+                    _ => "–".to_owned(),
+                })
+                .collect();
+            line(o, &format!("| {} | {} |", contender.label(), cells.join(" | ")));
+        }
+        line(
+            o,
+            "\nEach cell in detail: INIT (spawn → first poll) and first answer, medians (min–max); the CPU the \
+             function process had used when it answered (its live threads, `/proc/<pid>/task/*/schedstat`), and \
+             the cgroup's periods (`cpu.stat`: `nr_periods`, of which `nr_throttled` hit the quota), medians.\n",
+        );
+        line(o, "| share | contender | INIT ms | first answer ms | CPU to first answer ms | periods (throttled) |");
+        line(o, "|---|---|---|---|---|---|");
+        for r in results {
+            line(
+                o,
+                &format!(
+                    "| {} | {} | {} | {} ({}–{}) | {:.2} | {:.0} ({:.0}) |",
+                    r.share.label,
+                    r.contender.label(),
+                    ms(r.init.p50),
+                    ms(r.first_answer.p50),
+                    ms(r.first_answer.min),
+                    ms(r.first_answer.max),
+                    median(&r.cpu_ms),
+                    median(&r.periods),
+                    median(&r.throttled_periods)
+                ),
+            );
+        }
+        line(o, "");
+    }
+
+    fn render_pictures(&self, o: &mut String) {
+        line(o, "## Pictures\n");
+        match &self.pictures {
+            Ok(files) => {
+                for file in files {
+                    line(o, &format!("- `{}`", file.display()));
+                }
+            }
+            Err(why) => line(o, &format!("Not drawn: {why}.")),
+        }
+        line(o, "");
     }
 
     fn render_refresh(&self, o: &mut String) {

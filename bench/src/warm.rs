@@ -24,6 +24,8 @@ const PAUSE: Duration = Duration::from_millis(2);
 pub(crate) struct WarmResult {
     pub(crate) contender: Contender,
     pub(crate) latency: Summary,
+    /// Every measured latency, in the order taken (for the picture).
+    pub(crate) samples: Vec<Duration>,
     /// The function process's CPU during the measured rounds.
     pub(crate) function_cpu: Cpu,
     /// Its server backends' CPU during the measured rounds; `None` when they
@@ -90,6 +92,7 @@ pub(crate) async fn run(pg: &Postgres, warmup_rounds: usize, rounds: usize) -> V
         results.push(WarmResult {
             contender: instance.contender,
             latency: Summary::of(samples),
+            samples: samples.clone(),
             function_cpu,
             backend_cpu,
             connections: pg.connection_count(&instance.name).await,

@@ -17,17 +17,18 @@ use lambda_runtime::Context;
 
 use crate::config::Config;
 use crate::db::Db;
-use crate::deadline;
-use crate::error::{Error, ErrorKind};
-use crate::health::{self, Checked, Liveness};
-use crate::lease::Conn;
+use crate::deadline::{self, Deadline};
+use crate::error::{Error, ErrorKind, Step};
+use crate::health::{self, Checked};
+use crate::liveness::{self, Liveness};
 use crate::metrics::{Emf, Invocation};
-use crate::pool::{millis, WarmPool};
+use crate::pool::Conn;
+use crate::pool::WarmPool;
 use crate::random::Entropy;
 use crate::retry::{self, Retrier};
 use crate::statement::Statements;
 use crate::stats::{bump, Counters, RefreshReason, Stats};
-use crate::warmup;
+use crate::units::millis;
 
 /// How long to wait, at random within these bounds, before trying again
 /// after the server ran out of connection slots: long enough for other
@@ -75,10 +76,49 @@ impl Builder {
     /// Bad configuration, and permanent warmup failures: bad credentials
     /// (28P01, 28000), unknown database (3D000), a declared statement naming
     /// a missing relation (42P01) or column (42703), and the like.
+    ///
+    /// # Example
+    ///
+    /// The manual path, for a runtime loop of your own: `init` once, during
+    /// Lambda's INIT (its error reported with [`report_init_error`](crate::report_init_error),
+    /// which [`Builder::run`] does for you), then [`Adapter::db`] in every
+    /// invocation, with the invocation's context, so that its deadline bounds
+    /// the gate and the statements.
+    ///
+    /// ```no_run
+    /// use lambda_runtime::{service_fn, LambdaEvent};
+    /// use runtime_adapter::{report_init_error, Adapter, Error};
+    /// use serde_json::{json, Value};
+    ///
+    /// #[tokio::main]
+    /// async fn main() -> Result<(), lambda_runtime::Error> {
+    ///     let adapter = match Adapter::builder().statement("SELECT item FROM orders WHERE id = $1").init().await {
+    ///         Ok(adapter) => adapter,
+    ///         Err(error) => {
+    ///             report_init_error(&error).await;
+    ///             return Err(error.into());
+    ///         }
+    ///     };
+    ///     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {
+    ///         let adapter = adapter.clone();
+    ///         async move {
+    ///             let db = adapter.db(&event.context).await?;
+    ///             let id = event.payload["id"].as_i64().unwrap_or_default();
+    ///             let row = db.query_opt("SELECT item FROM orders WHERE id = $1", &[&id]).await?;
+    ///             Ok::<_, Error>(json!({ "item": row.map(|r| r.get::<_, String>(0)) }))
+    ///         }
+    ///     }))
+    ///     .await
+    /// }
+    /// ```
     pub async fn init(self) -> Result<Adapter, Error> {
         let started = Instant::now();
         let config = match self.config {
-            Some(config) => config,
+            // Changed in code after parsing: held to the same rules.
+            Some(mut config) => {
+                config.validate()?;
+                config
+            }
             None => Config::from_env()?,
         };
         // Parsing logs nothing; the adjustments it made are reported here,
@@ -101,9 +141,7 @@ impl Builder {
         let shared = &adapter.shared;
         let until = deadline::init_until(started);
         let attempts = shared.config.warmup_attempts;
-        match warmup::warm(&shared.config, &shared.statements, &shared.counters, &shared.liveness, attempts, until)
-            .await
-        {
+        match shared.build_pool(attempts, until).await {
             Ok(pool) => drop(shared.install(Some(Arc::new(pool)))),
             Err(error) if matches!(error.kind(), ErrorKind::Transient | ErrorKind::TooManyConnections) => {
                 if error.kind() == ErrorKind::TooManyConnections {
@@ -175,13 +213,13 @@ impl Adapter {
 
     /// A warmed connection, through the gate, retrying transient failures
     /// with backoff within `until`.
-    pub(crate) async fn checkout(&self, until: Option<Instant>) -> Result<Conn, Error> {
+    pub(crate) async fn checkout(&self, until: Deadline) -> Result<Conn, Error> {
         self.checkout_noting(until, &AtomicBool::new(false)).await
     }
 
     /// As [`checkout`](Self::checkout), setting `skipped` when the gate
     /// found no health check due (and clearing it when one ran).
-    async fn checkout_noting(&self, until: Option<Instant>, skipped: &AtomicBool) -> Result<Conn, Error> {
+    async fn checkout_noting(&self, until: Deadline, skipped: &AtomicBool) -> Result<Conn, Error> {
         let mut retrier = self.retrier(until);
         loop {
             // The generation the checkout was tried on, if it got that far.
@@ -191,7 +229,7 @@ impl Adapter {
                 tried = Some(pool.generation());
                 pool.checkout().await
             };
-            match retry::bounded(until, attempt, "checkout within the invocation's deadline").await {
+            match until.bound(Step::Checkout, attempt).await {
                 Ok(conn) => return Ok(conn),
                 // A concurrent invocation replaced the pool while this one
                 // waited on it; the replacement is warm.
@@ -201,7 +239,7 @@ impl Adapter {
                 }
                 Err(error) if error.is_transient() => {
                     self.shared.counters.failed_now();
-                    retrier.backoff(error, "checkout").await?;
+                    retrier.backoff(error, Step::Checkout).await?;
                 }
                 Err(error) => {
                     self.shared.counters.failed_now();
@@ -222,7 +260,7 @@ impl Adapter {
         &self,
         error: Error,
         failed: Option<u64>,
-        until: Option<Instant>,
+        until: Deadline,
         skipped: &AtomicBool,
     ) -> Result<Conn, Error> {
         let shared = &self.shared;
@@ -241,7 +279,7 @@ impl Adapter {
             other => other,
         };
         let delay = retry::jitter_between(EXHAUSTED_BACKOFF.0, EXHAUSTED_BACKOFF.1, shared.entropy.fraction());
-        let out_of_time = until.is_some_and(|until| Instant::now() + delay >= until);
+        let out_of_time = until.passed_at(Instant::now() + delay);
         tracing::warn!(
             %error,
             delay_ms = millis(delay),
@@ -253,7 +291,7 @@ impl Adapter {
         }
         tokio::time::sleep(delay).await;
         let attempt = async { self.ready_pool(until, skipped).await?.checkout().await };
-        match retry::bounded(until, attempt, "checkout within the invocation's deadline").await {
+        match until.bound(Step::Checkout, attempt).await {
             Ok(conn) => Ok(conn),
             Err(error) if error.kind() == ErrorKind::TooManyConnections => {
                 bump(&shared.counters.pool_exhausted);
@@ -281,7 +319,7 @@ impl Adapter {
     }
 
     /// A retry loop's pacing, within `until`.
-    pub(crate) fn retrier(&self, until: Option<Instant>) -> Retrier {
+    pub(crate) fn retrier(&self, until: Deadline) -> Retrier {
         let config = &self.shared.config;
         Retrier::new(
             config.retry_attempts,
@@ -315,7 +353,7 @@ impl Adapter {
     ///
     /// Bounded for shutdown, which Lambda gives about 500 ms: a warmup,
     /// refresh or rebuild holding the maintenance lock (for up to a whole
-    /// connect) is waited for only [`CLOSE_LOCK_WAIT`]; then the pool in
+    /// connect) is waited for only 100 ms; then the pool in
     /// place, if any, is closed without it. A pool that such a rebuild is
     /// still opening is not in place: it is dropped with the process.
     pub async fn close(&self) {
@@ -353,12 +391,10 @@ impl Adapter {
         shared.liveness.reset();
         let started = Instant::now();
         // Bounded even under SnapStart, whose publish-time INIT is not.
-        let until = Some(deadline::restore_until(started));
+        let until = deadline::restore_until(started);
         let attempts = shared.config.warmup_attempts;
         let _flight = shared.maintenance.lock().await;
-        match warmup::warm(&shared.config, &shared.statements, &shared.counters, &shared.liveness, attempts, until)
-            .await
-        {
+        match shared.build_pool(attempts, until).await {
             Ok(pool) => {
                 shared.install(Some(Arc::new(pool)));
                 tracing::info!(duration_ms = millis(started.elapsed()), "restore: pool re-warmed");
@@ -375,7 +411,7 @@ impl Adapter {
         }
     }
 
-    async fn ready_pool(&self, until: Option<Instant>, skipped: &AtomicBool) -> Result<Arc<WarmPool>, Error> {
+    async fn ready_pool(&self, until: Deadline, skipped: &AtomicBool) -> Result<Arc<WarmPool>, Error> {
         let shared = &self.shared;
         let interval = shared.config.health_check_interval;
         if let Some(pool) = shared.current() {
@@ -390,9 +426,7 @@ impl Adapter {
         let _flight = shared.maintenance.lock().await;
         // Whatever made this invocation wait may have done the work already.
         let Some(mut pool) = shared.current() else {
-            let pool = Arc::new(
-                warmup::warm(&shared.config, &shared.statements, &shared.counters, &shared.liveness, 1, until).await?,
-            );
+            let pool = Arc::new(shared.build_pool(1, until).await?);
             shared.install(Some(pool.clone()));
             return Ok(pool);
         };
@@ -427,17 +461,12 @@ impl Adapter {
     /// Replaces a pool past its maximum age. Never fails: if no new pool can
     /// be built, the old one stays in use and the refresh is tried again
     /// after a tenth of the maximum age.
-    async fn refresh(&self, old: Arc<WarmPool>, until: Option<Instant>) -> Arc<WarmPool> {
+    async fn refresh(&self, old: Arc<WarmPool>, until: Deadline) -> Arc<WarmPool> {
         let shared = &self.shared;
         let age = old.age(Instant::now());
         let started = Instant::now();
         let build = WarmPool::build(&shared.config, &shared.statements, &shared.counters, &shared.liveness);
-        let built = match until {
-            Some(until) => tokio::time::timeout_at(until, build)
-                .await
-                .unwrap_or(Err(Error::Timeout { what: "pool refresh", after: started.elapsed() })),
-            None => build.await,
-        };
+        let built = until.bound(Step::Refresh, build).await;
         match built {
             Ok(new) => {
                 let new = Arc::new(new);
@@ -471,7 +500,7 @@ impl Adapter {
     /// # Errors
     ///
     /// The new pool's warmup failure.
-    pub(crate) async fn failover(&self, generation: Option<u64>, until: Option<Instant>) -> Result<(), Error> {
+    pub(crate) async fn failover(&self, generation: Option<u64>, until: Deadline) -> Result<(), Error> {
         let shared = &self.shared;
         let _flight = shared.maintenance.lock().await;
         let Some(old) = shared.current().filter(|pool| Some(pool.generation()) == generation) else {
@@ -480,9 +509,7 @@ impl Adapter {
         shared.install(None);
         old.close();
         let started = Instant::now();
-        let new = Arc::new(
-            warmup::warm(&shared.config, &shared.statements, &shared.counters, &shared.liveness, 1, until).await?,
-        );
+        let new = Arc::new(shared.build_pool(1, until).await?);
         shared.install(Some(new));
         shared.counters.refreshed(RefreshReason::Failover);
         tracing::warn!(
@@ -495,14 +522,12 @@ impl Adapter {
 
     /// Replaces a pool that failed its health check. Its connections are
     /// closed whether or not a new pool can be built.
-    async fn rebuild(&self, old: Arc<WarmPool>, until: Option<Instant>) -> Result<Arc<WarmPool>, Error> {
+    async fn rebuild(&self, old: Arc<WarmPool>, until: Deadline) -> Result<Arc<WarmPool>, Error> {
         let shared = &self.shared;
         shared.install(None);
         old.close();
         let started = Instant::now();
-        let new = Arc::new(
-            warmup::warm(&shared.config, &shared.statements, &shared.counters, &shared.liveness, 1, until).await?,
-        );
+        let new = Arc::new(shared.build_pool(1, until).await?);
         shared.install(Some(new.clone()));
         shared.counters.refreshed(RefreshReason::FailedCheck);
         tracing::info!(reason = "failed_check", duration_ms = millis(started.elapsed()), "pool rebuilt");
@@ -511,6 +536,11 @@ impl Adapter {
 }
 
 impl Shared {
+    /// Builds and warms a pool: `attempts` tries, never past `until`.
+    async fn build_pool(&self, attempts: u32, until: Deadline) -> Result<WarmPool, Error> {
+        WarmPool::build_retrying(&self.config, &self.statements, &self.counters, &self.liveness, attempts, until).await
+    }
+
     fn current(&self) -> Option<Arc<WarmPool>> {
         self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
@@ -520,7 +550,7 @@ impl Shared {
     /// environments started together spread their refreshes out.
     fn install(&self, pool: Option<Arc<WarmPool>>) -> Option<Arc<WarmPool>> {
         if let Some(pool) = &pool {
-            pool.set_lifetime(self.config.max_age.mul_f64(1.0 - 0.1 * self.entropy.fraction()));
+            pool.set_lifetime(liveness::jittered_lifetime(self.config.max_age, self.entropy.fraction()));
         }
         std::mem::replace(&mut *self.current.write().unwrap_or_else(PoisonError::into_inner), pool)
     }

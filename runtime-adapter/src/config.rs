@@ -15,9 +15,18 @@
 //! [`Builder::init`](crate::Builder::init) logs at WARN. Parsing itself logs
 //! nothing, so the warnings are plain values a test can read.
 
+mod address;
+
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// What the client enforces in transaction mode when
+/// `DB_STATEMENT_TIMEOUT_MS` is unset: ends runaway statements before a
+/// 15-minute Lambda timeout would.
+const CLIENT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The adapter's settings.
 ///
@@ -26,7 +35,10 @@ use std::time::Duration;
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct Config {
-    /// Where and how to connect; parsed from `DATABASE_URL`. Its `Debug`
+    /// Where to connect, and as whom: the address, user, password and
+    /// options `DATABASE_URL` (or `DB_HOST`, …) gives, nothing derived.
+    /// Each pool build derives the connection settings from it and the
+    /// fields below as they stand then ([`Config::pg_config`]). Its `Debug`
     /// redacts the password.
     pub pg: tokio_postgres::Config,
     /// Where the password comes from: `DATABASE_URL`, a Secrets Manager
@@ -47,13 +59,11 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Bound on one statement; zero disables it, as in PostgreSQL.
     /// `DB_STATEMENT_TIMEOUT_MS`. Sent as each session's `statement_timeout`
-    /// only when that variable is set, because a startup setting overrides
-    /// one made on the role or database (`ALTER ROLE … SET
-    /// statement_timeout`); unset, the server's own setting applies. In
-    /// transaction mode the client enforces it, set or not; default 180 s.
-    pub statement_timeout: Duration,
-    /// Whether `DB_STATEMENT_TIMEOUT_MS` was set, so sent to the server.
-    pub(crate) statement_timeout_set: bool,
+    /// only when set, because a startup setting overrides one made on the
+    /// role or database (`ALTER ROLE … SET statement_timeout`); `None`, the
+    /// default, leaves the server's own setting. In transaction mode the
+    /// client enforces it instead, 180 s when `None`.
+    pub statement_timeout: Option<Duration>,
     /// No health check while a round trip succeeded more recently than this.
     /// Zero checks before every invocation. `DB_HEALTH_CHECK_INTERVAL_MS`;
     /// default 30 s.
@@ -221,11 +231,9 @@ impl Default for Config {
             pool_timeout: Duration::from_secs(10),
             // Half of Lambda's 10 s INIT limit, so a retry still fits.
             connect_timeout: Duration::from_secs(5),
-            // Ends runaway statements before a 15-minute Lambda timeout would.
-            statement_timeout: Duration::from_secs(180),
             // The server's own setting (role, database, postgresql.conf)
             // stands unless the variable asks otherwise.
-            statement_timeout_set: false,
+            statement_timeout: None,
             // Lambda drops idle connections after about 350 s; checking every
             // 30 s of idleness costs one round trip at most that often.
             health_check_interval: Duration::from_secs(30),
@@ -277,7 +285,6 @@ impl fmt::Debug for Config {
             .field("pool_timeout", &self.pool_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("statement_timeout", &self.statement_timeout)
-            .field("statement_timeout_set", &self.statement_timeout_set)
             .field("health_check_interval", &self.health_check_interval)
             .field("health_check_timeout", &self.health_check_timeout)
             .field("max_age", &self.max_age)
@@ -298,39 +305,6 @@ impl fmt::Debug for Config {
             .field("warnings", &self.warnings)
             .finish()
     }
-}
-
-/// A setting that could not be used. The message names the variable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// A required variable is not set.
-    #[error("{var} is not set; expected {expected}")]
-    Missing {
-        /// The variable.
-        var: &'static str,
-        /// The expected form.
-        expected: &'static str,
-    },
-    /// A variable's value cannot be used.
-    #[error("{var} {problem}; expected {expected}")]
-    Invalid {
-        /// The variable.
-        var: &'static str,
-        /// What is wrong with the value (never the value itself for secrets).
-        problem: String,
-        /// The expected form.
-        expected: &'static str,
-    },
-    /// Two settings contradict each other, and running with them would be
-    /// unsafe or certainly broken.
-    #[error("{vars} contradict each other: {problem}")]
-    Conflict {
-        /// The variables involved.
-        vars: &'static str,
-        /// Why they cannot hold together, and what to change.
-        problem: String,
-    },
 }
 
 impl Config {
@@ -364,20 +338,16 @@ impl Config {
             .or(max_concurrency)
             .unwrap_or(defaults.pool_size);
 
-        let statement_timeout = env.millis("DB_STATEMENT_TIMEOUT_MS", Zero::Allow)?;
-        let connection = crate::credentials::Connection::from_lookup(
-            &|var| env.get(var),
-            env.millis("DB_CONNECT_TIMEOUT_MS", Zero::Reject)?.unwrap_or(defaults.connect_timeout),
-        )?;
+        let connect_timeout = env.millis("DB_CONNECT_TIMEOUT_MS", Zero::Reject)?.unwrap_or(defaults.connect_timeout);
+        let connection = address::Connection::read(&env, connect_timeout)?;
         let mut config = Self {
             pg: connection.pg,
             credentials: connection.credentials,
             tls: connection.tls,
             pool_size,
             pool_timeout: env.millis("DB_POOL_TIMEOUT_MS", Zero::Reject)?.unwrap_or(defaults.pool_timeout),
-            connect_timeout: env.millis("DB_CONNECT_TIMEOUT_MS", Zero::Reject)?.unwrap_or(defaults.connect_timeout),
-            statement_timeout: statement_timeout.unwrap_or(defaults.statement_timeout),
-            statement_timeout_set: statement_timeout.is_some(),
+            connect_timeout,
+            statement_timeout: env.millis("DB_STATEMENT_TIMEOUT_MS", Zero::Allow)?,
             health_check_interval: env
                 .millis("DB_HEALTH_CHECK_INTERVAL_MS", Zero::Allow)?
                 .unwrap_or(defaults.health_check_interval),
@@ -400,7 +370,7 @@ impl Config {
                 .millis("DB_TCP_KEEPALIVE_IDLE_MS", Zero::Reject)?
                 .unwrap_or(defaults.tcp_keepalive_idle),
             tcp_user_timeout: env.millis("DB_TCP_USER_TIMEOUT_MS", Zero::Allow)?.unwrap_or(defaults.tcp_user_timeout),
-            metrics: env.switch("DB_METRICS")?.unwrap_or(defaults.metrics),
+            metrics: env.switch("DB_METRICS", "on or off")?.unwrap_or(defaults.metrics),
             metrics_namespace: namespace(&env)?.unwrap_or(defaults.metrics_namespace),
             slow_query: env.millis("DB_SLOW_QUERY_MS", Zero::Reject)?.unwrap_or(defaults.slow_query),
             function_name: env.get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or(defaults.function_name),
@@ -415,9 +385,62 @@ impl Config {
             max_concurrency,
             warnings: Vec::new(),
         };
-        config.credentials.check(&config.tls)?;
-        config.reconcile();
-        Ok(config.with_session_settings())
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks settings that cannot hold together, and reconciles those that
+    /// are merely redundant (recording a [`ConfigWarning`] once for each).
+    /// [`Config::from_lookup`] calls it, and
+    /// [`Builder::init`](crate::Builder::init) calls it again, so that a
+    /// configuration changed in code after parsing is held to the same rules.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError::Conflict`] naming the variables.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        self.credentials.check(&self.tls)?;
+        self.reconcile();
+        Ok(())
+    }
+
+    /// The client-side bound on one statement in transaction mode.
+    pub(crate) fn client_statement_timeout(&self) -> Duration {
+        self.statement_timeout.unwrap_or(CLIENT_STATEMENT_TIMEOUT)
+    }
+
+    /// The connection settings a pool build uses, derived from [`Config::pg`]
+    /// and the other fields as they stand now, as deadpool-postgres's
+    /// `Config::get_pg_config` derives them: TLS mode, timeouts, keepalives,
+    /// `application_name`, and `statement_timeout` in the startup packet (so
+    /// they cost no round trip).
+    #[must_use]
+    pub fn pg_config(&self) -> tokio_postgres::Config {
+        let mut pg = self.pg.clone();
+        pg.ssl_mode(self.tls.mode().for_tokio_postgres());
+        // Transaction-mode poolers refuse or drop startup options: there the
+        // client enforces the timeout. Unset, nothing is sent: a startup
+        // option would override the role's or the database's setting.
+        if let Some(timeout) = self.statement_timeout.filter(|_| self.pooler_mode == PoolerMode::None) {
+            let mut options = pg.get_options().unwrap_or_default().to_owned();
+            if !options.is_empty() {
+                options.push(' ');
+            }
+            options.push_str(&format!("-c statement_timeout={}", timeout.as_millis()));
+            pg.options(&options);
+        }
+        pg.connect_timeout(self.connect_timeout);
+        pg.keepalives(true);
+        pg.keepalives_idle(self.tcp_keepalive_idle);
+        pg.keepalives_interval(Duration::from_secs(10));
+        pg.keepalives_retries(3);
+        if !self.tcp_user_timeout.is_zero() {
+            pg.tcp_user_timeout(self.tcp_user_timeout);
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name(&self.function_name);
+        }
+        pg
     }
 
     /// What parsing adjusted, or found worth a warning, in the order it was
@@ -433,50 +456,29 @@ impl Config {
     fn reconcile(&mut self) {
         let iam = *self.credentials.source() == crate::credentials::CredentialSource::Iam;
         if iam && !self.tls.verifies() {
-            self.warnings.push(ConfigWarning::IamOverUnverifiedTls);
+            self.warn(ConfigWarning::IamOverUnverifiedTls);
         }
         if iam && self.max_age > crate::credentials::IAM_TOKEN_LIFETIME {
-            self.warnings.push(ConfigWarning::MaxAgeCappedForIam { configured: self.max_age });
+            self.warn(ConfigWarning::MaxAgeCappedForIam { configured: self.max_age });
             self.max_age = crate::credentials::IAM_TOKEN_LIFETIME;
         }
         if self.health_check_interval > self.max_age {
-            self.warnings.push(ConfigWarning::HealthCheckIntervalCapped {
+            self.warn(ConfigWarning::HealthCheckIntervalCapped {
                 configured: self.health_check_interval,
                 max_age: self.max_age,
             });
             self.health_check_interval = self.max_age;
         }
         if let Some(max_concurrency) = self.max_concurrency.filter(|&c| c > self.pool_size) {
-            self.warnings
-                .push(ConfigWarning::PoolSmallerThanConcurrency { pool_size: self.pool_size, max_concurrency });
+            self.warn(ConfigWarning::PoolSmallerThanConcurrency { pool_size: self.pool_size, max_concurrency });
         }
     }
 
-    /// Settings carried in the startup packet, so they cost no round trip.
-    fn with_session_settings(mut self) -> Self {
-        // Transaction-mode poolers refuse or drop startup options: there the
-        // client enforces the timeout. Unset, nothing is sent: a startup
-        // option would override the role's or the database's setting.
-        if self.pooler_mode == PoolerMode::None && self.statement_timeout_set {
-            let mut options = self.pg.get_options().unwrap_or_default().to_owned();
-            if !options.is_empty() {
-                options.push(' ');
-            }
-            options.push_str(&format!("-c statement_timeout={}", self.statement_timeout.as_millis()));
-            self.pg.options(&options);
+    /// Records `warning`, once however often the configuration is validated.
+    fn warn(&mut self, warning: ConfigWarning) {
+        if !self.warnings.contains(&warning) {
+            self.warnings.push(warning);
         }
-        self.pg.connect_timeout(self.connect_timeout);
-        self.pg.keepalives(true);
-        self.pg.keepalives_idle(self.tcp_keepalive_idle);
-        self.pg.keepalives_interval(Duration::from_secs(10));
-        self.pg.keepalives_retries(3);
-        if !self.tcp_user_timeout.is_zero() {
-            self.pg.tcp_user_timeout(self.tcp_user_timeout);
-        }
-        if self.pg.get_application_name().is_none() {
-            self.pg.application_name(&self.function_name);
-        }
-        self
     }
 }
 
@@ -504,14 +506,14 @@ impl Lookup<'_> {
         Ok(self.number::<u64>(var, zero, expected)?.map(Duration::from_millis))
     }
 
-    fn switch(&self, var: &'static str) -> Result<Option<bool>, ConfigError> {
+    /// A switch: `on`, `true` or `1`, or `off`, `false` or `0`, in any case;
+    /// `spelling` is how the variable's documentation writes the two.
+    fn switch(&self, var: &'static str, spelling: &'static str) -> Result<Option<bool>, ConfigError> {
         let Some(raw) = self.get(var) else { return Ok(None) };
         match raw.to_ascii_lowercase().as_str() {
             "on" | "true" | "1" => Ok(Some(true)),
             "off" | "false" | "0" => Ok(Some(false)),
-            _ => {
-                Err(ConfigError::Invalid { var, problem: format!("is not on or off ({raw:?})"), expected: "on or off" })
-            }
+            _ => Err(ConfigError::Invalid { var, problem: format!("is not {spelling} ({raw:?})"), expected: spelling }),
         }
     }
 
@@ -572,8 +574,10 @@ fn namespace(env: &Lookup<'_>) -> Result<Option<String>, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeSet, HashMap};
+    use std::sync::Mutex;
+
     use super::*;
-    use std::collections::HashMap;
 
     const URL: &str = "postgres://app:hunter2-secret@127.0.0.1:5432/app";
 
@@ -594,7 +598,8 @@ mod tests {
         assert_eq!(config.pool_size, 1);
         assert_eq!(config.pool_timeout, Duration::from_millis(10_000));
         assert_eq!(config.connect_timeout, Duration::from_millis(5_000));
-        assert_eq!(config.statement_timeout, Duration::from_millis(180_000));
+        assert_eq!(config.statement_timeout, None, "the server's own setting");
+        assert_eq!(config.client_statement_timeout(), Duration::from_secs(180));
         assert_eq!(config.health_check_interval, Duration::from_millis(30_000));
         assert_eq!(config.health_check_timeout, Duration::from_millis(2_000));
         assert_eq!(config.max_age, Duration::from_millis(300_000));
@@ -603,28 +608,57 @@ mod tests {
         assert_eq!(config.retry_attempts, 5);
         assert_eq!(config.retry_base_delay, Duration::from_millis(200));
         assert_eq!(config.deadline_margin, Duration::from_millis(500));
-        assert_eq!(config.pg.get_keepalives_idle(), Duration::from_secs(60));
-        assert_eq!(config.pg.get_tcp_user_timeout(), Some(&Duration::from_secs(30)));
+        assert_eq!(config.pg_config().get_keepalives_idle(), Duration::from_secs(60));
+        assert_eq!(config.pg_config().get_tcp_user_timeout(), Some(&Duration::from_secs(30)));
         assert!(config.metrics);
         assert_eq!(config.metrics_namespace, "RuntimeAdapter");
         assert_eq!(config.slow_query, Duration::from_secs(1));
         assert_eq!(config.function_name, "runtime-adapter");
-        assert_eq!(config.pg.get_application_name(), Some("runtime-adapter"));
-        assert_eq!(config.pg.get_options(), None, "the server's statement_timeout stands");
+        assert_eq!(config.pg_config().get_application_name(), Some("runtime-adapter"));
+        assert_eq!(config.pg_config().get_options(), None, "the server's statement_timeout stands");
+        assert_eq!(config.pg.get_options(), None, "nothing derived is stored");
+    }
+
+    #[test]
+    fn the_connection_settings_follow_changes_made_in_code() {
+        let mut config = parse_with_url(&[]).expect("valid");
+        config.statement_timeout = Some(Duration::from_millis(750));
+        config.tcp_keepalive_idle = Duration::from_secs(20);
+        config.function_name = "renamed".to_owned();
+        let pg = config.pg_config();
+        assert_eq!(pg.get_options(), Some("-c statement_timeout=750"));
+        assert_eq!(pg.get_keepalives_idle(), Duration::from_secs(20));
+        assert_eq!(pg.get_application_name(), Some("renamed"));
+        assert_eq!(pg.get_ssl_mode(), tokio_postgres::config::SslMode::Prefer);
+        let verified = parse_with_url(&[("DB_SSL_ROOT_CERT", "system")]).expect("valid");
+        assert_eq!(verified.pg_config().get_ssl_mode(), tokio_postgres::config::SslMode::Require, "verify-full");
+    }
+
+    #[test]
+    fn validation_holds_changes_made_in_code_to_the_same_rules() {
+        let mut config = parse_with_url(&[("DB_HEALTH_CHECK_INTERVAL_MS", "1000")]).expect("valid");
+        config.max_age = Duration::from_millis(500);
+        config.validate().expect("redundant, not wrong");
+        assert_eq!(config.health_check_interval, Duration::from_millis(500), "capped");
+        config.validate().expect("still fine");
+        assert_eq!(config.warnings().len(), 1, "each warning once: {:?}", config.warnings());
     }
 
     #[test]
     fn statement_timeout_is_sent_only_when_set() {
         let set = parse_with_url(&[("DB_STATEMENT_TIMEOUT_MS", "2500")]).expect("valid");
-        assert_eq!(set.pg.get_options(), Some("-c statement_timeout=2500"));
+        assert_eq!(set.pg_config().get_options(), Some("-c statement_timeout=2500"));
         let off = parse_with_url(&[("DB_STATEMENT_TIMEOUT_MS", "0")]).expect("valid");
-        assert_eq!(off.pg.get_options(), Some("-c statement_timeout=0"), "0 disables it, explicitly");
+        assert_eq!(off.pg_config().get_options(), Some("-c statement_timeout=0"), "0 disables it, explicitly");
         let url = format!("{URL}?options=-c%20search_path%3Dapp");
         let kept = parse(&[("DATABASE_URL", &url), ("DB_STATEMENT_TIMEOUT_MS", "100")]).expect("valid");
-        assert_eq!(kept.pg.get_options(), Some("-c search_path=app -c statement_timeout=100"));
+        assert_eq!(kept.pg_config().get_options(), Some("-c search_path=app -c statement_timeout=100"));
         let pooled =
             parse_with_url(&[("DB_STATEMENT_TIMEOUT_MS", "2500"), ("DB_POOLER_MODE", "transaction")]).expect("valid");
-        assert_eq!((pooled.pg.get_options(), pooled.statement_timeout), (None, Duration::from_millis(2500)));
+        assert_eq!(
+            (pooled.pg_config().get_options(), pooled.statement_timeout),
+            (None, Some(Duration::from_millis(2500)))
+        );
     }
 
     #[test]
@@ -694,7 +728,7 @@ mod tests {
             ("DB_WARMUP_RETRY_DELAY_MS", "0"),
         ])
         .expect("valid");
-        assert_eq!(config.statement_timeout, Duration::ZERO);
+        assert_eq!(config.statement_timeout, Some(Duration::ZERO));
         assert_eq!(config.health_check_interval, Duration::ZERO);
     }
 
@@ -807,7 +841,7 @@ mod tests {
     fn transaction_mode_sends_no_startup_options() {
         let config = parse_with_url(&[("DB_POOLER_MODE", "transaction")]).expect("valid");
         assert_eq!(config.pooler_mode, PoolerMode::Transaction);
-        assert_eq!(config.pg.get_options(), None);
+        assert_eq!(config.pg_config().get_options(), None);
     }
 
     #[test]
@@ -816,5 +850,63 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
         assert!(debug.contains("pool_size"));
+    }
+
+    /// The README's table of variables: for each row, the names in its first
+    /// column and its default as written.
+    fn readme_rows() -> Vec<(Vec<String>, String)> {
+        let readme = include_str!("../../README.md");
+        let table = readme.split("| Variable | Default | Meaning |").nth(1).expect("the README's table of variables");
+        table
+            .lines()
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                let names = cells[1].split('`').skip(1).step_by(2).map(str::to_owned).collect();
+                (names, cells[2].trim_matches('`').to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_table_names_every_variable_the_code_reads_and_no_other() {
+        let read = Mutex::new(BTreeSet::new());
+        let record = |vars: &[(&str, &str)]| {
+            let map: HashMap<&str, &str> = vars.iter().copied().collect();
+            let lookup = |name: &str| {
+                read.lock().expect("lock").insert(name.to_owned());
+                map.get(name).map(|v| (*v).to_owned())
+            };
+            drop(Config::from_lookup(lookup));
+        };
+        // Each way to give the address and the credentials, so that every
+        // branch asks for its variables.
+        record(&[("DATABASE_URL", URL)]);
+        record(&[("DB_HOST", "h"), ("DB_NAME", "d"), ("DB_USER", "u")]);
+        record(&[("DB_SECRET_ARN", "arn")]);
+        record(&[("DATABASE_URL", URL), ("DB_IAM_AUTH", "true")]);
+        let ours = |name: &String| name.starts_with("DB_") || name == "DATABASE_URL";
+        let code: BTreeSet<String> = read.into_inner().expect("lock").into_iter().filter(ours).collect();
+        let table: BTreeSet<String> = readme_rows().into_iter().flat_map(|(names, _)| names).filter(ours).collect();
+        assert_eq!(code, table, "the variables the code reads, and those the README's table lists");
+    }
+
+    #[test]
+    fn the_readme_table_gives_the_codes_defaults() {
+        let baseline = format!("{:?}", parse_with_url(&[]).expect("valid"));
+        let mut checked = 0;
+        for (names, default) in readme_rows() {
+            let [name] = names.as_slice() else { continue };
+            let plain = default.chars().all(|c| c.is_ascii_digit())
+                || ["on", "off", "true", "false", "none"].contains(&default.as_str());
+            if !name.starts_with("DB_") || !plain {
+                continue;
+            }
+            let explicit = parse_with_url(&[(name.as_str(), default.as_str())]).expect("the README's default is valid");
+            assert_eq!(format!("{explicit:?}"), baseline, "{name}: the README's default {default} is not the code's");
+            checked += 1;
+        }
+        assert!(checked >= 15, "only {checked} defaults checked");
     }
 }

@@ -22,29 +22,28 @@
 //! refreshes.
 
 use std::fmt;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+mod iam;
+mod secret;
+
 use aws_credential_types::provider::ProvideCredentials;
-use aws_sigv4::http_request::{self, SignableBody, SignableRequest, SignatureLocation, SigningSettings};
-use aws_sigv4::sign::v4;
 use tokio_postgres::config::Host;
 
-use crate::config::ConfigError;
-use crate::error::Error;
-use crate::tls::{self, SslMode, Tls, SSLMODE_FORM};
+use crate::error::{ConfigError, CredentialsStep, Error};
+use crate::tls::Tls;
+use iam::rds_auth_token;
+use secret::{apply_secret, Secret};
 
 /// AWS credentials, as [`rds_auth_token`] takes them.
-pub use aws_credential_types::Credentials as AwsCredentials;
+pub(crate) use aws_credential_types::Credentials as AwsCredentials;
 
 /// How long an RDS IAM authentication token is valid: RDS's maximum.
-pub const IAM_TOKEN_LIFETIME: Duration = Duration::from_secs(900);
+pub(crate) const IAM_TOKEN_LIFETIME: Duration = Duration::from_secs(900);
 
 /// AWS credentials this close to expiry are fetched anew before signing.
 const CREDENTIALS_MARGIN: Duration = Duration::from_secs(300);
-
-const URL_FORM: &str = "postgres://USER:PASSWORD@HOST:PORT/DATABASE";
 
 /// Where the user name and password come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,10 +64,13 @@ pub enum CredentialSource {
 /// [`Config::from_lookup`](crate::Config::from_lookup) decides them too;
 /// anything unset is left to `aws-config`'s default chain.
 #[derive(Clone, Default)]
-struct AwsSettings {
-    region: Option<String>,
-    secrets_manager_endpoint: Option<String>,
-    keys: Option<AwsCredentials>,
+pub(crate) struct AwsSettings {
+    /// `AWS_REGION` (or `AWS_DEFAULT_REGION`).
+    pub(crate) region: Option<String>,
+    /// `AWS_ENDPOINT_URL_SECRETS_MANAGER` (or `AWS_ENDPOINT_URL`).
+    pub(crate) secrets_manager_endpoint: Option<String>,
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`.
+    pub(crate) keys: Option<AwsCredentials>,
 }
 
 impl fmt::Debug for AwsSettings {
@@ -115,163 +117,17 @@ impl Default for Credentials {
     }
 }
 
+impl Credentials {
+    /// The credentials of `source`, with the AWS settings resolving them
+    /// needs; `timeout` bounds each AWS call.
+    pub(crate) fn new(source: CredentialSource, aws: AwsSettings, timeout: Duration) -> Self {
+        Self { source, aws, timeout, ..Self::default() }
+    }
+}
+
 struct AwsClients {
     sdk: aws_config::SdkConfig,
     secrets: Option<aws_sdk_secretsmanager::Client>,
-}
-
-/// Where and how to connect, as read from the environment.
-pub(crate) struct Connection {
-    pub(crate) pg: tokio_postgres::Config,
-    pub(crate) credentials: Credentials,
-    pub(crate) tls: Tls,
-}
-
-impl Connection {
-    /// Reads `DATABASE_URL` (or the separate variables), the credential
-    /// source, the TLS settings and the AWS settings through `get`.
-    pub(crate) fn from_lookup(get: &dyn Fn(&str) -> Option<String>, timeout: Duration) -> Result<Self, ConfigError> {
-        let secret_id = get("DB_SECRET_ARN");
-        let iam = switch(get, "DB_IAM_AUTH")?.unwrap_or(false);
-        let source = match (secret_id, iam) {
-            (Some(_), true) => {
-                return Err(ConfigError::Conflict {
-                    vars: "DB_SECRET_ARN and DB_IAM_AUTH",
-                    problem: "both choose where the password comes from; set only one".to_owned(),
-                })
-            }
-            (Some(secret_id), false) => CredentialSource::SecretsManager { secret_id },
-            (None, true) => CredentialSource::Iam,
-            (None, false) => CredentialSource::Url,
-        };
-        let (pg, url_mode, url_root_cert) = address(get, &source)?;
-        let root_cert: Option<std::path::PathBuf> = get("DB_SSL_ROOT_CERT").or(url_root_cert).map(Into::into);
-        let mode = match url_mode {
-            Some(raw) => SslMode::parse(&raw).ok_or_else(|| ConfigError::Invalid {
-                var: "DATABASE_URL",
-                // Never quoted: a URL's parts may hold the password.
-                problem: "has an sslmode that is not one of libpq's modes".to_owned(),
-                expected: SSLMODE_FORM,
-            })?,
-            // libpq 16: sslrootcert=system makes verify-full the default.
-            None if root_cert.as_deref() == Some(std::path::Path::new(tls::SYSTEM_ROOTS)) => SslMode::VerifyFull,
-            None => SslMode::Prefer,
-        };
-        let mut pg = pg;
-        pg.ssl_mode(mode.for_tokio_postgres());
-        let tls = Tls::new(mode, root_cert)?;
-        let aws = AwsSettings {
-            region: get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION")),
-            secrets_manager_endpoint: get("AWS_ENDPOINT_URL_SECRETS_MANAGER").or_else(|| get("AWS_ENDPOINT_URL")),
-            keys: get("AWS_ACCESS_KEY_ID")
-                .zip(get("AWS_SECRET_ACCESS_KEY"))
-                .map(|(id, secret)| AwsCredentials::new(id, secret, get("AWS_SESSION_TOKEN"), None, "environment")),
-        };
-        let credentials = Credentials { source, aws, timeout, ..Credentials::default() };
-        Ok(Self { pg, credentials, tls })
-    }
-}
-
-fn switch(get: &dyn Fn(&str) -> Option<String>, var: &'static str) -> Result<Option<bool>, ConfigError> {
-    let Some(raw) = get(var) else { return Ok(None) };
-    match raw.to_ascii_lowercase().as_str() {
-        "on" | "true" | "1" => Ok(Some(true)),
-        "off" | "false" | "0" => Ok(Some(false)),
-        _ => Err(ConfigError::Invalid {
-            var,
-            problem: format!("is not true or false ({raw:?})"),
-            expected: "true or false",
-        }),
-    }
-}
-
-/// The address from `DATABASE_URL`, or from `DB_HOST`, `DB_PORT`, `DB_NAME`
-/// and `DB_USER` (and `DB_SSLMODE`) when there is no URL; with a secret, what
-/// neither gives may come from the secret. Also the URL's `sslmode` and
-/// `sslrootcert`.
-#[allow(clippy::type_complexity)]
-fn address(
-    get: &dyn Fn(&str) -> Option<String>,
-    source: &CredentialSource,
-) -> Result<(tokio_postgres::Config, Option<String>, Option<String>), ConfigError> {
-    let separate = ["DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_SSLMODE"];
-    let from_secret = matches!(source, CredentialSource::SecretsManager { .. });
-    let var = "DATABASE_URL";
-    let invalid = |problem: &str| ConfigError::Invalid { var, problem: problem.to_owned(), expected: URL_FORM };
-    let Some(raw) = get(var) else {
-        if !from_secret && get("DB_HOST").is_none() {
-            return Err(ConfigError::Missing { var, expected: URL_FORM });
-        }
-        let mut pg = tokio_postgres::Config::new();
-        if let Some(host) = get("DB_HOST") {
-            pg.host(&host);
-        }
-        if let Some(port) = get("DB_PORT") {
-            let port = port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| ConfigError::Invalid {
-                var: "DB_PORT",
-                problem: format!("is not a port number ({port:?})"),
-                expected: "a TCP port, 1 to 65535, e.g. 5432",
-            })?;
-            pg.port(port);
-        }
-        if let Some(name) = get("DB_NAME") {
-            pg.dbname(&name);
-        }
-        if let Some(user) = get("DB_USER") {
-            pg.user(&user);
-        }
-        let mode = get("DB_SSLMODE");
-        if let Some(raw) = &mode {
-            if SslMode::parse(raw).is_none() {
-                return Err(ConfigError::Invalid {
-                    var: "DB_SSLMODE",
-                    problem: format!("is not one of libpq's modes ({raw:?})"),
-                    expected: SSLMODE_FORM,
-                });
-            }
-        }
-        if !from_secret {
-            require_parts(&pg, |problem| ConfigError::Missing {
-                var: match problem {
-                    "names no host" => "DB_HOST",
-                    "names no user" => "DB_USER",
-                    _ => "DB_NAME",
-                },
-                expected: "the database's host, user and name (DB_HOST, DB_USER, DB_NAME), or DATABASE_URL",
-            })?;
-        }
-        return Ok((pg, mode, None));
-    };
-    if let Some(other) = separate.iter().find(|v| get(v).is_some()) {
-        return Err(ConfigError::Conflict {
-            vars: "DATABASE_URL and DB_HOST/DB_PORT/DB_NAME/DB_USER/DB_SSLMODE",
-            problem: format!("{other} is set as well as DATABASE_URL; give the address one way only"),
-        });
-    }
-    // tokio-postgres's parse errors can quote the offending part, which may be
-    // the password, so none of its text reaches the message.
-    if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
-        return Err(invalid("is not a postgres:// URL"));
-    }
-    let (rest, mode, root_cert) = tls::split_tls_params(&raw);
-    let pg = tokio_postgres::Config::from_str(&rest).map_err(|_| invalid("is not a valid connection URL"))?;
-    if !from_secret {
-        require_parts(&pg, invalid)?;
-    }
-    Ok((pg, mode, root_cert))
-}
-
-fn require_parts<E>(pg: &tokio_postgres::Config, error: impl Fn(&'static str) -> E) -> Result<(), E> {
-    if pg.get_hosts().is_empty() {
-        return Err(error("names no host"));
-    }
-    if pg.get_user().is_none_or(str::is_empty) {
-        return Err(error("names no user"));
-    }
-    if pg.get_dbname().is_none_or(str::is_empty) {
-        return Err(error("names no database"));
-    }
-    Ok(())
 }
 
 impl Credentials {
@@ -358,7 +214,7 @@ impl Credentials {
 
     async fn read_secret(&self, secret_id: &str) -> Result<Secret, Error> {
         use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
-        let what = "reading the Secrets Manager secret named by DB_SECRET_ARN";
+        let what = CredentialsStep::ReadSecret;
         let clients = self.clients().await?;
         let client = clients.secrets.as_ref().ok_or_else(|| Error::Internal("no Secrets Manager client".to_owned()))?;
         let output = client.get_secret_value().secret_id(secret_id).send().await.map_err(|e| {
@@ -394,7 +250,7 @@ impl Credentials {
         if let Some(cached) = cached.filter(|c| !renew && !expires_soon(c)) {
             return Ok(cached);
         }
-        let what = "getting AWS credentials to sign the RDS IAM authentication token";
+        let what = CredentialsStep::GetAwsCredentials;
         let clients = self.clients().await?;
         let provider = clients.sdk.credentials_provider().ok_or_else(|| Error::Credentials {
             what,
@@ -416,7 +272,7 @@ impl Credentials {
 
     fn region(&self, clients: &AwsClients) -> Result<String, Error> {
         self.aws.region.clone().or_else(|| clients.sdk.region().map(ToString::to_string)).ok_or(Error::Credentials {
-            what: "signing the RDS IAM authentication token",
+            what: CredentialsStep::SignToken,
             problem: "no AWS region is configured; set AWS_REGION to the database's region".to_owned(),
             transient: false,
         })
@@ -441,7 +297,7 @@ impl Session {
     pub(crate) async fn connection_config(&self) -> Result<tokio_postgres::Config, Error> {
         let mut pg = self.pg.lock().unwrap_or_else(PoisonError::into_inner).clone();
         if self.credentials.source == CredentialSource::Iam {
-            let what = "signing the RDS IAM authentication token";
+            let what = CredentialsStep::SignToken;
             let aws = Box::pin(self.credentials.signing_credentials(false)).await?;
             let clients = Box::pin(self.credentials.clients()).await?;
             let region = self.credentials.region(&clients)?;
@@ -496,135 +352,6 @@ impl Session {
     }
 }
 
-/// An RDS secret in the standard JSON shape. Never printed.
-struct Secret {
-    username: String,
-    password: String,
-    host: Option<String>,
-    port: Option<u16>,
-    dbname: Option<String>,
-}
-
-impl Secret {
-    /// Parses the secret; the problem never quotes its content.
-    fn parse(text: &str) -> Result<Self, String> {
-        let value: serde_json::Value = serde_json::from_str(text)
-            .map_err(|_| "the secret is not JSON; expected the RDS shape {\"username\", \"password\", \"host\", \"port\", \"dbname\"}".to_owned())?;
-        let field = |name: &str| value.get(name).and_then(serde_json::Value::as_str).map(str::to_owned);
-        let username = field("username").ok_or("the secret has no \"username\" string")?;
-        let password = field("password").ok_or("the secret has no \"password\" string")?;
-        let port = match value.get("port") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::Number(n)) => Some(
-                n.as_u64().and_then(|n| u16::try_from(n).ok()).ok_or("the secret's \"port\" is not a port number")?,
-            ),
-            Some(serde_json::Value::String(s)) => {
-                Some(s.trim().parse::<u16>().map_err(|_| "the secret's \"port\" is not a port number")?)
-            }
-            Some(_) => return Err("the secret's \"port\" is not a port number".to_owned()),
-        };
-        Ok(Self { username, password, host: field("host"), port, dbname: field("dbname") })
-    }
-}
-
-/// The configured address with the secret's user and password, and its
-/// host, port and database where the configuration gives none.
-fn apply_secret(pg: &tokio_postgres::Config, secret: Secret) -> Result<tokio_postgres::Config, Error> {
-    let mut pg = pg.clone();
-    pg.user(&secret.username);
-    pg.password(secret.password.as_bytes());
-    if pg.get_hosts().is_empty() {
-        if let Some(host) = &secret.host {
-            pg.host(host);
-            if let Some(port) = secret.port.filter(|_| pg.get_ports().is_empty()) {
-                pg.port(port);
-            }
-        }
-    }
-    if pg.get_dbname().is_none() {
-        if let Some(dbname) = &secret.dbname {
-            pg.dbname(dbname);
-        }
-    }
-    let missing = |part: &str, var: &str| Error::Credentials {
-        what: "reading the Secrets Manager secret named by DB_SECRET_ARN",
-        problem: format!("the secret has no \"{part}\", and neither DATABASE_URL nor {var} gives one"),
-        transient: false,
-    };
-    if pg.get_hosts().is_empty() {
-        return Err(missing("host", "DB_HOST"));
-    }
-    if pg.get_dbname().is_none_or(str::is_empty) {
-        return Err(missing("dbname", "DB_NAME"));
-    }
-    Ok(pg)
-}
-
-/// An RDS IAM authentication token for `user` at `host:port` in `region`,
-/// signed (SigV4, by `aws-sigv4`, as the SDK's `AuthTokenGenerator` does)
-/// with `credentials` at time `at`; valid 15 minutes from then.
-///
-/// The token is `host:port/?Action=connect&DBUser=…&X-Amz-…` without a scheme,
-/// with query values percent-encoded as botocore's `generate_db_auth_token`
-/// encodes them.
-///
-/// # Errors
-///
-/// [`Error::Credentials`] if the request cannot be signed.
-pub fn rds_auth_token(
-    host: &str,
-    port: u16,
-    user: &str,
-    region: &str,
-    credentials: &AwsCredentials,
-    at: SystemTime,
-) -> Result<String, Error> {
-    let failed = |e: &dyn std::error::Error| Error::Credentials {
-        what: "signing the RDS IAM authentication token",
-        problem: e.to_string(),
-        transient: false,
-    };
-    let mut settings = SigningSettings::default();
-    settings.expires_in = Some(IAM_TOKEN_LIFETIME);
-    settings.signature_location = SignatureLocation::QueryParams;
-    let identity = credentials.clone().into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name("rds-db")
-        .time(at)
-        .settings(settings)
-        .build()
-        .map_err(|e| failed(&e))?;
-    let unsigned = format!("{host}:{port}/?Action=connect&DBUser={}", encode(user));
-    let url = format!("https://{unsigned}");
-    let request =
-        SignableRequest::new("GET", &url, std::iter::empty(), SignableBody::Bytes(&[])).map_err(|e| failed(&e))?;
-    let (instructions, _signature) = http_request::sign(request, &params.into()).map_err(|e| failed(&e))?.into_parts();
-    let mut token = unsigned;
-    for (name, value) in instructions.params() {
-        token.push('&');
-        token.push_str(name);
-        token.push('=');
-        token.push_str(&encode(value));
-    }
-    Ok(token)
-}
-
-/// Percent-encodes all but RFC 3986's unreserved characters, as SigV4 and
-/// botocore do.
-fn encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
 /// Whether a connection failed to authenticate: 28P01 (invalid password) or
 /// 28000 (invalid authorization, what RDS answers a bad IAM token with).
 pub(crate) fn is_auth_failure(error: &tokio_postgres::Error) -> bool {
@@ -637,158 +364,27 @@ pub(crate) fn is_auth_failure(error: &tokio_postgres::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn connection(vars: &[(&str, &str)]) -> Result<Connection, ConfigError> {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        Connection::from_lookup(&|name| map.get(name).cloned(), Duration::from_secs(5))
-    }
-
-    #[test]
-    fn secrets_parse_in_the_rds_shape_with_string_or_number_ports() {
-        let full = Secret::parse(
-            r#"{"engine":"postgres","host":"db.example","port":"5433","username":"u","password":"p","dbname":"d"}"#,
-        )
-        .expect("valid");
-        assert_eq!(
-            (full.host.as_deref(), full.port, full.dbname.as_deref()),
-            (Some("db.example"), Some(5433), Some("d"))
-        );
-        assert_eq!(Secret::parse(r#"{"username":"u","password":"p","port":5432}"#).expect("valid").port, Some(5432));
-        let master = Secret::parse(r#"{"username":"u","password":"p"}"#).expect("valid");
-        assert_eq!((master.host, master.port), (None, None));
-        for (bad, problem) in [
-            ("hunter2", "not JSON"),
-            (r#"{"password":"hunter2"}"#, "no \"username\""),
-            (r#"{"username":"u","password":"hunter2","port":"x"}"#, "\"port\" is not a port number"),
-        ] {
-            let Err(err) = Secret::parse(bad) else { panic!("{bad} must be refused") };
-            assert!(err.contains(problem), "{err}");
-            assert!(!err.contains("hunter2"), "{err}");
-        }
-    }
-
-    #[test]
-    fn the_secret_fills_in_only_what_the_configuration_lacks() {
-        let secret = || Secret {
-            username: "rotated".into(),
-            password: "pw".into(),
-            host: Some("from-secret".into()),
-            port: Some(6543),
-            dbname: Some("secretdb".into()),
-        };
-        let from_url = tokio_postgres::Config::from_str("postgres://old:old@url-host:5432/urldb").expect("url");
-        let pg = apply_secret(&from_url, secret()).expect("applied");
-        assert_eq!(pg.get_user(), Some("rotated"));
-        assert_eq!(pg.get_password(), Some(&b"pw"[..]));
-        assert_eq!(pg.get_hosts(), &[Host::Tcp("url-host".into())]);
-        assert_eq!(pg.get_dbname(), Some("urldb"));
-        let pg = apply_secret(&tokio_postgres::Config::new(), secret()).expect("applied");
-        assert_eq!((pg.get_hosts(), pg.get_ports()), (&[Host::Tcp("from-secret".into())][..], &[6543][..]));
-        let err = apply_secret(&tokio_postgres::Config::new(), Secret { host: None, ..secret() }).expect_err("no host");
-        assert!(err.to_string().contains("no \"host\""), "{err}");
-    }
-
-    #[test]
-    fn sources_and_addresses_are_read_from_the_environment() {
-        let c = connection(&[("DB_SECRET_ARN", "arn:aws:secretsmanager:eu-west-1:1:secret:db")]).expect("secret only");
-        assert!(matches!(c.credentials.source(), CredentialSource::SecretsManager { .. }));
-        let c = connection(&[
-            ("DB_HOST", "h"),
-            ("DB_PORT", "6432"),
-            ("DB_NAME", "d"),
-            ("DB_USER", "u"),
-            ("DB_SSLMODE", "verify-full"),
-        ])
-        .expect("separate variables");
-        assert_eq!(c.pg.get_ports(), &[6432]);
-        assert_eq!(c.tls.mode(), SslMode::VerifyFull);
-        assert_eq!(c.pg.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
-        let err = connection(&[("DATABASE_URL", "postgres://u:p@h/d?sslmode=verify-ca")]).err().expect("no root file");
-        assert!(err.to_string().starts_with("DB_SSL_ROOT_CERT is not set"), "{err}");
-        assert_eq!(connection(&[("DATABASE_URL", "postgres://u:p@h/d")]).expect("url").tls.mode(), SslMode::Prefer);
-        let c = connection(&[("DATABASE_URL", "postgres://u:p@h/d"), ("DB_SSL_ROOT_CERT", "system")]).expect("system");
-        assert_eq!(
-            (c.tls.mode(), c.tls.trusts_public_roots()),
-            (SslMode::VerifyFull, true),
-            "system implies verify-full"
-        );
-        let err = connection(&[("DATABASE_URL", "postgres://u:p@h/d?sslmode=require&sslrootcert=system")])
-            .err()
-            .expect("a weaker mode with system is refused");
-        assert!(err.to_string().contains("use sslmode=verify-full"), "{err}");
-
-        let cases = [
-            (
-                vec![("DATABASE_URL", "postgres://u:p@h/d?sslmode=allow")],
-                "DATABASE_URL has an sslmode that is not one of libpq's modes",
-            ),
-            (vec![("DATABASE_URL", "postgres://u:p@h/d"), ("DB_HOST", "x")], "DB_HOST is set as well as DATABASE_URL"),
-            (vec![("DB_HOST", "h"), ("DB_NAME", "d")], "DB_USER is not set"),
-            (vec![("DB_HOST", "h"), ("DB_PORT", "0"), ("DB_NAME", "d"), ("DB_USER", "u")], "DB_PORT is not a port"),
-            (vec![("DB_SECRET_ARN", "s"), ("DB_IAM_AUTH", "true")], "DB_SECRET_ARN and DB_IAM_AUTH contradict"),
-            (vec![("DATABASE_URL", "postgres://u@h/d"), ("DB_IAM_AUTH", "maybe")], "DB_IAM_AUTH is not true or false"),
-        ];
-        for (vars, message) in cases {
-            let err = connection(&vars).err().unwrap_or_else(|| panic!("{vars:?} must fail"));
-            assert!(err.to_string().contains(message), "{err} should contain {message}");
-        }
-    }
-
-    #[test]
-    fn iam_needs_tls() {
-        let check = |url: &str| {
-            let c = connection(&[("DATABASE_URL", url), ("DB_IAM_AUTH", "true")]).expect("parses");
-            c.credentials.check(&c.tls)
-        };
-        let err = check("postgres://u@h/d").expect_err("prefer may fall back to plaintext");
-        assert!(err.to_string().contains("sslmode=prefer it could go in plaintext"), "{err}");
-        assert!(check("postgres://u@h/d?sslmode=disable").is_err());
-        check("postgres://u@h/d?sslmode=require").expect("fine");
-    }
 
     #[tokio::test]
     async fn forget_drops_the_sdk_clients_and_the_signing_credentials_for_every_clone() {
-        let c = connection(&[
-            ("DATABASE_URL", "postgres://u@h/d?sslmode=verify-full"),
-            ("DB_IAM_AUTH", "true"),
-            ("AWS_REGION", "eu-west-1"),
-            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
-            ("AWS_SECRET_ACCESS_KEY", "secret"),
-        ])
-        .expect("valid");
-        let credentials = c.credentials.clone();
+        let aws = AwsSettings {
+            region: Some("eu-west-1".to_owned()),
+            secrets_manager_endpoint: None,
+            keys: Some(AwsCredentials::new("AKIDEXAMPLE", "secret", None, None, "test")),
+        };
+        let original = Credentials::new(CredentialSource::Iam, aws, Duration::from_secs(5));
+        let credentials = original.clone();
         credentials.signing_credentials(false).await.expect("static keys");
         let before = credentials.clients().await.expect("loaded");
         let held =
             |c: &Credentials| (c.clients.lock().expect("lock").is_some(), c.signing.lock().expect("lock").is_some());
-        assert_eq!(held(&c.credentials), (true, true), "clones share them");
+        assert_eq!(held(&original), (true, true), "clones share them");
 
-        c.credentials.forget();
+        original.forget();
         assert_eq!(held(&credentials), (false, false), "nothing left for a snapshot");
         credentials.signing_credentials(false).await.expect("rebuilt after a restore");
         let after = credentials.clients().await.expect("loaded again");
         assert!(!Arc::ptr_eq(&before, &after), "a new SDK configuration");
         assert_eq!(held(&credentials), (true, true));
-    }
-
-    #[test]
-    fn tokens_have_the_rds_structure() {
-        let creds = AwsCredentials::new("AKIDEXAMPLE", "secret", Some("tok/en+=".into()), None, "test");
-        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let token = rds_auth_token("db.example.com", 5432, "iam user", "eu-west-1", &creds, at).expect("signed");
-        assert!(token.starts_with("db.example.com:5432/?Action=connect&DBUser=iam%20user&"), "{token}");
-        for part in [
-            "X-Amz-Algorithm=AWS4-HMAC-SHA256",
-            "X-Amz-Credential=AKIDEXAMPLE%2F20231114%2Feu-west-1%2Frds-db%2Faws4_request",
-            "X-Amz-Date=20231114T221320Z",
-            "X-Amz-Expires=900",
-            "X-Amz-SignedHeaders=host",
-            "X-Amz-Security-Token=tok%2Fen%2B%3D",
-            "X-Amz-Signature=",
-        ] {
-            assert!(token.contains(part), "{part} missing from {token}");
-        }
-        assert!(!token.contains("https://"));
     }
 }

@@ -20,12 +20,54 @@ use tokio_postgres::Row;
 
 use crate::adapter::Adapter;
 use crate::config::PoolerMode;
-use crate::deadline;
-use crate::error::{Error, ErrorKind};
-use crate::lease::Conn;
-use crate::pool::millis;
+use crate::deadline::Deadline;
+use crate::error::{Error, ErrorKind, Step};
+use crate::pool::Conn;
 use crate::retry::Retrier;
-use crate::statement::{self, Op, Out, Prepared};
+use crate::statement::{self, Op, Prepared};
+use crate::units::millis;
+
+/// The four ways to run a statement (`query`, `query_one`, `query_opt`,
+/// `execute`), written once for [`Db`], [`Idempotent`] and [`Tx`]: each type
+/// gives its own documentation and a `run_statement::<O: Op>(sql, params)`,
+/// its way to run a statement for rows or for a count.
+macro_rules! statement_methods {
+    (
+        $(#[$query:meta])* query;
+        $(#[$one:meta])* query_one;
+        $(#[$opt:meta])* query_opt;
+        $(#[$execute:meta])* execute;
+    ) => {
+        $(#[$query])*
+        pub async fn query(
+            &self,
+            sql: &str,
+            params: &[&(dyn ToSql + Sync)],
+        ) -> Result<Vec<Row>, Error> {
+            self.run_statement::<$crate::statement::Rows>(sql, params).await
+        }
+
+        $(#[$one])*
+        pub async fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, Error> {
+            $crate::db::one(self.run_statement::<$crate::statement::Rows>(sql, params).await?)
+        }
+
+        $(#[$opt])*
+        pub async fn query_opt(
+            &self,
+            sql: &str,
+            params: &[&(dyn ToSql + Sync)],
+        ) -> Result<Option<Row>, Error> {
+            $crate::db::at_most_one(self.run_statement::<$crate::statement::Rows>(sql, params).await?)
+        }
+
+        $(#[$execute])*
+        pub async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
+            self.run_statement::<$crate::statement::Count>(sql, params).await
+        }
+    };
+}
+pub(crate) use statement_methods;
 
 /// How long a cancel request may take; it opens its own connection.
 pub(crate) const CANCEL_TIMEOUT: Duration = Duration::from_secs(1);
@@ -46,7 +88,7 @@ pub struct Db {
     /// and before its replacement arrived.
     slot: Mutex<Option<Arc<Conn>>>,
     adapter: Adapter,
-    until: Option<Instant>,
+    until: Deadline,
 }
 
 impl fmt::Debug for Db {
@@ -66,46 +108,37 @@ enum Retry {
 }
 
 impl Db {
-    pub(crate) fn new(conn: Conn, adapter: Adapter, until: Option<Instant>) -> Self {
+    pub(crate) fn new(conn: Conn, adapter: Adapter, until: Deadline) -> Self {
         Self { slot: Mutex::new(Some(Arc::new(conn))), adapter, until }
     }
 
-    /// Runs `sql` and returns its rows. Not retried once sent.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Db`] with the server's SQLSTATE, a connection failure, or
-    /// [`Error::DeadlineExceeded`].
-    pub async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
-        self.rows(Retry::BeforeSend, sql, params).await
-    }
-
-    /// Runs `sql`, which must return exactly one row. Not retried once sent.
-    ///
-    /// # Errors
-    ///
-    /// As [`Db::query`], and [`Error::RowCount`] when the row count is not one.
-    pub async fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, Error> {
-        one(self.rows(Retry::BeforeSend, sql, params).await?)
-    }
-
-    /// Runs `sql`, which returns at most one row. Not retried once sent.
-    ///
-    /// # Errors
-    ///
-    /// As [`Db::query`], and [`Error::RowCount`] when more than one row comes back.
-    pub async fn query_opt(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, Error> {
-        at_most_one(self.rows(Retry::BeforeSend, sql, params).await?)
-    }
-
-    /// Runs `sql` and returns the number of rows it affected. Not retried
-    /// once sent.
-    ///
-    /// # Errors
-    ///
-    /// As [`Db::query`].
-    pub async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
-        self.count(Retry::BeforeSend, sql, params).await
+    statement_methods! {
+        /// Runs `sql` and returns its rows. Not retried once sent.
+        ///
+        /// # Errors
+        ///
+        /// [`Error::Db`] with the server's SQLSTATE, a connection failure, or
+        /// [`Error::DeadlineExceeded`].
+        query;
+        /// Runs `sql`, which must return exactly one row. Not retried once sent.
+        ///
+        /// # Errors
+        ///
+        /// As [`Db::query`], and [`Error::RowCount`] when the row count is not one.
+        query_one;
+        /// Runs `sql`, which returns at most one row. Not retried once sent.
+        ///
+        /// # Errors
+        ///
+        /// As [`Db::query`], and [`Error::RowCount`] when more than one row comes back.
+        query_opt;
+        /// Runs `sql` and returns the number of rows it affected. Not retried
+        /// once sent.
+        ///
+        /// # Errors
+        ///
+        /// As [`Db::query`].
+        execute;
     }
 
     /// The same statements, marked as safe to run twice (reads, or writes
@@ -136,7 +169,7 @@ impl Db {
         &self.adapter
     }
 
-    pub(crate) fn until(&self) -> Option<Instant> {
+    pub(crate) fn until(&self) -> Deadline {
         self.until
     }
 
@@ -144,21 +177,11 @@ impl Db {
         self.adapter.retrier(self.until)
     }
 
-    async fn rows(&self, retry: Retry, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
-        match self.run(retry, sql, params, Op::Rows).await? {
-            Out::Rows(rows) => Ok(rows),
-            Out::Count(_) => Err(Error::Internal("a query returned a count".to_owned())),
-        }
+    async fn run_statement<O: Op>(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<O::Out, Error> {
+        self.run::<O>(Retry::BeforeSend, sql, params).await
     }
 
-    async fn count(&self, retry: Retry, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
-        match self.run(retry, sql, params, Op::Count).await? {
-            Out::Count(n) => Ok(n),
-            Out::Rows(_) => Err(Error::Internal("an execute returned rows".to_owned())),
-        }
-    }
-
-    async fn run(&self, retry: Retry, sql: &str, params: &[&(dyn ToSql + Sync)], op: Op) -> Result<Out, Error> {
+    async fn run<O: Op>(&self, retry: Retry, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<O::Out, Error> {
         let mut retrier = self.retrier();
         let mut recovery = Recovery::default();
         loop {
@@ -167,12 +190,12 @@ impl Db {
             let statement = match prepare(&self.adapter, &conn, sql, self.until).await {
                 Ok(statement) => statement,
                 Err(error) if error.is_transient() => {
-                    retrier.backoff(error, "prepare").await?;
+                    retrier.backoff(error, Step::Statement).await?;
                     continue;
                 }
                 Err(error) => return Err(error),
             };
-            let error = match execute(&self.adapter, &conn, sql, &statement, params, op, self.until).await {
+            let error = match execute::<O>(&self.adapter, &conn, sql, &statement, params, self.until).await {
                 Ok(out) => return Ok(out),
                 Err(error) => error,
             };
@@ -183,7 +206,7 @@ impl Db {
                 return Err(error);
             }
             match retry {
-                Retry::Idempotent => retrier.backoff(error, "idempotent statement").await?,
+                Retry::Idempotent => retrier.backoff(error, Step::IdempotentStatement).await?,
                 // Sent, and then the connection failed: it may have run.
                 Retry::BeforeSend => return Err(Error::OutcomeUnknown { source: Box::new(error) }),
             }
@@ -287,40 +310,35 @@ impl std::ops::Deref for RawClient {
 pub struct Idempotent<'a>(&'a Db);
 
 impl Idempotent<'_> {
-    /// [`Db::query`], retried on transient failures.
-    ///
-    /// # Errors
-    ///
-    /// As [`Db::query`], and [`Error::Unavailable`] once retries are spent.
-    pub async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
-        self.0.rows(Retry::Idempotent, sql, params).await
+    statement_methods! {
+        /// [`Db::query`], retried on transient failures.
+        ///
+        /// # Errors
+        ///
+        /// As [`Db::query`], and [`Error::Unavailable`] once retries are spent.
+        query;
+        /// [`Db::query_one`], retried on transient failures.
+        ///
+        /// # Errors
+        ///
+        /// As [`Db::query_one`], and [`Error::Unavailable`] once retries are spent.
+        query_one;
+        /// [`Db::query_opt`], retried on transient failures.
+        ///
+        /// # Errors
+        ///
+        /// As [`Db::query_opt`], and [`Error::Unavailable`] once retries are spent.
+        query_opt;
+        /// [`Db::execute`], retried on transient failures.
+        ///
+        /// # Errors
+        ///
+        /// As [`Db::execute`], and [`Error::Unavailable`] once retries are spent.
+        execute;
     }
 
-    /// [`Db::query_one`], retried on transient failures.
-    ///
-    /// # Errors
-    ///
-    /// As [`Db::query_one`], and [`Error::Unavailable`] once retries are spent.
-    pub async fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, Error> {
-        one(self.0.rows(Retry::Idempotent, sql, params).await?)
-    }
-
-    /// [`Db::query_opt`], retried on transient failures.
-    ///
-    /// # Errors
-    ///
-    /// As [`Db::query_opt`], and [`Error::Unavailable`] once retries are spent.
-    pub async fn query_opt(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, Error> {
-        at_most_one(self.0.rows(Retry::Idempotent, sql, params).await?)
-    }
-
-    /// [`Db::execute`], retried on transient failures.
-    ///
-    /// # Errors
-    ///
-    /// As [`Db::execute`], and [`Error::Unavailable`] once retries are spent.
-    pub async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
-        self.0.count(Retry::Idempotent, sql, params).await
+    async fn run_statement<O: Op>(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<O::Out, Error> {
+        self.0.run::<O>(Retry::Idempotent, sql, params).await
     }
 }
 
@@ -341,42 +359,37 @@ pub(crate) fn at_most_one(rows: Vec<Row>) -> Result<Option<Row>, Error> {
 }
 
 /// `sql` ready to run on `conn`, prepared on first use.
-pub(crate) async fn prepare(
-    adapter: &Adapter,
-    conn: &Conn,
-    sql: &str,
-    until: Option<Instant>,
-) -> Result<Prepared, Error> {
-    deadline::before(until, "statement")?;
+pub(crate) async fn prepare(adapter: &Adapter, conn: &Conn, sql: &str, until: Deadline) -> Result<Prepared, Error> {
+    until.check(Step::Statement)?;
     conn.sent(adapter.statements().prepare(conn, sql)).await.map_err(|e| observe_failure(adapter, e))
 }
 
 /// Runs a prepared statement, no later than `until`; one still running then
 /// is cancelled on the server.
-pub(crate) async fn execute(
+pub(crate) async fn execute<O: Op>(
     adapter: &Adapter,
     conn: &Conn,
     sql: &str,
     prepared: &Prepared,
     params: &[&(dyn ToSql + Sync)],
-    op: Op,
-    until: Option<Instant>,
-) -> Result<Out, Error> {
+    until: Deadline,
+) -> Result<O::Out, Error> {
     if prepared.parameters() != params.len() {
         return Err(Error::Parameters { expected: prepared.parameters(), got: params.len() });
     }
-    deadline::before(until, "statement")?;
+    until.check(Step::Statement)?;
     let started = Instant::now();
     // Behind a transaction-mode pooler the server cannot hold a session's
     // statement_timeout: the client enforces it.
     let config = adapter.config();
-    let statement_timeout = (config.pooler_mode == PoolerMode::Transaction && !config.statement_timeout.is_zero())
-        .then(|| started + config.statement_timeout);
-    let stop = match (until, statement_timeout) {
+    let client_timeout = config.client_statement_timeout();
+    let statement_timeout =
+        (config.pooler_mode == PoolerMode::Transaction && !client_timeout.is_zero()).then(|| started + client_timeout);
+    let stop = match (until.instant(), statement_timeout) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let work = conn.sent(statement::run(conn, sql, prepared, params, op));
+    let work = conn.sent(statement::run::<O>(conn, sql, prepared, params));
     let result = match stop {
         Some(stop) => {
             let mut work = std::pin::pin!(work);
@@ -394,7 +407,7 @@ pub(crate) async fn execute(
                     };
                     let _ = tokio::time::timeout(budget, settled).await;
                     return Err(if statement_timeout == Some(stop) {
-                        Error::StatementTimeout { after: config.statement_timeout }
+                        Error::StatementTimeout { after: client_timeout }
                     } else {
                         Error::DeadlineExceeded { after: started.elapsed() }
                     });

@@ -13,7 +13,62 @@ use std::time::Duration;
 
 use tokio_postgres::error::{Severity, SqlState};
 
-use crate::config::ConfigError;
+use crate::tls::TlsError;
+
+/// A setting that could not be used. The message names the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A required variable is not set.
+    #[error("{var} is not set; expected {expected}")]
+    Missing {
+        /// The variable.
+        var: &'static str,
+        /// The expected form.
+        expected: &'static str,
+    },
+    /// A variable's value cannot be used.
+    #[error("{var} {problem}; expected {expected}")]
+    Invalid {
+        /// The variable.
+        var: &'static str,
+        /// What is wrong with the value (never the value itself for secrets).
+        problem: String,
+        /// The expected form.
+        expected: &'static str,
+    },
+    /// Two settings contradict each other, and running with them would be
+    /// unsafe or certainly broken.
+    #[error("{vars} contradict each other: {problem}")]
+    Conflict {
+        /// The variables involved.
+        vars: &'static str,
+        /// Why they cannot hold together, and what to change.
+        problem: String,
+    },
+}
+
+impl From<TlsError> for ConfigError {
+    fn from(error: TlsError) -> Self {
+        const ROOT_CERT_FORM: &str =
+            "the path of a PEM file of CA certificates, e.g. /opt/rds/global-bundle.pem, or system";
+        match error {
+            TlsError::SystemRootsNeedVerifyFull { mode } => ConfigError::Conflict {
+                vars: "DB_SSL_ROOT_CERT and sslmode",
+                problem: format!(
+                    "DB_SSL_ROOT_CERT=system trusts every public CA, which is safe only with the host name checked, and sslmode={mode} does not check it; use sslmode=verify-full (or leave sslmode unset), or name a CA file"
+                ),
+            },
+            TlsError::RootCertMissing => ConfigError::Missing {
+                var: "DB_SSL_ROOT_CERT",
+                expected: "with sslmode=verify-ca the path of a PEM file of the CAs to trust, e.g. /opt/rds/global-bundle.pem (verify-ca checks no host name, so it never trusts public CAs; for those use sslmode=verify-full)",
+            },
+            TlsError::RootCert { problem } => {
+                ConfigError::Invalid { var: "DB_SSL_ROOT_CERT", problem, expected: ROOT_CERT_FORM }
+            }
+        }
+    }
+}
 
 /// Which warmup phase failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +88,90 @@ impl fmt::Display for Phase {
             Phase::Connect => "connect",
             Phase::RoundTrip => "phase 1 (round trip)",
             Phase::Prepare => "phase 2 (prepare)",
+        })
+    }
+}
+
+/// A step of the adapter's work, as a timeout or a deadline names it (as
+/// deadpool's `TimeoutType` names its own). The `Display` says what bounds
+/// the step where a setting does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Step {
+    /// Opening a connection: TCP, TLS, startup and authentication, bounded
+    /// by `DB_CONNECT_TIMEOUT_MS`.
+    Connect,
+    /// Waiting for a pooled connection, bounded by `DB_POOL_TIMEOUT_MS`.
+    PoolWait,
+    /// A health check's round trip, bounded by `DB_HEALTH_CHECK_TIMEOUT_MS`.
+    HealthCheck,
+    /// A health check that had to open a connection, bounded by
+    /// `DB_HEALTH_CHECK_TIMEOUT_MS`.
+    HealthCheckConnect,
+    /// Warmup phase 1 on a new connection.
+    RoundTrip,
+    /// Warmup phase 2 on a new connection.
+    Prepare,
+    /// Warming a whole pool, within INIT's or the invocation's time budget.
+    Warmup,
+    /// Replacing a pool past its maximum age, within the invocation's deadline.
+    Refresh,
+    /// Getting a ready connection for an invocation, within its deadline.
+    Checkout,
+    /// A statement.
+    Statement,
+    /// A statement marked idempotent, retried as such.
+    IdempotentStatement,
+    /// `BEGIN`.
+    Begin,
+    /// `COMMIT`.
+    Commit,
+    /// `ROLLBACK`.
+    Rollback,
+    /// A whole transaction, retried as such.
+    Transaction,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::Connect => "opening a connection: TCP, TLS, startup and authentication (DB_CONNECT_TIMEOUT_MS)",
+            Step::PoolWait => "waiting for a pooled connection (DB_POOL_TIMEOUT_MS)",
+            Step::HealthCheck => "health check (DB_HEALTH_CHECK_TIMEOUT_MS)",
+            Step::HealthCheckConnect => "health check: opening a connection (DB_HEALTH_CHECK_TIMEOUT_MS)",
+            Step::RoundTrip => "warmup phase 1 (round trip)",
+            Step::Prepare => "warmup phase 2 (prepare)",
+            Step::Warmup => "warmup within its time budget",
+            Step::Refresh => "pool refresh within the invocation's deadline",
+            Step::Checkout => "checkout within the invocation's deadline",
+            Step::Statement => "statement",
+            Step::IdempotentStatement => "idempotent statement",
+            Step::Begin => "BEGIN",
+            Step::Commit => "COMMIT",
+            Step::Rollback => "ROLLBACK",
+            Step::Transaction => "transaction",
+        })
+    }
+}
+
+/// Which step of obtaining the database credentials failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CredentialsStep {
+    /// Reading the Secrets Manager secret `DB_SECRET_ARN` names, or its shape.
+    ReadSecret,
+    /// Getting the AWS credentials that sign RDS IAM tokens.
+    GetAwsCredentials,
+    /// Signing an RDS IAM token (the region and the host it needs).
+    SignToken,
+}
+
+impl fmt::Display for CredentialsStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CredentialsStep::ReadSecret => "reading the Secrets Manager secret named by DB_SECRET_ARN",
+            CredentialsStep::GetAwsCredentials => "getting AWS credentials to sign the RDS IAM authentication token",
+            CredentialsStep::SignToken => "signing the RDS IAM authentication token",
         })
     }
 }
@@ -77,10 +216,10 @@ pub enum Error {
         source: tokio_postgres::Error,
     },
     /// A step did not finish in time.
-    #[error("{what} timed out after {} ms", .after.as_millis())]
+    #[error("{step} timed out after {} ms", .after.as_millis())]
     Timeout {
-        /// The step: "connect", "health check", "pool checkout", …
-        what: &'static str,
+        /// The step, and what bounds it.
+        step: Step,
         /// The bound that ran out.
         after: Duration,
     },
@@ -135,8 +274,8 @@ pub enum Error {
     /// before the step began: nothing was sent to the server.
     #[error("{step} not sent: the invocation's deadline less DB_DEADLINE_MARGIN_MS had passed")]
     DeadlineReached {
-        /// What was not sent: "statement", "BEGIN", "COMMIT", …
-        step: &'static str,
+        /// What was not sent.
+        step: Step,
     },
     /// `COMMIT` rolled the transaction back: a statement in it had failed
     /// (its error was handled inside the closure, which then returned `Ok`),
@@ -185,8 +324,8 @@ pub enum Error {
     /// credentials or region were at hand to sign an RDS IAM token.
     #[error("{what} failed: {problem}")]
     Credentials {
-        /// The step: "reading the Secrets Manager secret named by DB_SECRET_ARN", …
-        what: &'static str,
+        /// The step that failed.
+        what: CredentialsStep,
         /// What went wrong, from AWS's error code and message; never a secret.
         problem: String,
         /// Whether another attempt may succeed (network, throttling, AWS's
@@ -224,8 +363,8 @@ impl Error {
             // A startup refusal (08P01 from a pooler that does not support a
             // startup parameter) is permanent; at any later step 08P01 is a
             // pooler that lost or could not reach its server.
-            Error::Warmup { phase: Phase::Connect, source, .. } => classify(source, Step::Startup),
-            Error::Db(e) | Error::Warmup { source: e, .. } => classify(e, Step::Query),
+            Error::Warmup { phase: Phase::Connect, source, .. } => classify(source, Stage::Startup),
+            Error::Db(e) | Error::Warmup { source: e, .. } => classify(e, Stage::Query),
             Error::OutcomeUnknown { source } => source.kind(),
             Error::Timeout { .. } | Error::PoolClosed | Error::ConnectionClosed => ErrorKind::Transient,
             Error::Internal(_)
@@ -350,14 +489,14 @@ impl From<Error> for lambda_runtime::Diagnostic {
 
 /// Where a server error was met: 08P01 means different things there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
+enum Stage {
     /// The startup handshake.
     Startup,
     /// Anything after it.
     Query,
 }
 
-fn classify(e: &tokio_postgres::Error, step: Step) -> ErrorKind {
+fn classify(e: &tokio_postgres::Error, step: Stage) -> ErrorKind {
     match e.code() {
         Some(code) => classify_at(code, step),
         // No SQLSTATE: the failure is in the connection itself (I/O, closed
@@ -369,8 +508,8 @@ fn classify(e: &tokio_postgres::Error, step: Step) -> ErrorKind {
 }
 
 /// A server error's kind, by its SQLSTATE and where it was met.
-fn classify_at(code: &SqlState, step: Step) -> ErrorKind {
-    if *code == SqlState::PROTOCOL_VIOLATION && step == Step::Query {
+fn classify_at(code: &SqlState, step: Stage) -> ErrorKind {
+    if *code == SqlState::PROTOCOL_VIOLATION && step == Stage::Query {
         return ErrorKind::Transient;
     }
     classify_code(code)
@@ -431,10 +570,10 @@ mod tests {
 
     #[test]
     fn protocol_violation_is_permanent_only_at_startup() {
-        assert_eq!(classify_at(&SqlState::PROTOCOL_VIOLATION, Step::Startup), ErrorKind::Permanent);
-        assert_eq!(classify_at(&SqlState::PROTOCOL_VIOLATION, Step::Query), ErrorKind::Transient);
-        assert_eq!(classify_at(&SqlState::UNIQUE_VIOLATION, Step::Query), ErrorKind::Permanent);
-        assert_eq!(classify_at(&SqlState::ADMIN_SHUTDOWN, Step::Startup), ErrorKind::Transient);
+        assert_eq!(classify_at(&SqlState::PROTOCOL_VIOLATION, Stage::Startup), ErrorKind::Permanent);
+        assert_eq!(classify_at(&SqlState::PROTOCOL_VIOLATION, Stage::Query), ErrorKind::Transient);
+        assert_eq!(classify_at(&SqlState::UNIQUE_VIOLATION, Stage::Query), ErrorKind::Permanent);
+        assert_eq!(classify_at(&SqlState::ADMIN_SHUTDOWN, Stage::Startup), ErrorKind::Transient);
     }
 
     #[test]
@@ -452,9 +591,9 @@ mod tests {
             "a deferred constraint: rolled back"
         );
         assert!(!commit_unknown(&SqlState::T_R_SERIALIZATION_FAILURE, None));
-        assert!(Error::Timeout { what: "commit", after: Duration::ZERO }.leaves_commit_unknown());
+        assert!(Error::Timeout { step: Step::Commit, after: Duration::ZERO }.leaves_commit_unknown());
         assert!(Error::ConnectionClosed.leaves_commit_unknown());
-        assert!(!Error::DeadlineReached { step: "COMMIT" }.leaves_commit_unknown(), "not sent: known");
+        assert!(!Error::DeadlineReached { step: Step::Commit }.leaves_commit_unknown(), "not sent: known");
         assert!(!Error::PoolClosed.is_stale_statement() && !Error::PoolClosed.is_read_only());
     }
 
@@ -465,7 +604,7 @@ mod tests {
         assert_eq!(Error::PoolClosed.code(), None);
         assert_eq!(Error::CommitRolledBack.error_type(), "RuntimeAdapter.CommitRolledBack");
         assert_eq!(Error::InTransaction.error_type(), "RuntimeAdapter.TransactionMisuse");
-        assert_eq!(Error::DeadlineReached { step: "statement" }.error_type(), "RuntimeAdapter.DeadlineExceeded");
+        assert_eq!(Error::DeadlineReached { step: Step::Statement }.error_type(), "RuntimeAdapter.DeadlineExceeded");
         let unknown = Error::OutcomeUnknown { source: Box::new(Error::ConnectionClosed) };
         assert_eq!(unknown.error_type(), "RuntimeAdapter.OutcomeUnknown");
         assert_eq!(unknown.kind(), ErrorKind::Transient, "the kind of what failed");

@@ -1,4 +1,5 @@
-//! Health: when a check is due, and the check itself.
+//! The health check. When one is due is [`Liveness`](crate::liveness::Liveness)'s
+//! business.
 //!
 //! Any successful round trip proves the database healthy (like HikariCP's
 //! bypass window), so a busy function never pays for checks. Only when none
@@ -6,65 +7,17 @@
 //! spend one round trip, bounded by `DB_HEALTH_CHECK_TIMEOUT_MS`, because a
 //! connection left half-open by a frozen environment would otherwise hang it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
 use deadpool::managed::Object;
 
-use crate::error::Error;
+use crate::error::{Error, Step};
 use crate::pool::WarmPool;
 
 /// The check's query. The comment names it in the server's logs.
 pub(crate) const HEALTH_CHECK_SQL: &str = "/* runtime-adapter health check */ SELECT 1";
-
-/// When a database round trip last succeeded, on a monotonic clock.
-#[derive(Debug)]
-pub(crate) struct Liveness {
-    epoch: Instant,
-    epoch_wall: SystemTime,
-    /// Nanoseconds after `epoch`, plus one; zero means never.
-    last_success: AtomicU64,
-}
-
-impl Default for Liveness {
-    fn default() -> Self {
-        Self { epoch: Instant::now(), epoch_wall: SystemTime::now(), last_success: AtomicU64::new(0) }
-    }
-}
-
-impl Liveness {
-    /// Forgets every success, as if none had happened (after a SnapStart
-    /// restore, the snapshot's clocks prove nothing).
-    pub(crate) fn reset(&self) {
-        self.last_success.store(0, Ordering::Relaxed);
-    }
-
-    pub(crate) fn succeeded(&self) {
-        let nanos = self.epoch.elapsed().as_nanos() as u64 + 1;
-        self.last_success.fetch_max(nanos, Ordering::Relaxed);
-    }
-
-    fn last_success_offset(&self) -> Option<Duration> {
-        match self.last_success.load(Ordering::Relaxed) {
-            0 => None,
-            n => Some(Duration::from_nanos(n - 1)),
-        }
-    }
-
-    /// Whether no round trip succeeded within `interval` before `now`.
-    pub(crate) fn check_due(&self, now: Instant, interval: Duration) -> bool {
-        match self.last_success_offset() {
-            None => true,
-            Some(offset) => now.saturating_duration_since(self.epoch + offset) >= interval,
-        }
-    }
-
-    pub(crate) fn last_success(&self) -> Option<SystemTime> {
-        self.last_success_offset().map(|offset| self.epoch_wall + offset)
-    }
-}
 
 /// What a health check found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +41,7 @@ pub(crate) async fn check(pool: &WarmPool, timeout: Duration) -> Result<Checked,
     let started = Instant::now();
     let Some(conn) = pool.checkout_within(timeout).await? else {
         tracing::info!(
-            timeout_ms = crate::pool::millis(timeout),
+            timeout_ms = crate::units::millis(timeout),
             "health check inconclusive: every connection is in use by other invocations"
         );
         return Ok(Checked::Busy);
@@ -101,6 +54,6 @@ pub(crate) async fn check(pool: &WarmPool, timeout: Duration) -> Result<Checked,
     match tokio::time::timeout(left, conn.sent(conn.simple_query(HEALTH_CHECK_SQL))).await {
         Ok(Ok(_)) => Ok(Checked::Passed),
         Ok(Err(e)) => Err(Error::Db(e)),
-        Err(_) => Err(Error::Timeout { what: "health check (DB_HEALTH_CHECK_TIMEOUT_MS)", after: timeout }),
+        Err(_) => Err(Error::Timeout { step: Step::HealthCheck, after: timeout }),
     }
 }

@@ -26,14 +26,31 @@
 use std::future::Future;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::Mutex;
 
 use deadpool::managed;
 use deadpool_postgres::ClientWrapper;
+use tokio::task::JoinHandle;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::cancel::CancelTarget;
-use crate::pool::WarmingManager;
-use crate::statement::Cache;
+use crate::lru::Lru;
+
+/// A connection's prepared statements, by SQL text: the declared ones
+/// pinned, the rest least recently used first out.
+pub(crate) type Cache = Mutex<Lru<tokio_postgres::Statement>>;
+
+/// What a checkout needs of the pool's manager: counting an abandoned
+/// session, and running its rollback where shutdown waits for it. The
+/// manager (the pool's `WarmingManager`) depends on this module, not the
+/// other way round.
+pub(crate) trait Keeper: managed::Manager<Type = Connection> + 'static {
+    /// Counts a connection released mid-request or mid-transaction.
+    fn abandoned(&self);
+    /// Runs `work` (the rollback of an abandoned session) in the pool's
+    /// tasks, which shutdown waits for.
+    fn track(&self, work: impl Future<Output = ()> + Send + 'static) -> JoinHandle<()>;
+}
 
 /// The pool's object: a client and what is known of its session.
 pub(crate) struct Connection {
@@ -259,20 +276,20 @@ impl Drop for OpenTransaction<'_> {
 
 /// A connection checked out of a pool, for one invocation. Dropped, it goes
 /// back to the pool if its session is idle, and is closed otherwise.
-pub(crate) struct Conn(Option<managed::Object<WarmingManager>>);
+pub(crate) struct Lease<M: Keeper>(Option<managed::Object<M>>);
 
-impl Conn {
-    pub(crate) fn new(object: managed::Object<WarmingManager>) -> Self {
+impl<M: Keeper> Lease<M> {
+    pub(crate) fn new(object: managed::Object<M>) -> Self {
         Self(Some(object))
     }
 
-    pub(crate) fn object(&self) -> &managed::Object<WarmingManager> {
+    pub(crate) fn object(&self) -> &managed::Object<M> {
         // Present until drop.
         self.0.as_ref().unwrap_or_else(|| unreachable!("a checkout is emptied only when dropped"))
     }
 }
 
-impl Deref for Conn {
+impl<M: Keeper> Deref for Lease<M> {
     type Target = Connection;
 
     fn deref(&self) -> &Connection {
@@ -280,7 +297,7 @@ impl Deref for Conn {
     }
 }
 
-impl Drop for Conn {
+impl<M: Keeper> Drop for Lease<M> {
     fn drop(&mut self) {
         let Some(object) = self.0.take() else { return };
         if object.state.is_idle() || object.client.is_closed() {
@@ -316,7 +333,7 @@ impl Drop for Conn {
 /// leaves while its cancel request is being forwarded leaves the statement
 /// running on the server (and 1.18 can crash on it), and a new connection
 /// costs the next invocation a connect and both warmup phases.
-async fn roll_back(object: managed::Object<WarmingManager>, running: bool) {
+async fn roll_back<M: Keeper>(object: managed::Object<M>, running: bool) {
     if running {
         let request = object.cancel(object.cancel_tls());
         if let Ok(Err(error)) = tokio::time::timeout(CLEANUP_STEP_TIMEOUT, request).await {
@@ -342,7 +359,7 @@ async fn roll_back(object: managed::Object<WarmingManager>, running: bool) {
 
 /// Takes `object` out of its pool for good and drops it: its connection task
 /// sends Terminate, and the server rolls back what the session had open.
-fn close(object: managed::Object<WarmingManager>) {
+fn close<M: Keeper>(object: managed::Object<M>) {
     drop(managed::Object::take(object));
 }
 

@@ -2,23 +2,32 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the settings, read once from the environment at INIT.
-//! - [`error`]: the one error type and its classification by SQLSTATE and
-//!   connection state.
-//! - [`credentials`]: where the address and credentials come from (URL,
-//!   Secrets Manager, RDS IAM tokens), resolved at every pool build.
-//! - [`tls`]: libpq's `sslmode` on rustls, trust roots, certificate checks.
+//! - `config`: the settings, the one place that reads the environment
+//!   (the address, credential source, TLS and AWS settings in
+//!   `config::address`); the connection settings are derived from it at
+//!   each pool build ([`Config::pg_config`]).
+//! - `error`: the one error type, [`ConfigError`], and their
+//!   classification by SQLSTATE and connection state.
+//! - `credentials`: resolving the credentials (URL, Secrets Manager, RDS
+//!   IAM tokens) at every pool build; the secret's shape in
+//!   `credentials::secret`, token signing in `credentials::iam`.
+//! - `tls`: libpq's `sslmode` on rustls, trust roots, certificate checks;
+//!   its own error type.
 //! - `adapter`: [`Adapter`] and its [`Builder`]; the gate every invocation
 //!   passes (warmup, max-age refresh, health check), single-flight.
-//! - `pool`: one generation of the deadpool pool; every connection it opens
-//!   passes both warmup phases; clean close (Terminate sent).
+//! - `pool`: one generation of the deadpool pool, and the retry loop that
+//!   builds one; every connection it opens passes both warmup phases; clean
+//!   close (Terminate sent).
 //! - `lease`: a checked-out connection and what is known of its session
 //!   (requests in flight, open transaction, raw use); one released
 //!   mid-request or mid-transaction is rolled back before reuse.
 //! - `cancel`: cancel requests that wait for the server's close, as libpq's.
-//! - `warmup`: phase 1 (round trip) and phase 2 (prepare), and the retry
-//!   loop around a pool build.
-//! - `health`: when a check is due, and the check.
+//! - `warmup`: phase 1 (round trip) and phase 2 (prepare), which the pool
+//!   runs on every connection it opens.
+//! - `liveness`: when a round trip last succeeded, so whether a health check
+//!   is due; time is an argument, unit-tested on paused time.
+//! - `health`: the check.
+//! - `units`: durations as log fields.
 //! - `deadline`: the time budget an invocation's deadline leaves the gate.
 //! - `db`: [`Db`], the handle a handler receives; what is retried, and
 //!   cancellation at the deadline.
@@ -28,7 +37,9 @@
 //! - `lru`: the bounded, least-recently-used statement caches.
 //! - `retry`: backoff with full jitter, bounded by attempts and deadline.
 //! - `runtime`: [`Builder::run`], the short path for a `LambdaEvent`
-//!   handler; init-error reporting; the answer to a panic.
+//!   handler.
+//! - `report`: what Lambda receives when INIT or a handler fails: init
+//!   errors posted to the Runtime API, the answer to a panic.
 //! - `lifecycle`: [`Builder::start`], [`Lifecycle`] and [`LifecycleLayer`]:
 //!   the whole lifecycle (gate, metrics, shutdown, SnapStart, init errors,
 //!   error types, panics) for any Lambda service, `lambda_http`'s included.
@@ -51,35 +62,41 @@ mod adapter;
 #[cfg(feature = "axum")]
 mod axum;
 mod cancel;
-pub mod config;
-pub mod credentials;
+mod config;
+mod credentials;
 mod db;
 mod deadline;
-pub mod error;
+mod error;
 mod health;
 mod lease;
 mod lifecycle;
+mod liveness;
 mod lru;
 mod metrics;
 mod pool;
 mod random;
+mod report;
 mod retry;
 mod runtime;
 mod shutdown;
 mod snapstart;
 mod statement;
 mod stats;
-pub mod tls;
+mod tls;
 mod transaction;
+mod units;
 mod warmup;
 
+// The public face: every public item, each at one path, the crate's root.
 pub use adapter::{Adapter, Builder};
-pub use config::{Config, ConfigError, ConfigWarning, PoolerMode};
+pub use config::{Config, ConfigWarning, PoolerMode};
+pub use credentials::{CredentialSource, Credentials};
 pub use db::{Db, Idempotent, RawClient};
-pub use error::{Error, ErrorKind, Phase};
+pub use error::{ConfigError, CredentialsStep, Error, ErrorKind, Phase, Step};
 pub use lifecycle::{Lifecycle, LifecycleFuture, LifecycleLayer, LifecycleService, ResponseBody, LAYER_MISSING};
-pub use runtime::{report_init_error, HANDLER_PANICKED};
-pub use stats::{Percentiles, RefreshReason, Stats, WarmupTimings};
+pub use report::{report_init_error, HANDLER_PANICKED};
+pub use stats::{Percentiles, Stats, WarmupTimings};
+pub use tls::{SslMode, Tls, TlsCheck, TlsError};
 pub use transaction::Tx;
 
 pub use lambda_runtime::{Context, Diagnostic, LambdaEvent};

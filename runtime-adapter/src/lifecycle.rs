@@ -39,7 +39,7 @@ use crate::adapter::{Adapter, Builder};
 use crate::db::Db;
 use crate::error::Error;
 use crate::metrics::Invocation;
-use crate::runtime::{panicked, report_init_error};
+use crate::report::{panicked, report_init_error};
 use crate::shutdown;
 use crate::snapstart::SnapStart;
 

@@ -22,11 +22,13 @@ use tokio_util::task::TaskTracker;
 use crate::cancel::CancelTarget;
 use crate::config::Config;
 use crate::credentials::{self, Session};
-use crate::error::{Error, Phase};
-use crate::health::Liveness;
-use crate::lease::{Conn, Connection};
+use crate::deadline::Deadline;
+use crate::error::{Error, Phase, Step};
+use crate::lease::{Connection, Keeper, Lease};
+use crate::liveness::{Expiry, Liveness};
 use crate::statement::Statements;
 use crate::stats::{bump, Counters, WarmupTimings};
+use crate::units::millis;
 use crate::warmup;
 
 type Pool = managed::Pool<WarmingManager>;
@@ -39,21 +41,22 @@ const CLOSE_WAIT: Duration = Duration::from_millis(300);
 /// Numbers pool generations, so that a connection's can be recognised.
 static GENERATIONS: AtomicU64 = AtomicU64::new(1);
 
+/// A connection checked out of a [`WarmPool`], for one invocation.
+pub(crate) type Conn = Lease<WarmingManager>;
+
 /// A pool whose connections all passed both warmup phases.
 pub(crate) struct WarmPool {
     pool: Pool,
     /// The tasks driving this pool's connections; awaited on close so that
     /// each connection's Terminate has been written.
     tasks: TaskTracker,
-    built: Instant,
-    /// Nanoseconds after `built` at which the pool is due for a refresh; moved
-    /// later when a refresh fails.
-    expires_after: AtomicU64,
+    /// When the pool is due for a refresh.
+    expiry: Expiry,
 }
 
 impl WarmPool {
     /// Opens and warms `config.pool_size` connections side by side. One
-    /// attempt; [`warmup::warm`] retries.
+    /// attempt; [`WarmPool::build_retrying`] retries.
     pub(crate) async fn build(
         config: &Config,
         statements: &Statements,
@@ -62,14 +65,15 @@ impl WarmPool {
     ) -> Result<Self, Error> {
         let started = Instant::now();
         // Once per build: a rotated secret is picked up by the next refresh.
-        let session = Box::pin(config.credentials.resolve(&config.pg)).await?;
+        let pg = config.pg_config();
+        let session = Box::pin(config.credentials.resolve(&pg)).await?;
         let tasks = TaskTracker::new();
         let connect = TrackedConnect { tasks: tasks.clone(), tls: config.tls.clone(), timeout: config.connect_timeout };
         let manager = WarmingManager {
             session,
             connect: connect.clone(),
             inner: deadpool_postgres::Manager::from_connect(
-                config.pg.clone(),
+                pg,
                 connect,
                 // `Fast` only looks at whether the connection is closed: no
                 // round trip per checkout. Health is the adapter's business.
@@ -90,8 +94,7 @@ impl WarmPool {
             .map_err(|e| Error::Internal(format!("building the pool: {e}")))?;
 
         let opened = try_join_all((0..config.pool_size).map(|_| checkout(&pool))).await;
-        let warm =
-            Self { pool, tasks, built: started, expires_after: AtomicU64::new(config.max_age.as_nanos() as u64) };
+        let warm = Self { pool, tasks, expiry: Expiry::new(started, config.max_age) };
         match opened {
             Ok(conns) => drop(conns),
             Err(e) => {
@@ -112,6 +115,55 @@ impl WarmPool {
             "pool warmed"
         );
         Ok(warm)
+    }
+
+    /// Builds and warms a pool at INIT, retrying transient failures up to
+    /// `DB_WARMUP_ATTEMPTS` times, `DB_WARMUP_RETRY_DELAY_MS` apart, and never
+    /// past `until` when one is given. Permanent failures return at once.
+    ///
+    /// Inside an invocation the gate makes one attempt per call and its own
+    /// retry loop (with backoff) spaces them.
+    pub(crate) async fn build_retrying(
+        config: &Config,
+        statements: &Statements,
+        counters: &Arc<Counters>,
+        liveness: &Arc<Liveness>,
+        attempts: u32,
+        until: Deadline,
+    ) -> Result<Self, Error> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let build = Self::build(config, statements, counters, liveness);
+            let result = until.bound(Step::Warmup, build).await;
+            let error = match result {
+                Ok(pool) => return Ok(pool),
+                Err(error) => error,
+            };
+            bump(&counters.warmup_failures);
+            counters.failed_now();
+            let next = Instant::now() + config.warmup_retry_delay;
+            let out_of_time = until.passed_at(next);
+            if !error.is_transient() {
+                tracing::error!(%error, attempt, kind = ?error.kind(), "warmup failed permanently");
+                return Err(error);
+            }
+            if attempt >= attempts || out_of_time {
+                tracing::warn!(%error, attempt, kind = ?error.kind(), "warmup failed; no attempt left");
+                if attempts == 1 {
+                    return Err(error);
+                }
+                return Err(Error::Unavailable { attempts: attempt, out_of_time, source: Box::new(error) });
+            }
+            tracing::warn!(
+                %error,
+                attempt,
+                delay_ms = config.warmup_retry_delay.as_millis() as u64,
+                kind = ?error.kind(),
+                "warmup failed; retrying"
+            );
+            tokio::time::sleep_until(next).await;
+        }
     }
 
     /// This pool's generation number.
@@ -140,30 +192,27 @@ impl WarmPool {
             Ok(Ok(conn)) => Ok(Some(conn)),
             Ok(Err(Error::Timeout { .. })) | Err(_) if busy() => Ok(None),
             Ok(Err(error)) => Err(error),
-            Err(_) => Err(Error::Timeout {
-                what: "health check: opening a connection (DB_HEALTH_CHECK_TIMEOUT_MS)",
-                after: bound,
-            }),
+            Err(_) => Err(Error::Timeout { step: Step::HealthCheckConnect, after: bound }),
         }
     }
 
     pub(crate) fn age(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.built)
+        self.expiry.age(now)
     }
 
     pub(crate) fn is_expired(&self, now: Instant) -> bool {
-        self.age(now).as_nanos() as u64 >= self.expires_after.load(Ordering::Relaxed)
+        self.expiry.is_due(now)
     }
 
     /// Sets the age at which the pool is due for a refresh.
     pub(crate) fn set_lifetime(&self, lifetime: Duration) {
-        self.expires_after.store(lifetime.as_nanos() as u64, Ordering::Relaxed);
+        self.expiry.set_lifetime(lifetime);
     }
 
     /// Moves the refresh `by` later, after a refresh that could not build a
     /// replacement.
     pub(crate) fn postpone_expiry(&self, now: Instant, by: Duration) {
-        self.expires_after.store((self.age(now) + by).as_nanos() as u64, Ordering::Relaxed);
+        self.expiry.postpone(now, by);
     }
 
     /// Closes the pool: idle connections now, checked-out ones when their
@@ -188,18 +237,13 @@ impl WarmPool {
     }
 }
 
-pub(crate) fn millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 async fn checkout(pool: &Pool) -> Result<Conn, Error> {
     pool.get().await.map(Conn::new).map_err(|e| match e {
         PoolError::Backend(e) => e,
-        PoolError::Timeout(TimeoutType::Wait) => Error::Timeout {
-            what: "waiting for a pooled connection (DB_POOL_TIMEOUT_MS)",
-            after: pool.timeouts().wait.unwrap_or_default(),
-        },
-        PoolError::Timeout(_) => Error::Timeout { what: "opening a connection", after: Duration::ZERO },
+        PoolError::Timeout(TimeoutType::Wait) => {
+            Error::Timeout { step: Step::PoolWait, after: pool.timeouts().wait.unwrap_or_default() }
+        }
+        PoolError::Timeout(_) => Error::Timeout { step: Step::Connect, after: Duration::ZERO },
         PoolError::Closed => Error::PoolClosed,
         other => Error::Internal(other.to_string()),
     })
@@ -303,18 +347,17 @@ pub(crate) fn generation_of(object: &managed::Object<WarmingManager>) -> Option<
     managed::Object::pool(object).map(|pool| pool.manager().generation)
 }
 
-impl WarmingManager {
-    /// Counts a connection released mid-request or mid-transaction.
-    pub(crate) fn abandoned(&self) {
+impl Keeper for WarmingManager {
+    fn abandoned(&self) {
         bump(&self.counters.abandoned_sessions);
     }
 
-    /// Runs `work` (the rollback of an abandoned session) in the pool's
-    /// tasks, which shutdown waits for.
-    pub(crate) fn track(&self, work: impl std::future::Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
+    fn track(&self, work: impl std::future::Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
         self.connect.tasks.spawn(work)
     }
+}
 
+impl WarmingManager {
     /// Opens one connection with this generation's credentials (a fresh IAM
     /// token each time). If it fails to authenticate (28P01, 28000), the
     /// credentials are resolved once more and the connection tried again:
@@ -378,12 +421,7 @@ impl TrackedConnect {
         let (client, connection) = match tokio::time::timeout(self.timeout, connect).await {
             Ok(Ok(opened)) => opened,
             Ok(Err(error)) => return Ok(Err(error)),
-            Err(_) => {
-                return Err(Error::Timeout {
-                    what: "opening a connection: TCP, TLS, startup and authentication (DB_CONNECT_TIMEOUT_MS)",
-                    after: self.timeout,
-                })
-            }
+            Err(_) => return Err(Error::Timeout { step: Step::Connect, after: self.timeout }),
         };
         self.tasks.spawn(async move {
             if let Err(error) = connection.await {

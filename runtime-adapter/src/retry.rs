@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::error::Error;
-use crate::pool::millis;
+use crate::deadline::Deadline;
+use crate::error::{Error, Step};
 use crate::random::Entropy;
 use crate::stats::{bump, Counters};
+use crate::units::millis;
 
 /// No single pause is longer than this, however many attempts are allowed.
 const MAX_DELAY: Duration = Duration::from_secs(5);
@@ -24,7 +25,7 @@ const MAX_DELAY: Duration = Duration::from_secs(5);
 pub(crate) struct Retrier {
     attempts: u32,
     base_delay: Duration,
-    until: Option<Instant>,
+    until: Deadline,
     made: u32,
     counters: Arc<Counters>,
     entropy: Arc<Entropy>,
@@ -34,7 +35,7 @@ impl Retrier {
     pub(crate) fn new(
         attempts: u32,
         base_delay: Duration,
-        until: Option<Instant>,
+        until: Deadline,
         counters: Arc<Counters>,
         entropy: Arc<Entropy>,
     ) -> Self {
@@ -45,12 +46,12 @@ impl Retrier {
     /// before the deadline, waits that pause and returns `Ok`; otherwise
     /// returns the error to give the caller, [`Error::Unavailable`] around
     /// `error`.
-    pub(crate) async fn backoff(&mut self, error: Error, what: &'static str) -> Result<(), Error> {
+    pub(crate) async fn backoff(&mut self, error: Error, step: Step) -> Result<(), Error> {
         self.made += 1;
         let delay = full_jitter(self.base_delay, self.made, self.entropy.fraction());
-        let out_of_time = self.until.is_some_and(|until| Instant::now() + delay >= until);
+        let out_of_time = self.until.passed_at(Instant::now() + delay);
         if self.made >= self.attempts || out_of_time {
-            tracing::warn!(%error, attempts = self.made, out_of_time, kind = ?error.kind(), what, "giving up");
+            tracing::warn!(%error, attempts = self.made, out_of_time, kind = ?error.kind(), %step, "giving up");
             return Err(Error::Unavailable { attempts: self.made, out_of_time, source: Box::new(error) });
         }
         bump(&self.counters.retry_attempts);
@@ -59,7 +60,7 @@ impl Retrier {
             attempt = self.made,
             delay_ms = millis(delay),
             kind = ?error.kind(),
-            what,
+            %step,
             "retrying"
         );
         tokio::time::sleep(delay).await;
@@ -78,23 +79,6 @@ pub(crate) fn full_jitter(base: Duration, attempt: u32, fraction: f64) -> Durati
 /// A pause at `fraction` of the way from `low` to `high`.
 pub(crate) fn jitter_between(low: Duration, high: Duration, fraction: f64) -> Duration {
     low + (high.saturating_sub(low)).mul_f64(fraction)
-}
-
-/// Runs `future`, but no later than `until`.
-pub(crate) async fn bounded<T>(
-    until: Option<Instant>,
-    future: impl std::future::Future<Output = Result<T, Error>>,
-    what: &'static str,
-) -> Result<T, Error> {
-    match until {
-        Some(until) => {
-            let started = Instant::now();
-            tokio::time::timeout_at(until, future)
-                .await
-                .unwrap_or_else(|_| Err(Error::Timeout { what, after: started.elapsed() }))
-        }
-        None => future.await,
-    }
 }
 
 #[cfg(test)]
@@ -145,10 +129,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn no_pause_runs_past_the_deadline() {
         let until = Instant::now() + Duration::from_millis(300);
-        let mut retrier = Retrier::new(100, Duration::from_millis(200), Some(until), Arc::default(), Arc::default());
+        let mut retrier =
+            Retrier::new(100, Duration::from_millis(200), Deadline::at(until), Arc::default(), Arc::default());
         let mut last = Ok(());
         while last.is_ok() {
-            last = retrier.backoff(Error::PoolClosed, "test").await;
+            last = retrier.backoff(Error::PoolClosed, Step::Statement).await;
         }
         assert!(Instant::now() <= until, "slept past the deadline");
         match last {
@@ -160,10 +145,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_far_deadline_lets_every_attempt_run() {
         let until = Instant::now() + Duration::from_secs(3600);
-        let mut retrier = Retrier::new(3, Duration::from_millis(200), Some(until), Arc::default(), Arc::default());
-        assert!(retrier.backoff(Error::PoolClosed, "test").await.is_ok());
-        assert!(retrier.backoff(Error::PoolClosed, "test").await.is_ok());
-        match retrier.backoff(Error::PoolClosed, "test").await {
+        let mut retrier =
+            Retrier::new(3, Duration::from_millis(200), Deadline::at(until), Arc::default(), Arc::default());
+        assert!(retrier.backoff(Error::PoolClosed, Step::Statement).await.is_ok());
+        assert!(retrier.backoff(Error::PoolClosed, Step::Statement).await.is_ok());
+        match retrier.backoff(Error::PoolClosed, Step::Statement).await {
             Err(Error::Unavailable { attempts: 3, out_of_time: false, .. }) => {}
             other => panic!("expected the attempt limit, not the deadline, got {other:?}"),
         }
@@ -171,10 +157,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn attempts_are_bounded() {
-        let mut retrier = Retrier::new(3, Duration::from_millis(1), None, Arc::default(), Arc::default());
-        assert!(retrier.backoff(Error::PoolClosed, "test").await.is_ok());
-        assert!(retrier.backoff(Error::PoolClosed, "test").await.is_ok());
-        match retrier.backoff(Error::PoolClosed, "test").await {
+        let mut retrier = Retrier::new(3, Duration::from_millis(1), Deadline::NONE, Arc::default(), Arc::default());
+        assert!(retrier.backoff(Error::PoolClosed, Step::Statement).await.is_ok());
+        assert!(retrier.backoff(Error::PoolClosed, Step::Statement).await.is_ok());
+        match retrier.backoff(Error::PoolClosed, Step::Statement).await {
             Err(Error::Unavailable { attempts: 3, out_of_time: false, .. }) => {}
             other => panic!("expected the attempt limit, got {other:?}"),
         }

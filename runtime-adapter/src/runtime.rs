@@ -1,34 +1,25 @@
 //! The Lambda side: [`Builder::run`], the short path for a `LambdaEvent`
 //! handler, built on the `lifecycle` module's pieces ([`Builder::start`],
-//! [`LifecycleLayer`](crate::LifecycleLayer), [`Lifecycle::run`](crate::Lifecycle::run));
-//! init errors reported to the Runtime API the way Lambda expects them.
+//! [`LifecycleLayer`](crate::LifecycleLayer), [`Lifecycle::run`](crate::Lifecycle::run)).
 //!
 //! A handler's error reaches Lambda as the `errorType` its
 //! `Into<Diagnostic>` gives: `runtime_adapter::Error` keeps its own
 //! (`RuntimeAdapter.DatabaseUnavailable`, …). A panic in the handler is
 //! caught by the layer, around the handler's future, and answered as
-//! [`HANDLER_PANICKED`] with the panic's message; the environment keeps
+//! [`HANDLER_PANICKED`](crate::HANDLER_PANICKED) with the panic's message; the environment keeps
 //! serving, and the invocation's metrics record is still written.
 
-use std::any::Any;
 use std::fmt::Debug;
 use std::future::Future;
 
 use futures_util::Stream;
 use lambda_runtime::tower::Layer as _;
 use lambda_runtime::{Diagnostic, IntoFunctionResponse, LambdaEvent};
-use lambda_runtime_api_client::body::Body;
-use lambda_runtime_api_client::{build_request, PooledClient};
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::Builder;
 use crate::db::Db;
-use crate::error::Error;
 use crate::lifecycle::gate;
-
-/// The `errorType` Lambda receives when the handler panicked; the
-/// `errorMessage` is `the handler panicked: ` and the panic's message.
-pub const HANDLER_PANICKED: &str = "RuntimeAdapter.HandlerPanicked";
 
 impl Builder {
     /// Initializes the adapter ([`Builder::init`]) during Lambda's INIT phase,
@@ -46,11 +37,11 @@ impl Builder {
     /// message names the cause, and the handler never runs.
     ///
     /// The handler's error becomes Lambda's `errorType` and `errorMessage`
-    /// through its `Into<Diagnostic>`: return [`Error`] (or an error of
+    /// through its `Into<Diagnostic>`: return [`Error`](crate::Error) (or an error of
     /// your own that converts from it and into a [`Diagnostic`]) to keep
     /// the adapter's types, such as `RuntimeAdapter.DatabaseUnavailable`.
     /// `lambda_runtime::Error`, a boxed error, would lose them. A panic in
-    /// the handler is answered as [`HANDLER_PANICKED`] with the panic's
+    /// the handler is answered as [`HANDLER_PANICKED`](crate::HANDLER_PANICKED) with the panic's
     /// message, and the environment goes on serving.
     ///
     /// # Errors
@@ -82,52 +73,5 @@ impl Builder {
         });
         let service = lifecycle.layer().layer(handler);
         lifecycle.run(lambda_runtime::Runtime::new(service)).await
-    }
-}
-
-/// The answer to a handler that panicked: [`HANDLER_PANICKED`], with the
-/// panic's message when it is a string (as `panic!` makes it).
-pub(crate) fn panicked(payload: &(dyn Any + Send)) -> Diagnostic {
-    let message =
-        payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str));
-    tracing::error!(error_type = HANDLER_PANICKED, panic = message, "the handler panicked");
-    Diagnostic {
-        error_type: HANDLER_PANICKED.to_owned(),
-        error_message: match message {
-            Some(message) => format!("the handler panicked: {message}"),
-            None => "the handler panicked (with a payload that is not a string)".to_owned(),
-        },
-    }
-}
-
-/// Reports `error` to Lambda's `/runtime/init/error`, so that Lambda records
-/// an init failure with its message instead of an unexplained exit.
-///
-/// For code that calls [`Builder::init`] itself; [`Builder::run`] does this
-/// already. Does nothing outside Lambda (no `AWS_LAMBDA_RUNTIME_API`).
-pub async fn report_init_error(error: &Error) {
-    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_none() {
-        return;
-    }
-    let body = serde_json::json!({
-        "errorType": error.error_type(),
-        "errorMessage": error.to_string(),
-    });
-    let request = build_request()
-        .method(http::Method::POST)
-        .uri("/2018-06-01/runtime/init/error")
-        .header("lambda-runtime-function-error-type", error.error_type())
-        .body(Body::from(body.to_string()));
-    let request = match request {
-        Ok(request) => request,
-        Err(e) => {
-            tracing::error!(error = %e, "could not build the init error report");
-            return;
-        }
-    };
-    match PooledClient::builder().build().call(request).await {
-        Ok(response) if response.status().is_success() => {}
-        Ok(response) => tracing::error!(status = %response.status(), "the Runtime API refused the init error report"),
-        Err(e) => tracing::error!(error = %e, "could not report the init error"),
     }
 }

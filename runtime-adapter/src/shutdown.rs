@@ -16,7 +16,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
 
 use crate::adapter::Adapter;
-use crate::pool::millis;
+use crate::units::millis;
 
 /// Internal extension names must be unique within a function.
 const EXTENSION_NAME: &str = "runtime-adapter-graceful-shutdown";

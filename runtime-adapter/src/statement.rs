@@ -16,6 +16,7 @@
 //!
 //! Either way the handle's API is the same, so a handler works unchanged.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use deadpool_postgres::ClientWrapper;
@@ -24,7 +25,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Row, Statement};
 
 use crate::config::PoolerMode;
-use crate::lease::Connection;
+use crate::lease::{Cache, Connection};
 use crate::lru::Lru;
 
 /// The statements an application declares, checked (and in `none` mode
@@ -42,9 +43,6 @@ pub(crate) struct Statements {
     capacity: usize,
     types: Arc<Mutex<Lru<Arc<[Type]>>>>,
 }
-
-/// The statements prepared on one connection (`none` mode).
-pub(crate) type Cache = Mutex<Lru<Statement>>;
 
 /// A statement ready to run on one connection.
 #[derive(Debug, Clone)]
@@ -65,16 +63,76 @@ impl Prepared {
     }
 }
 
-/// What a run returns.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Op {
-    Rows,
-    Count,
+/// Why phase 2 failed: the statement being prepared, if the failure was
+/// one's (not the transaction around them), and the server's error.
+pub(crate) type Unprepared = (Option<String>, tokio_postgres::Error);
+
+/// What a statement is run for, and so what it returns: its rows
+/// ([`Rows`]) or the number of rows it affected ([`Count`]). A type, so that
+/// a query cannot come back with a count.
+pub(crate) trait Op {
+    /// What the statement returns.
+    type Out: Send;
+
+    /// Runs a statement prepared under a name.
+    fn named<'a>(
+        client: &'a ClientWrapper,
+        statement: &'a Statement,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<Self::Out, tokio_postgres::Error>> + Send + 'a;
+
+    /// Runs an unnamed statement with its parameter types given.
+    fn typed<'a>(
+        client: &'a ClientWrapper,
+        sql: &'a str,
+        params: &'a [(&'a (dyn ToSql + Sync), Type)],
+    ) -> impl Future<Output = Result<Self::Out, tokio_postgres::Error>> + Send + 'a;
 }
 
-pub(crate) enum Out {
-    Rows(Vec<Row>),
-    Count(u64),
+/// Run for its rows (`query`).
+pub(crate) struct Rows;
+
+impl Op for Rows {
+    type Out = Vec<Row>;
+
+    fn named<'a>(
+        client: &'a ClientWrapper,
+        statement: &'a Statement,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a {
+        client.query(statement, params)
+    }
+
+    fn typed<'a>(
+        client: &'a ClientWrapper,
+        sql: &'a str,
+        params: &'a [(&'a (dyn ToSql + Sync), Type)],
+    ) -> impl Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a {
+        client.query_typed(sql, params)
+    }
+}
+
+/// Run for the number of rows it affected (`execute`).
+pub(crate) struct Count;
+
+impl Op for Count {
+    type Out = u64;
+
+    fn named<'a>(
+        client: &'a ClientWrapper,
+        statement: &'a Statement,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a {
+        client.execute(statement, params)
+    }
+
+    fn typed<'a>(
+        client: &'a ClientWrapper,
+        sql: &'a str,
+        params: &'a [(&'a (dyn ToSql + Sync), Type)],
+    ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a {
+        client.execute_typed(sql, params)
+    }
 }
 
 impl Statements {
@@ -102,14 +160,11 @@ impl Statements {
     /// Warmup phase 2 on one connection: every declared statement checked
     /// against the schema, and prepared for use. About one round trip in
     /// `none` mode (the prepares are pipelined), three in `transaction` mode.
-    pub(crate) async fn warm(
-        &self,
-        client: &ClientWrapper,
-    ) -> Result<Vec<(String, Statement)>, (String, tokio_postgres::Error)> {
+    pub(crate) async fn warm(&self, client: &ClientWrapper) -> Result<Vec<(String, Statement)>, Unprepared> {
         match self.mode {
             PoolerMode::None => {
                 try_join_all(self.declared.iter().map(|sql| async move {
-                    client.prepare(sql).await.map(|s| (sql.clone(), s)).map_err(|e| (sql.clone(), e))
+                    client.prepare(sql).await.map(|s| (sql.clone(), s)).map_err(|e| (Some(sql.clone()), e))
                 }))
                 .await
             }
@@ -173,14 +228,14 @@ impl Statements {
     /// transaction, which keeps a transaction-mode pooler on one server
     /// connection, and closing them before it ends: no named statement
     /// outlives it.
-    async fn describe(&self, client: &ClientWrapper, sqls: &[String]) -> Result<(), (String, tokio_postgres::Error)> {
-        let no_sql = |e| (String::new(), e);
+    async fn describe(&self, client: &ClientWrapper, sqls: &[String]) -> Result<(), Unprepared> {
+        let no_sql = |e| (None, e);
         client.batch_execute("BEGIN").await.map_err(no_sql)?;
-        let prepared = try_join_all(
-            sqls.iter()
-                .map(|sql| async move { client.prepare(sql).await.map(|s| (sql, s)).map_err(|e| (sql.clone(), e)) }),
-        )
-        .await;
+        let prepared =
+            try_join_all(sqls.iter().map(|sql| async move {
+                client.prepare(sql).await.map(|s| (sql, s)).map_err(|e| (Some(sql.clone()), e))
+            }))
+            .await;
         let described = match prepared {
             Ok(statements) => statements,
             Err(error) => {
@@ -213,24 +268,17 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Runs `prepared` (the statement for `sql`) with `params`, whose count the
 /// caller has checked against [`Prepared::parameters`].
-pub(crate) async fn run(
+pub(crate) async fn run<O: Op>(
     client: &ClientWrapper,
     sql: &str,
     prepared: &Prepared,
     params: &[&(dyn ToSql + Sync)],
-    op: Op,
-) -> Result<Out, tokio_postgres::Error> {
+) -> Result<O::Out, tokio_postgres::Error> {
     match prepared {
-        Prepared::Named(statement) => match op {
-            Op::Rows => client.query(statement, params).await.map(Out::Rows),
-            Op::Count => client.execute(statement, params).await.map(Out::Count),
-        },
+        Prepared::Named(statement) => O::named(client, statement, params).await,
         Prepared::Unnamed(types) => {
             let typed: Vec<(&(dyn ToSql + Sync), Type)> = params.iter().copied().zip(types.iter().cloned()).collect();
-            match op {
-                Op::Rows => client.query_typed(sql, &typed).await.map(Out::Rows),
-                Op::Count => client.execute_typed(sql, &typed).await.map(Out::Count),
-            }
+            O::typed(client, sql, &typed).await
         }
     }
 }

@@ -36,7 +36,7 @@ pub struct Percentiles {
 /// Why a pool was replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum RefreshReason {
+pub(crate) enum RefreshReason {
     /// It passed its maximum age.
     MaxAge,
     /// A health check failed on it.

@@ -34,7 +34,29 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::ConfigError;
+/// Why TLS settings cannot be used. The configuration turns it into a
+/// [`ConfigError`](crate::ConfigError) naming the variables.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// `DB_SSL_ROOT_CERT=system` (every public CA) with a mode that does not check
+    /// the host name.
+    #[error("the public roots need sslmode=verify-full, not {mode}")]
+    SystemRootsNeedVerifyFull {
+        /// The mode asked for.
+        mode: SslMode,
+    },
+    /// `verify-ca` without a file of CAs to trust: it never trusts the
+    /// public roots, because it checks no host name.
+    #[error("sslmode=verify-ca needs a root certificate file")]
+    RootCertMissing,
+    /// The root certificate file cannot be read or used.
+    #[error("the root certificate file {problem}")]
+    RootCert {
+        /// What is wrong with it, starting with the path it names.
+        problem: String,
+    },
+}
 
 /// How a connection uses TLS: libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,18 +160,18 @@ impl Default for Tls {
 }
 
 /// `DB_SSL_ROOT_CERT`'s special value: the public roots, with `verify-full`.
-pub const SYSTEM_ROOTS: &str = "system";
+pub(crate) const SYSTEM_ROOTS: &str = "system";
 
 impl Tls {
     /// Builds the connector for `mode`. `root_cert` is the PEM file of the
-    /// CAs to trust (alone), or [`SYSTEM_ROOTS`] for the public roots.
+    /// CAs to trust (alone), or `system` for the public roots.
     ///
     /// # Errors
     ///
     /// `DB_SSL_ROOT_CERT` cannot be read or holds no certificate; it is
     /// missing with `verify-ca`; it is `system` with a mode weaker than
     /// `verify-full`.
-    pub fn new(mode: SslMode, root_cert: Option<PathBuf>) -> Result<Self, ConfigError> {
+    pub fn new(mode: SslMode, root_cert: Option<PathBuf>) -> Result<Self, TlsError> {
         Self::build(mode, root_cert, webpki_roots::TLS_SERVER_ROOTS.to_vec())
     }
 
@@ -162,7 +184,7 @@ impl Tls {
     ///
     /// As [`Tls::new`]; `public` holds no usable certificate.
     #[doc(hidden)]
-    pub fn with_public_roots(mode: SslMode, root_cert: Option<PathBuf>, public: &str) -> Result<Self, ConfigError> {
+    pub fn with_public_roots(mode: SslMode, root_cert: Option<PathBuf>, public: &str) -> Result<Self, TlsError> {
         let mut store = RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(public.as_bytes()) {
             let cert = cert.map_err(|e| root_cert_invalid(format!("(test roots) is not valid PEM ({e})")))?;
@@ -175,15 +197,10 @@ impl Tls {
         mode: SslMode,
         root_cert: Option<PathBuf>,
         public: Vec<rustls::pki_types::TrustAnchor<'static>>,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<Self, TlsError> {
         let system = root_cert.as_deref().is_some_and(|p| p == Path::new(SYSTEM_ROOTS));
         if system && mode != SslMode::VerifyFull {
-            return Err(ConfigError::Conflict {
-                vars: "DB_SSL_ROOT_CERT and sslmode",
-                problem: format!(
-                    "DB_SSL_ROOT_CERT=system trusts every public CA, which is safe only with the host name checked, and sslmode={mode} does not check it; use sslmode=verify-full (or leave sslmode unset), or name a CA file"
-                ),
-            });
+            return Err(TlsError::SystemRootsNeedVerifyFull { mode });
         }
         let root_file = root_cert.filter(|_| !system);
         let effective = match (mode, &root_file) {
@@ -203,12 +220,7 @@ impl Tls {
                         public_roots = true;
                         RootCertStore { roots: public }
                     }
-                    None => {
-                        return Err(ConfigError::Missing {
-                            var: "DB_SSL_ROOT_CERT",
-                            expected: "with sslmode=verify-ca the path of a PEM file of the CAs to trust, e.g. /opt/rds/global-bundle.pem (verify-ca checks no host name, so it never trusts public CAs; for those use sslmode=verify-full)",
-                        })
-                    }
+                    None => return Err(TlsError::RootCertMissing),
                 };
                 let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                     .build()
@@ -267,16 +279,12 @@ impl Tls {
     }
 }
 
-fn root_cert_invalid(problem: String) -> ConfigError {
-    ConfigError::Invalid {
-        var: "DB_SSL_ROOT_CERT",
-        problem,
-        expected: "the path of a PEM file of CA certificates, e.g. /opt/rds/global-bundle.pem, or system",
-    }
+fn root_cert_invalid(problem: String) -> TlsError {
+    TlsError::RootCert { problem }
 }
 
 /// The CAs of the PEM file `path`, alone.
-fn roots_from(path: &Path) -> Result<RootCertStore, ConfigError> {
+fn roots_from(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     let shown = path.display();
     let bytes =
@@ -500,8 +508,10 @@ mod tests {
         let path = dir.join("none.pem");
         std::fs::write(&path, "not a certificate").expect("write");
         let err = Tls::new(SslMode::Require, Some(path.clone())).expect_err("no certificate in it");
-        assert!(err.to_string().starts_with("DB_SSL_ROOT_CERT names "), "{err}");
-        assert!(err.to_string().contains("holds no PEM certificate"), "{err}");
+        assert!(
+            matches!(&err, TlsError::RootCert { problem } if problem.starts_with("names ") && problem.ends_with("holds no PEM certificate")),
+            "{err:?}"
+        );
         let err = Tls::new(SslMode::VerifyFull, Some(dir.join("missing.pem"))).expect_err("missing");
         assert!(err.to_string().contains("cannot be read"), "{err}");
         assert_eq!(Tls::new(SslMode::Require, None).expect("plain").effective_mode(), SslMode::Require);
@@ -515,7 +525,7 @@ mod tests {
         std::fs::write(&path, include_str!("../tests/fixtures/ca.pem")).expect("write");
 
         let err = Tls::new(SslMode::VerifyCa, None).expect_err("verify-ca needs a root file");
-        assert!(err.to_string().starts_with("DB_SSL_ROOT_CERT is not set"), "{err}");
+        assert_eq!(err, TlsError::RootCertMissing);
         let file = |mode| Tls::new(mode, Some(path.clone())).expect("with a root file");
         for mode in [SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull] {
             let tls = file(mode);
@@ -529,8 +539,12 @@ mod tests {
         assert_eq!(system.root_cert(), None);
         for weaker in [SslMode::Disable, SslMode::Prefer, SslMode::Require, SslMode::VerifyCa] {
             let err = Tls::new(weaker, Some(SYSTEM_ROOTS.into())).expect_err("system implies verify-full");
-            assert!(err.to_string().contains("DB_SSL_ROOT_CERT=system"), "{err}");
-            assert!(err.to_string().contains("verify-full"), "{err}");
+            assert_eq!(err, TlsError::SystemRootsNeedVerifyFull { mode: weaker });
+            let message = crate::ConfigError::from(err).to_string();
+            assert!(
+                message.contains("DB_SSL_ROOT_CERT=system") && message.contains("use sslmode=verify-full"),
+                "{message}"
+            );
         }
         assert!(!Tls::new(SslMode::Require, None).expect("unverified").verifies());
     }

@@ -20,24 +20,24 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{IsolationLevel, Row};
 
 use crate::adapter::Adapter;
+use crate::db::statement_methods;
 use crate::db::{self, Db, Recovery};
-use crate::deadline;
-use crate::error::{Error, ErrorKind};
-use crate::lease::{Conn, OpenTransaction};
-use crate::retry;
-use crate::statement::{Op, Out};
+use crate::deadline::Deadline;
+use crate::error::{Error, ErrorKind, Step};
+use crate::lease::OpenTransaction;
+use crate::pool::Conn;
+use crate::statement::Op;
 
 /// The open transaction handed to a [`Db::transaction`] closure.
 pub struct Tx {
     conn: Arc<Conn>,
     adapter: Adapter,
-    until: Option<Instant>,
+    until: Deadline,
     /// The transaction's number on its session: a `Tx` kept past its
     /// transaction sends nothing.
     number: u32,
@@ -50,56 +50,41 @@ impl fmt::Debug for Tx {
 }
 
 impl Tx {
-    /// Runs `sql` in the transaction and returns its rows.
-    ///
-    /// # Errors
-    ///
-    /// As [`Db::query`]; the transaction is then rolled back (and retried
-    /// whole if the error allows it).
-    pub async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
-        match self.run(sql, params, Op::Rows).await? {
-            Out::Rows(rows) => Ok(rows),
-            Out::Count(_) => Err(Error::Internal("a query returned a count".to_owned())),
-        }
+    statement_methods! {
+        /// Runs `sql` in the transaction and returns its rows.
+        ///
+        /// # Errors
+        ///
+        /// As [`Db::query`]; the transaction is then rolled back (and retried
+        /// whole if the error allows it).
+        query;
+        /// Runs `sql`, which must return exactly one row.
+        ///
+        /// # Errors
+        ///
+        /// As [`Tx::query`], and [`Error::RowCount`].
+        query_one;
+        /// Runs `sql`, which returns at most one row.
+        ///
+        /// # Errors
+        ///
+        /// As [`Tx::query`], and [`Error::RowCount`].
+        query_opt;
+        /// Runs `sql` and returns the number of rows it affected.
+        ///
+        /// # Errors
+        ///
+        /// As [`Tx::query`].
+        execute;
     }
 
-    /// Runs `sql`, which must return exactly one row.
-    ///
-    /// # Errors
-    ///
-    /// As [`Tx::query`], and [`Error::RowCount`].
-    pub async fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, Error> {
-        db::one(self.query(sql, params).await?)
-    }
-
-    /// Runs `sql`, which returns at most one row.
-    ///
-    /// # Errors
-    ///
-    /// As [`Tx::query`], and [`Error::RowCount`].
-    pub async fn query_opt(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, Error> {
-        db::at_most_one(self.query(sql, params).await?)
-    }
-
-    /// Runs `sql` and returns the number of rows it affected.
-    ///
-    /// # Errors
-    ///
-    /// As [`Tx::query`].
-    pub async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
-        match self.run(sql, params, Op::Count).await? {
-            Out::Count(n) => Ok(n),
-            Out::Rows(_) => Err(Error::Internal("an execute returned rows".to_owned())),
-        }
-    }
-
-    async fn run(&self, sql: &str, params: &[&(dyn ToSql + Sync)], op: Op) -> Result<Out, Error> {
+    async fn run_statement<O: Op>(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<O::Out, Error> {
         if self.conn.state().open_transaction() != Some(self.number) {
             return Err(Error::TransactionEnded);
         }
         let result = async {
             let prepared = db::prepare(&self.adapter, &self.conn, sql, self.until).await?;
-            db::execute(&self.adapter, &self.conn, sql, &prepared, params, op, self.until).await
+            db::execute::<O>(&self.adapter, &self.conn, sql, &prepared, params, self.until).await
         }
         .await;
         if result.is_err() {
@@ -179,13 +164,13 @@ impl Db {
         let mut recovery = Recovery::default();
         loop {
             let conn = self.connection().await?;
-            deadline::before(until, "BEGIN")?;
+            until.check(Step::Begin)?;
             // Marked open before BEGIN is sent: dropped from here on, this
             // future leaves the connection to be closed, not reused.
             let open = conn.state().begin();
-            if let Err(error) = simple(adapter, &conn, begin, until).await {
+            if let Err(error) = simple(adapter, &conn, Step::Begin, begin, until).await {
                 if error.is_transient() {
-                    retrier.backoff(error, "begin").await?;
+                    retrier.backoff(error, Step::Begin).await?;
                     continue;
                 }
                 return Err(error);
@@ -199,7 +184,7 @@ impl Db {
                         continue;
                     }
                     if rerun(&error) {
-                        retrier.backoff(error, "transaction").await?;
+                        retrier.backoff(error, Step::Transaction).await?;
                         continue;
                     }
                     return Err(error);
@@ -207,13 +192,13 @@ impl Db {
             };
             if conn.is_closed() {
                 // Lost before COMMIT was sent: the server rolled it back.
-                retrier.backoff(Error::ConnectionClosed, "transaction").await?;
+                retrier.backoff(Error::ConnectionClosed, Step::Transaction).await?;
                 continue;
             }
             match commit(adapter, &conn, until, open).await {
                 Ok(()) => return Ok(value),
                 Err(error) if error.kind() == ErrorKind::Serialization => {
-                    retrier.backoff(error, "transaction").await?;
+                    retrier.backoff(error, Step::Transaction).await?;
                 }
                 Err(error) => return Err(error),
             }
@@ -228,10 +213,10 @@ fn rerun(error: &Error) -> bool {
         && !matches!(error, Error::DeadlineExceeded { .. } | Error::Unavailable { .. })
 }
 
-/// One simple-protocol statement, no later than `until`, and not sent at all
-/// once `until` has passed.
-async fn simple(adapter: &Adapter, conn: &Conn, sql: &str, until: Option<Instant>) -> Result<(), Error> {
-    deadline::before(until, "transaction control")?;
+/// One simple-protocol statement for `step`, no later than `until`, and not
+/// sent at all once `until` has passed.
+async fn simple(adapter: &Adapter, conn: &Conn, step: Step, sql: &str, until: Deadline) -> Result<(), Error> {
+    until.check(step)?;
     let work = conn.sent(async {
         match conn.batch_execute(sql).await {
             Ok(()) => {
@@ -241,7 +226,7 @@ async fn simple(adapter: &Adapter, conn: &Conn, sql: &str, until: Option<Instant
             Err(error) => Err(db::observe_failure(adapter, error)),
         }
     });
-    retry::bounded(until, work, "transaction control within the invocation's deadline").await
+    until.bound(step, work).await
 }
 
 /// Commits the open transaction, and says what became of it.
@@ -251,14 +236,9 @@ async fn simple(adapter: &Adapter, conn: &Conn, sql: &str, until: Option<Instant
 /// the tag `ROLLBACK` and no error. So `SELECT 1` goes ahead of `COMMIT` in
 /// the same round trip: in an aborted transaction it fails with 25P02 and the
 /// server skips the `COMMIT`.
-async fn commit(
-    adapter: &Adapter,
-    conn: &Conn,
-    until: Option<Instant>,
-    open: OpenTransaction<'_>,
-) -> Result<(), Error> {
+async fn commit(adapter: &Adapter, conn: &Conn, until: Deadline, open: OpenTransaction<'_>) -> Result<(), Error> {
     let sql = if conn.state().commit_needs_check() { "SELECT 1; COMMIT" } else { "COMMIT" };
-    match simple(adapter, conn, sql, until).await {
+    match simple(adapter, conn, Step::Commit, sql, until).await {
         Ok(()) => {
             open.ended();
             Ok(())
@@ -287,11 +267,11 @@ async fn commit(
 /// Ends a failed transaction, if its connection still lets it. Unless the
 /// server answered the `ROLLBACK`, `open` is dropped unended, and the
 /// connection is closed instead of reused.
-async fn rollback(adapter: &Adapter, conn: &Conn, until: Option<Instant>, open: OpenTransaction<'_>) {
+async fn rollback(adapter: &Adapter, conn: &Conn, until: Deadline, open: OpenTransaction<'_>) {
     if conn.is_closed() {
         return;
     }
-    match simple(adapter, conn, "ROLLBACK", until).await {
+    match simple(adapter, conn, Step::Rollback, "ROLLBACK", until).await {
         Ok(()) => open.ended(),
         Err(error) => tracing::warn!(%error, "rollback failed; the connection will be closed"),
     }

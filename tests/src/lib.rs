@@ -6,6 +6,8 @@
 //!   role/database, log access and fault injection (terminate/stop backends, stop/restart).
 //! - [`runtime_api`]: an in-process emulation of the AWS Lambda Runtime API over real
 //!   HTTP ([`RuntimeApi`]), used to invoke a function and observe its results.
+//! - [`fleet`]: a Lambda fleet against one database: many environments, each a real
+//!   function process frozen between invocations, routed, reaped and measured (issue 19).
 //! - [`function`]: runs a Lambda function binary as a child process pointed at the
 //!   emulator ([`Function`]) and captures its output; [`bin_path`] locates built binaries.
 //! - [`inproc`]: the library driven in-process, with invocation contexts that carry a
@@ -30,6 +32,7 @@
 pub mod cargo_lambda;
 pub mod certs;
 pub mod container_credentials;
+pub mod fleet;
 pub mod function;
 pub mod inproc;
 pub mod migrations;

@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// The region the tests use.
 pub const REGION: &str = "us-east-1";
@@ -108,53 +108,4 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The RDS IAM token botocore's `generate_db_auth_token` makes for these
-/// inputs at `at` (whole seconds), run with the virtualenv's boto3.
-pub fn botocore_db_auth_token(
-    host: &str,
-    port: u16,
-    user: &str,
-    region: &str,
-    keys: (&str, &str, Option<&str>),
-    at: SystemTime,
-) -> String {
-    const SCRIPT: &str = r#"
-import datetime, sys
-from unittest import mock
-import boto3, botocore.auth
-host, port, user, region, key_id, secret, token, epoch = sys.argv[1:]
-aware = datetime.datetime.fromtimestamp(int(epoch), tz=datetime.timezone.utc)
-def fixed(remove_tzinfo=True):
-    return aware.replace(tzinfo=None) if remove_tzinfo else aware
-client = boto3.client("rds", region_name=region, aws_access_key_id=key_id,
-                      aws_secret_access_key=secret, aws_session_token=token or None)
-# botocore signs in Python, or with awscrt when installed (aws-sam-cli brings it): freeze both clocks.
-patches = [mock.patch.object(botocore.auth, "get_current_datetime", fixed)]
-try:
-    import botocore.crt.auth
-    patches.append(mock.patch.object(botocore.crt.auth, "get_current_datetime", fixed))
-except ImportError:
-    pass
-for p in patches:
-    p.start()
-print(client.generate_db_auth_token(DBHostname=host, Port=int(port), DBUsername=user, Region=region))
-"#;
-    let python = venv_bin("python");
-    assert!(python.exists(), "{} is missing: {INSTALL_HINT}", python.display());
-    let epoch = at.duration_since(UNIX_EPOCH).expect("after 1970").as_secs().to_string();
-    let out = Command::new(&python)
-        .args(["-c", SCRIPT, host, &port.to_string(), user, region, keys.0, keys.1, keys.2.unwrap_or(""), &epoch])
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", python.display()));
-    assert!(
-        out.status.success(),
-        "botocore failed ({}): {}; {INSTALL_HINT}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8 token").trim().to_owned()
 }

@@ -59,32 +59,38 @@ impl PgBouncer {
         let ini = dir.path().join("pgbouncer.ini");
         let users = dir.path().join("userlist.txt");
         fs::write(&users, format!("\"{APP_USER}\" \"{APP_PASSWORD}\"\n")).expect("write userlist");
+        // The harness's settings, each overridden by `settings` (one line per
+        // key: a second line would leave which one wins to the parser).
+        let mut lines: Vec<(String, String)> = [
+            ("listen_addr", "127.0.0.1".to_owned()),
+            ("listen_port", port.to_string()),
+            ("unix_socket_dir", String::new()),
+            ("auth_type", "scram-sha-256".to_owned()),
+            ("auth_file", users.display().to_string()),
+            ("pool_mode", pool_mode.to_owned()),
+            ("default_pool_size", server_pool_size.to_string()),
+            ("min_pool_size", "0".to_owned()),
+            ("reserve_pool_size", "0".to_owned()),
+            ("max_client_conn", "500".to_owned()),
+            ("server_reset_query", String::new()),
+            ("ignore_startup_parameters", "extra_float_digits, options".to_owned()),
+            ("logfile", log.display().to_string()),
+            ("pidfile", dir.path().join("pgbouncer.pid").display().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        for (key, value) in settings {
+            match lines.iter_mut().find(|(k, _)| k == key) {
+                Some(line) => line.1 = (*value).to_owned(),
+                None => lines.push(((*key).to_owned(), (*value).to_owned())),
+            }
+        }
+        let section: String = lines.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
         fs::write(
             &ini,
             format!(
-                "[databases]\n\
-                 {APP_DATABASE} = host=127.0.0.1 port={pg_port} dbname={APP_DATABASE}\n\
-                 [pgbouncer]\n\
-                 listen_addr = 127.0.0.1\n\
-                 listen_port = {port}\n\
-                 unix_socket_dir =\n\
-                 auth_type = scram-sha-256\n\
-                 auth_file = {users}\n\
-                 pool_mode = {pool_mode}\n\
-                 default_pool_size = {server_pool_size}\n\
-                 min_pool_size = 0\n\
-                 reserve_pool_size = 0\n\
-                 max_client_conn = 500\n\
-                 server_reset_query =\n\
-                 ignore_startup_parameters = extra_float_digits, options\n\
-                 logfile = {log}\n\
-                 pidfile = {pid}\n\
-                 {extra}",
-                pg_port = server_port,
-                users = users.display(),
-                log = log.display(),
-                pid = dir.path().join("pgbouncer.pid").display(),
-                extra = settings.iter().map(|(k, v)| format!("{k} = {v}\n")).collect::<String>(),
+                "[databases]\n{APP_DATABASE} = host=127.0.0.1 port={server_port} dbname={APP_DATABASE}\n[pgbouncer]\n{section}"
             ),
         )
         .expect("write pgbouncer.ini");
@@ -102,6 +108,32 @@ impl PgBouncer {
         let bouncer = PgBouncer { port, child, log, _dir: dir };
         bouncer.wait_ready().await;
         bouncer
+    }
+
+    /// Process id of the running PgBouncer.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops PgBouncer (SIGTERM: its immediate shutdown, every client and
+    /// server connection closed) and starts it again with the same settings
+    /// on the same port; returns once it accepts connections.
+    pub async fn restart(&mut self) {
+        if let Some(pid) = i32::try_from(self.child.id()).ok().and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let _ = self.child.wait();
+        let mut command = Command::new(BINARY);
+        command
+            .arg(self._dir.path().join("pgbouncer.ini"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(user) = run_as() {
+            command.uid(user.uid).gid(user.gid);
+        }
+        self.child = command.spawn().expect("spawn pgbouncer again");
+        self.wait_ready().await;
     }
 
     /// Port PgBouncer listens on (127.0.0.1).

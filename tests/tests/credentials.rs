@@ -2,15 +2,15 @@
 //! (checked against botocore), against real PostgreSQL servers.
 
 use std::collections::HashMap;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use integration_tests::certs::{tls_postgres, TestCa};
 use integration_tests::container_credentials::ContainerCredentials;
 use integration_tests::inproc::context;
-use integration_tests::moto::{botocore_db_auth_token, Moto, ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY};
+use integration_tests::moto::{Moto, ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY};
 use integration_tests::orders::{orders_function, postgres, FUNCTION_NAME, MIGRATION, STARTUP};
 use integration_tests::{Postgres, RuntimeApi, APP_DATABASE, APP_PASSWORD, APP_USER};
-use runtime_adapter::credentials::{rds_auth_token, AwsCredentials, CredentialSource};
+use runtime_adapter::CredentialSource;
 use runtime_adapter::{Adapter, Config, Error, ErrorKind};
 
 const ROTATED_PASSWORD: &str = "r0tated-Pa55word-plover";
@@ -149,50 +149,6 @@ async fn a_wrong_secret_arn_fails_init_with_a_clear_message() {
     assert_eq!(init_error.error_type(), Some("RuntimeAdapter.CredentialsUnavailable"));
     let reported = init_error.error_message().unwrap_or_default();
     assert!(reported.contains("DB_SECRET_ARN") && reported.contains("ResourceNotFoundException"), "{reported}");
-}
-
-#[test]
-fn iam_tokens_have_the_rds_form() {
-    let keys = AwsCredentials::new(ACCESS_KEY_ID, SECRET_ACCESS_KEY, None, None, "test");
-    let at = UNIX_EPOCH + Duration::from_secs(1_764_201_600); // 2025-11-27T00:00:00Z
-    let token = rds_auth_token("db.cluster-abc.eu-west-1.rds.amazonaws.com", 5432, "app_iam", "eu-west-1", &keys, at)
-        .expect("token");
-    let (address, query) = token.split_once("/?").expect("host:port/?query");
-    assert_eq!(address, "db.cluster-abc.eu-west-1.rds.amazonaws.com:5432");
-    let params: HashMap<&str, &str> = query.split('&').filter_map(|p| p.split_once('=')).collect();
-    assert_eq!(params["Action"], "connect");
-    assert_eq!(params["DBUser"], "app_iam");
-    assert_eq!(params["X-Amz-Expires"], "900");
-    assert_eq!(params["X-Amz-Algorithm"], "AWS4-HMAC-SHA256");
-    assert_eq!(params["X-Amz-Credential"], format!("{ACCESS_KEY_ID}%2F20251127%2Feu-west-1%2Frds-db%2Faws4_request"));
-    assert_eq!(params["X-Amz-Date"], "20251127T000000Z");
-    assert_eq!(params["X-Amz-SignedHeaders"], "host");
-    assert_eq!(params["X-Amz-Signature"].len(), 64);
-}
-
-#[test]
-fn iam_token_signatures_match_botocores() {
-    let at = UNIX_EPOCH + Duration::from_secs(1_764_201_723);
-    for (host, port, user, session_token) in [
-        ("db.cluster-abc.eu-west-1.rds.amazonaws.com", 5432, "app_iam", None),
-        ("proxy.proxy-xyz.us-east-1.rds.amazonaws.com", 6432, "svc user", Some("FwoGZXIvYXdzEJr//////////+token=")),
-    ] {
-        let keys = AwsCredentials::new(ACCESS_KEY_ID, SECRET_ACCESS_KEY, session_token.map(str::to_owned), None, "t");
-        let region = host.split('.').nth(2).expect("region in host");
-        let ours = rds_auth_token(host, port, user, region, &keys, at).expect("token");
-        let theirs =
-            botocore_db_auth_token(host, port, user, region, (ACCESS_KEY_ID, SECRET_ACCESS_KEY, session_token), at);
-        let signature =
-            |token: &str| token.split('&').find_map(|p| p.strip_prefix("X-Amz-Signature=")).map(str::to_owned);
-        assert_eq!(signature(&ours), signature(&theirs), "signatures differ:\nours:   {ours}\nboto3:  {theirs}");
-        let sorted = |token: &str| {
-            let (address, query) = token.split_once("/?").expect("query");
-            let mut params: Vec<&str> = query.split('&').collect();
-            params.sort_unstable();
-            (address.to_owned(), params.join("&"))
-        };
-        assert_eq!(sorted(&ours), sorted(&theirs), "same parameters, same encoding");
-    }
 }
 
 #[tokio::test]

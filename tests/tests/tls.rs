@@ -8,8 +8,8 @@ use integration_tests::certs::{tls_postgres, TestCa};
 use integration_tests::inproc::context;
 use integration_tests::orders::{get_order, orders_function, status, FUNCTION_NAME, MIGRATION};
 use integration_tests::{Postgres, RuntimeApi, APP_DATABASE, APP_PASSWORD, APP_USER};
-use runtime_adapter::tls::{SslMode, Tls, TlsCheck};
 use runtime_adapter::{Adapter, Config, ConfigError, Error, ErrorKind};
+use runtime_adapter::{SslMode, Tls, TlsCheck};
 
 const INVOCATION: Duration = Duration::from_secs(20);
 

@@ -287,7 +287,7 @@ async fn a_tx_returns_the_rows_the_server_returned_and_its_debug_shows_only_the_
         .await
         .expect("transaction");
     assert_eq!((found, missing), (Some(0), None), "query_opt: the one row, then none");
-    assert!(debug.starts_with("Tx { until: Some("), "{debug}");
+    assert!(debug.starts_with("Tx { until: Deadline(Some("), "{debug}");
     assert!(debug.ends_with(", .. }"), "nothing but the deadline: {debug}");
 }
 

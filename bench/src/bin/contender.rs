@@ -12,6 +12,10 @@
 //!   `prepare_cached`, the pool opened lazily as users usually do.
 //! - `fixed-sleep`: sleeps `BENCH_FIXED_SLEEP_MS` (2500) at INIT, then
 //!   connects and runs two verification queries; then serves like `bare`.
+//! - `pool-of-5` (the seed's strategy, for the fleet, `scripts/fleet`):
+//!   deadpool-postgres with `BENCH_POOL_SIZE` (5) connections, all opened at
+//!   INIT, and a `SELECT 1` on the checked-out connection before every
+//!   request; an INIT that cannot open them fails the environment.
 //! - `sqlx` (cargo feature `sqlx`): an sqlx `PgPool` with its defaults
 //!   (`test_before_acquire` on), opened at INIT.
 //!
@@ -38,6 +42,8 @@ use tokio_postgres::{Client, NoTls, Row, Statement};
 const GET_ORDER: &str = "SELECT id, item, quantity, created_at FROM orders WHERE id = $1";
 const CHECK: &str = "SELECT 1";
 const DEFAULT_FIXED_SLEEP: Duration = Duration::from_millis(2500);
+/// The seed's pool: five connections per environment.
+const DEFAULT_SEED_POOL: usize = 5;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -92,6 +98,7 @@ enum Strategy {
     },
     ConnectPerInvocation(tokio_postgres::Config),
     DeadpoolVerified(deadpool_postgres::Pool),
+    PoolOfFive(deadpool_postgres::Pool),
     #[cfg(feature = "sqlx")]
     Sqlx(sqlx::PgPool),
 }
@@ -124,6 +131,23 @@ impl Strategy {
                     pool = pool.max_size(n);
                 }
                 Self::DeadpoolVerified(pool.build()?)
+            }
+            "pool-of-5" => {
+                let size =
+                    std::env::var("BENCH_POOL_SIZE").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_SEED_POOL);
+                let manager = deadpool_postgres::Manager::from_config(
+                    config,
+                    NoTls,
+                    ManagerConfig { recycling_method: RecyclingMethod::Fast },
+                );
+                let pool = deadpool_postgres::Pool::builder(manager).max_size(size).build()?;
+                // All of them at INIT, as the seed did.
+                let mut held = Vec::with_capacity(size);
+                for _ in 0..size {
+                    held.push(pool.get().await?);
+                }
+                drop(held);
+                Self::PoolOfFive(pool)
             }
             "fixed-sleep" => {
                 let sleep = std::env::var("BENCH_FIXED_SLEEP_MS")
@@ -172,6 +196,12 @@ impl Strategy {
             }
             Self::DeadpoolVerified(pool) => {
                 let client = pool.get().await?;
+                let statement = client.prepare_cached(GET_ORDER).await?;
+                client.query_opt(&statement, &[&id]).await?
+            }
+            Self::PoolOfFive(pool) => {
+                let client = pool.get().await?;
+                client.simple_query(CHECK).await?;
                 let statement = client.prepare_cached(GET_ORDER).await?;
                 client.query_opt(&statement, &[&id]).await?
             }
