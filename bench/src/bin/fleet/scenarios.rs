@@ -125,7 +125,7 @@ pub(crate) fn all(size: Size) -> Vec<Scenario> {
             key: "lost-envs",
             title: "direct, a second burst while lost environments' connections hold slots (idle_session_timeout 30 s)",
             target: Target::Direct,
-            max_connections: if size == Size::Quick { 50 } else { 130 },
+            max_connections: if size == Size::Quick { 50 } else { 40 },
             seed_strategy: false,
             injected: Injected::LostEnvironments,
         },
