@@ -38,6 +38,7 @@ mod contenders;
 mod cpu;
 mod footprint;
 mod library;
+mod palette;
 mod pictures;
 mod refresh;
 mod report;

@@ -9,19 +9,10 @@ use std::time::Duration;
 
 use plotters::prelude::*;
 
+use crate::palette::COLOURS;
+
 use crate::refresh::{RefreshResult, MAX_AGE_MS};
 use crate::warm::WarmResult;
-
-/// The fleet timeline's palette (`src/bin/fleet/timeline.rs`).
-const COLOURS: [RGBColor; 7] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-];
 
 const GREY: RGBColor = RGBColor(120, 120, 120);
 

@@ -18,6 +18,8 @@
 //! - [`timeline`]: the SVG.
 
 mod markdown;
+#[path = "../../palette.rs"]
+mod palette;
 mod scenarios;
 mod storm;
 mod timeline;

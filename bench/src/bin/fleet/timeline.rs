@@ -9,17 +9,9 @@ use std::path::Path;
 use integration_tests::fleet::Bucket;
 use plotters::prelude::*;
 
-use crate::scenarios::Ran;
+use crate::palette::COLOURS;
 
-const COLOURS: [RGBColor; 7] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-];
+use crate::scenarios::Ran;
 
 type Measure = (&'static str, fn(&Bucket) -> Option<f64>);
 
