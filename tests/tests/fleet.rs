@@ -29,8 +29,11 @@ async fn a_fleet_loses_nothing_stays_within_its_budget_and_closes_with_terminate
     let schedule = Schedule {
         phases: vec![
             Phase::steady("steady", s(2), 10.0),
-            // More at once than the limit: some are throttled.
-            Phase::burst("burst", s(3), 12, Duration::from_millis(20), 4.0),
+            // More at the same instant than the limit: some are throttled
+            // however fast the environments answer (spread over 20 ms, 12
+            // arrivals could all be served by 7 environments on a quiet
+            // machine).
+            Phase::burst("burst", s(3), 20, Duration::ZERO, 4.0),
             Phase::steady("quiet", s(3), 0.0),
             Phase::steady("steady again", s(2), 10.0),
         ],
