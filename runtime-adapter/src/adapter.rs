@@ -6,12 +6,16 @@
 //! succeeded within the interval, rebuilding it if the check fails. All
 //! three are single-flight: one invocation does the work under the
 //! maintenance lock while concurrent ones wait, then re-read the state and
-//! find nothing left to do.
+//! find nothing left to do. The replacement for age is built in the
+//! background, beside the pool in use, and no invocation waits for it
+//! unless it is still not built a grace later ([`refresh_grace`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use lambda_runtime::Context;
 
@@ -22,8 +26,7 @@ use crate::error::{Error, ErrorKind, Step};
 use crate::health::{self, Checked};
 use crate::liveness::{self, Liveness};
 use crate::metrics::{Emf, Invocation};
-use crate::pool::Conn;
-use crate::pool::WarmPool;
+use crate::pool::{self, Conn, WarmPool};
 use crate::random::Entropy;
 use crate::retry::{self, Retrier};
 use crate::statement::Statements;
@@ -38,6 +41,10 @@ const EXHAUSTED_BACKOFF: (Duration, Duration) = (Duration::from_secs(2), Duratio
 /// How long closing waits for maintenance in progress: a share of the
 /// ~500 ms Lambda gives a shutdown, the pool's own close taking the rest.
 const CLOSE_LOCK_WAIT: Duration = Duration::from_millis(100);
+
+/// How long closing waits for a replacement that was being built in the
+/// background to close its connections, beside the pool's own close.
+const CLOSE_BACKGROUND_WAIT: Duration = Duration::from_millis(300);
 
 /// Sets up an [`Adapter`]: the statements to prepare, then
 /// [`init`](Builder::init) or [`run`](Builder::run).
@@ -136,6 +143,8 @@ impl Builder {
                 entropy: Arc::default(),
                 current: RwLock::new(None),
                 maintenance: tokio::sync::Mutex::new(()),
+                background: Mutex::new(None),
+                background_ids: AtomicU64::new(0),
             }),
         };
         let shared = &adapter.shared;
@@ -172,6 +181,39 @@ pub(crate) struct Shared {
     current: RwLock<Option<Arc<WarmPool>>>,
     /// Makes warmups, refreshes, checks and rebuilds single-flight.
     maintenance: tokio::sync::Mutex<()>,
+    /// The replacement for a pool past its maximum age, being built beside
+    /// it, if any: one at a time.
+    background: Mutex<Option<Background>>,
+    /// Numbers background builds, so that a stopped one knows it was.
+    background_ids: AtomicU64,
+}
+
+/// A replacement for the pool in place, being built in the background.
+struct Background {
+    id: u64,
+    task: JoinHandle<()>,
+    /// Drives its connections, so that stopping it at shutdown can wait
+    /// until each has sent Terminate.
+    tasks: TaskTracker,
+}
+
+impl Background {
+    /// After [`Shared::stop_background`]: waits, up to a bound, until the
+    /// build has stopped and its connections have closed.
+    async fn closed(self) {
+        let stopped = async {
+            // Cancelled, or finished just before: either way it is over.
+            let _ = self.task.await;
+            self.tasks.close();
+            self.tasks.wait().await;
+        };
+        if tokio::time::timeout(CLOSE_BACKGROUND_WAIT, stopped).await.is_err() {
+            tracing::warn!(
+                wait_ms = millis(CLOSE_BACKGROUND_WAIT),
+                "connections of a replacement built in the background did not finish closing in time"
+            );
+        }
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -269,6 +311,7 @@ impl Adapter {
         if let Some(failed) = failed {
             let _flight = shared.maintenance.lock().await;
             if shared.current().is_some_and(|pool| pool.generation() == failed) {
+                drop(shared.stop_background());
                 if let Some(pool) = shared.install(None) {
                     pool.close();
                 }
@@ -358,9 +401,21 @@ impl Adapter {
     /// still opening is not in place: it is dropped with the process.
     pub async fn close(&self) {
         let _flight = tokio::time::timeout(CLOSE_LOCK_WAIT, self.shared.maintenance.lock()).await.ok();
-        if let Some(pool) = self.shared.install(None) {
-            pool.close_and_wait().await;
-        }
+        // First: a background build that installs its pool does so holding
+        // `background`, so once stopped none can be put in place after this.
+        let background = self.shared.stop_background();
+        let pool = self.shared.install(None);
+        let background = async {
+            if let Some(background) = background {
+                background.closed().await;
+            }
+        };
+        let pool = async {
+            if let Some(pool) = pool {
+                pool.close_and_wait().await;
+            }
+        };
+        tokio::join!(background, pool);
     }
 
     /// SnapStart, before the snapshot: closes the pool (every connection
@@ -414,12 +469,18 @@ impl Adapter {
     async fn ready_pool(&self, until: Deadline, skipped: &AtomicBool) -> Result<Arc<WarmPool>, Error> {
         let shared = &self.shared;
         let interval = shared.config.health_check_interval;
+        let grace = refresh_grace(shared.config.max_age);
         if let Some(pool) = shared.current() {
             let now = Instant::now();
-            if !pool.is_expired(now) && !shared.liveness.check_due(now, interval) {
-                skipped.store(true, Ordering::Relaxed);
-                tracing::debug!("health check skipped: a round trip succeeded within the interval");
-                return Ok(pool);
+            if !pool.is_overdue(now, grace) {
+                if pool.is_expired(now) {
+                    self.refresh_in_background(&pool);
+                }
+                if !shared.liveness.check_due(now, interval) {
+                    skipped.store(true, Ordering::Relaxed);
+                    tracing::debug!("health check skipped: a round trip succeeded within the interval");
+                    return Ok(pool);
+                }
             }
         }
 
@@ -430,8 +491,11 @@ impl Adapter {
             shared.install(Some(pool.clone()));
             return Ok(pool);
         };
-        if pool.is_expired(Instant::now()) {
+        let now = Instant::now();
+        if pool.is_overdue(now, grace) {
             pool = self.refresh(pool, until).await;
+        } else if pool.is_expired(now) {
+            self.refresh_in_background(&pool);
         }
         if !shared.liveness.check_due(Instant::now(), interval) {
             skipped.store(true, Ordering::Relaxed);
@@ -458,11 +522,115 @@ impl Adapter {
         }
     }
 
-    /// Replaces a pool past its maximum age. Never fails: if no new pool can
-    /// be built, the old one stays in use and the refresh is tried again
-    /// after a tenth of the maximum age.
+    /// Starts building a replacement for `old`, past its maximum age, beside
+    /// it, unless one is being built already; invocations go on using `old`
+    /// meanwhile. The replacement is put in place once both warmup phases
+    /// passed on all its connections.
+    ///
+    /// Nothing runs while Lambda has the environment frozen: a build not
+    /// finished when the invocation answers goes on at the next thaw. Its
+    /// connect may then have timed out (its timer ran through the freeze) or
+    /// been closed by the server (`authentication_timeout`): such failures
+    /// are tried again, `DB_WARMUP_ATTEMPTS` in all, and not counted or
+    /// logged as failures until the last one. An environment whose
+    /// invocations are too sparse to finish a build this way refreshes
+    /// synchronously once the pool is [`refresh_grace`] past its maximum
+    /// age. Under Lambda Managed Instances environments are not frozen and
+    /// the build simply runs.
+    fn refresh_in_background(&self, old: &WarmPool) {
+        let shared = &self.shared;
+        let mut background = shared.background();
+        if background.is_some() {
+            return;
+        }
+        let id = shared.background_ids.fetch_add(1, Ordering::Relaxed);
+        let replaces = old.generation();
+        let tasks = TaskTracker::new();
+        let adapter = self.clone();
+        let task = tokio::spawn({
+            let tasks = tasks.clone();
+            async move { adapter.replace_in_background(id, replaces, tasks).await }
+        });
+        tracing::debug!(generation = replaces, "pool past its maximum age; building a replacement in the background");
+        *background = Some(Background { id, task, tasks });
+    }
+
+    /// The background build [`refresh_in_background`](Self::refresh_in_background) started.
+    async fn replace_in_background(&self, id: u64, replaces: u64, tasks: TaskTracker) {
+        let shared = &self.shared;
+        let started = Instant::now();
+        let attempts = shared.config.warmup_attempts.max(1);
+        let mut attempt = 0;
+        let built = loop {
+            attempt += 1;
+            let build = WarmPool::build_in(
+                &shared.config,
+                &shared.statements,
+                &shared.counters,
+                &shared.liveness,
+                tasks.clone(),
+                true,
+            );
+            match Box::pin(build).await {
+                Ok(pool) => break Ok(pool),
+                Err(error) if error.is_transient() && attempt < attempts => {
+                    let delay = pool::warmup_retry_delay(shared.config.warmup_retry_delay, &shared.entropy);
+                    tracing::debug!(%error, attempt, delay_ms = millis(delay), "building a replacement in the background failed; trying again");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(error) => break Err(error),
+            }
+        };
+        let _flight = shared.maintenance.lock().await;
+        // Held while the pool is put in place: a close that stops this
+        // build either comes first (and this pool is not put in place) or
+        // finds it in place.
+        let mut background = shared.background();
+        let mine = background.as_ref().is_some_and(|b| b.id == id);
+        if mine {
+            *background = None;
+        }
+        let old = shared.current().filter(|pool| mine && pool.generation() == replaces);
+        match (built, old) {
+            (Ok(new), Some(old)) => {
+                new.report_failures();
+                let age = old.age(Instant::now());
+                shared.install(Some(Arc::new(new)));
+                old.close();
+                shared.counters.refreshed(RefreshReason::MaxAge);
+                tracing::info!(
+                    reason = "max_age",
+                    background = true,
+                    age_ms = millis(age),
+                    duration_ms = millis(started.elapsed()),
+                    attempts = attempt,
+                    "pool refreshed"
+                );
+            }
+            // Stopped, or the pool it was to replace is gone (rebuilt,
+            // failed over, closed): not needed any more.
+            (Ok(new), None) => new.close(),
+            (Err(error), Some(old)) => {
+                bump(&shared.counters.refresh_failures);
+                shared.counters.failed_now();
+                let retry_in = shared.config.max_age / 10;
+                old.postpone_expiry(Instant::now(), retry_in);
+                tracing::warn!(%error, attempts = attempt, retry_in_ms = millis(retry_in), "pool refresh failed; keeping the current pool");
+            }
+            (Err(_), None) => {}
+        }
+    }
+
+    /// Replaces a pool [`refresh_grace`] past its maximum age, the
+    /// invocation waiting: the fallback for when the background build could
+    /// not finish in time (see [`refresh_in_background`](Self::refresh_in_background)),
+    /// which it stops. Never fails: if no new pool can be built, the old one
+    /// stays in use and the refresh is tried again after a tenth of the
+    /// maximum age.
     async fn refresh(&self, old: Arc<WarmPool>, until: Deadline) -> Arc<WarmPool> {
         let shared = &self.shared;
+        bump(&shared.counters.refresh_waits);
+        drop(shared.stop_background());
         let age = old.age(Instant::now());
         let started = Instant::now();
         let build = WarmPool::build(&shared.config, &shared.statements, &shared.counters, &shared.liveness);
@@ -475,6 +643,7 @@ impl Adapter {
                 shared.counters.refreshed(RefreshReason::MaxAge);
                 tracing::info!(
                     reason = "max_age",
+                    background = false,
                     age_ms = millis(age),
                     duration_ms = millis(started.elapsed()),
                     "pool refreshed"
@@ -506,6 +675,7 @@ impl Adapter {
         let Some(old) = shared.current().filter(|pool| Some(pool.generation()) == generation) else {
             return Ok(());
         };
+        drop(shared.stop_background());
         shared.install(None);
         old.close();
         let started = Instant::now();
@@ -524,6 +694,7 @@ impl Adapter {
     /// closed whether or not a new pool can be built.
     async fn rebuild(&self, old: Arc<WarmPool>, until: Deadline) -> Result<Arc<WarmPool>, Error> {
         let shared = &self.shared;
+        drop(shared.stop_background());
         shared.install(None);
         old.close();
         let started = Instant::now();
@@ -538,7 +709,28 @@ impl Adapter {
 impl Shared {
     /// Builds and warms a pool: `attempts` tries, never past `until`.
     async fn build_pool(&self, attempts: u32, until: Deadline) -> Result<WarmPool, Error> {
-        WarmPool::build_retrying(&self.config, &self.statements, &self.counters, &self.liveness, attempts, until).await
+        WarmPool::build_retrying(
+            &self.config,
+            &self.statements,
+            &self.counters,
+            &self.liveness,
+            &self.entropy,
+            attempts,
+            until,
+        )
+        .await
+    }
+
+    fn background(&self) -> MutexGuard<'_, Option<Background>> {
+        self.background.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stops the background build, if one is running: cancelled at its next
+    /// await, its connections closing (with Terminate) in their own tasks.
+    fn stop_background(&self) -> Option<Background> {
+        let background = self.background().take()?;
+        background.task.abort();
+        Some(background)
     }
 
     fn current(&self) -> Option<Arc<WarmPool>> {
@@ -554,4 +746,12 @@ impl Shared {
         }
         std::mem::replace(&mut *self.current.write().unwrap_or_else(PoisonError::into_inner), pool)
     }
+}
+
+/// How far past its maximum age a pool may go on serving while its
+/// replacement is built in the background: a tenth of the maximum age
+/// (30 s at the default 5 min). Past it, the next invocation refreshes
+/// synchronously.
+fn refresh_grace(max_age: Duration) -> Duration {
+    max_age / 10
 }

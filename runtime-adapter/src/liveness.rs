@@ -85,6 +85,11 @@ impl Expiry {
         nanos(self.age(now)) >= self.after.load(Ordering::Relaxed)
     }
 
+    /// Whether the pool is `grace` or more past being due at `now`.
+    pub(crate) fn is_overdue(&self, now: Instant, grace: Duration) -> bool {
+        nanos(self.age(now)) >= self.after.load(Ordering::Relaxed).saturating_add(nanos(grace))
+    }
+
     /// Sets the age at which the pool is due.
     pub(crate) fn set_lifetime(&self, lifetime: Duration) {
         self.after.store(nanos(lifetime), Ordering::Relaxed);
@@ -173,6 +178,25 @@ mod tests {
 
         expiry.set_lifetime(Duration::MAX);
         assert!(!expiry.is_due(Instant::now()), "saturates rather than wraps");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pool_is_overdue_exactly_a_grace_after_it_is_due_and_postponing_moves_both() {
+        let lifetime = Duration::from_secs(300);
+        let grace = Duration::from_secs(30);
+        let expiry = Expiry::new(Instant::now(), lifetime);
+        tokio::time::advance(lifetime).await;
+        assert!(expiry.is_due(Instant::now()) && !expiry.is_overdue(Instant::now(), grace));
+        tokio::time::advance(grace - Duration::from_nanos(1)).await;
+        assert!(!expiry.is_overdue(Instant::now(), grace), "one nanosecond short of the grace");
+        tokio::time::advance(Duration::from_nanos(1)).await;
+        assert!(expiry.is_overdue(Instant::now(), grace), "exactly at the grace");
+        assert!(expiry.is_overdue(Instant::now(), Duration::ZERO), "no grace: overdue once due");
+
+        expiry.postpone(Instant::now(), Duration::from_secs(2));
+        assert!(!expiry.is_overdue(Instant::now(), Duration::ZERO), "a failed refresh moves the fallback too");
+        expiry.set_lifetime(Duration::MAX);
+        assert!(!expiry.is_overdue(Instant::now(), grace), "saturates rather than wraps");
     }
 
     #[test]

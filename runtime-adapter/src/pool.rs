@@ -7,7 +7,7 @@
 //! Connections that deadpool opens later (to replace a closed one) go through
 //! the same [`WarmingManager::create`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +26,8 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Phase, Step};
 use crate::lease::{Connection, Keeper, Lease};
 use crate::liveness::{Expiry, Liveness};
+use crate::random::Entropy;
+use crate::retry;
 use crate::statement::Statements;
 use crate::stats::{bump, Counters, WarmupTimings};
 use crate::units::millis;
@@ -63,11 +65,28 @@ impl WarmPool {
         counters: &Arc<Counters>,
         liveness: &Arc<Liveness>,
     ) -> Result<Self, Error> {
+        Self::build_in(config, statements, counters, liveness, TaskTracker::new(), false).await
+    }
+
+    /// As [`build`](Self::build), its connections driven by tasks of
+    /// `tasks` (so that whoever gave it can wait for their Terminate even if
+    /// this future is dropped halfway). With `quiet`, a failed connect is
+    /// logged at DEBUG and not counted as a failure until
+    /// [`report_failures`](Self::report_failures): for a replacement built
+    /// in the background, whose attempt a freeze may have cut, and which is
+    /// tried again rather than reported.
+    pub(crate) async fn build_in(
+        config: &Config,
+        statements: &Statements,
+        counters: &Arc<Counters>,
+        liveness: &Arc<Liveness>,
+        tasks: TaskTracker,
+        quiet: bool,
+    ) -> Result<Self, Error> {
         let started = Instant::now();
         // Once per build: a rotated secret is picked up by the next refresh.
         let pg = config.pg_config();
         let session = Box::pin(config.credentials.resolve(&pg)).await?;
-        let tasks = TaskTracker::new();
         let connect = TrackedConnect { tasks: tasks.clone(), tls: config.tls.clone(), timeout: config.connect_timeout };
         let manager = WarmingManager {
             session,
@@ -85,6 +104,7 @@ impl WarmPool {
             liveness: liveness.clone(),
             timings: Mutex::default(),
             generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+            quiet: AtomicBool::new(quiet),
         };
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
@@ -128,6 +148,7 @@ impl WarmPool {
         statements: &Statements,
         counters: &Arc<Counters>,
         liveness: &Arc<Liveness>,
+        entropy: &Entropy,
         attempts: u32,
         until: Deadline,
     ) -> Result<Self, Error> {
@@ -142,7 +163,8 @@ impl WarmPool {
             };
             bump(&counters.warmup_failures);
             counters.failed_now();
-            let next = Instant::now() + config.warmup_retry_delay;
+            let delay = warmup_retry_delay(config.warmup_retry_delay, entropy);
+            let next = Instant::now() + delay;
             let out_of_time = until.passed_at(next);
             if !error.is_transient() {
                 tracing::error!(%error, attempt, kind = ?error.kind(), "warmup failed permanently");
@@ -158,12 +180,18 @@ impl WarmPool {
             tracing::warn!(
                 %error,
                 attempt,
-                delay_ms = config.warmup_retry_delay.as_millis() as u64,
+                delay_ms = millis(delay),
                 kind = ?error.kind(),
                 "warmup failed; retrying"
             );
             tokio::time::sleep_until(next).await;
         }
+    }
+
+    /// Counts and logs this pool's failed connects from now on (see
+    /// [`build_in`](Self::build_in)'s `quiet`).
+    pub(crate) fn report_failures(&self) {
+        self.pool.manager().quiet.store(false, Ordering::Relaxed);
     }
 
     /// This pool's generation number.
@@ -204,6 +232,11 @@ impl WarmPool {
         self.expiry.is_due(now)
     }
 
+    /// Whether the pool is `grace` or more past its refresh.
+    pub(crate) fn is_overdue(&self, now: Instant, grace: Duration) -> bool {
+        self.expiry.is_overdue(now, grace)
+    }
+
     /// Sets the age at which the pool is due for a refresh.
     pub(crate) fn set_lifetime(&self, lifetime: Duration) {
         self.expiry.set_lifetime(lifetime);
@@ -237,6 +270,15 @@ impl WarmPool {
     }
 }
 
+/// The pause before warmup attempt n + 1: `DB_WARMUP_RETRY_DELAY_MS`,
+/// drawn at random from half of it to one and a half times it. Many
+/// environments that failed together (a burst of cold starts against a
+/// pooler out of client slots, a restarted server) then come back spread
+/// over a whole delay instead of in lockstep; the mean stays the delay.
+pub(crate) fn warmup_retry_delay(delay: Duration, entropy: &Entropy) -> Duration {
+    retry::jitter_between(delay / 2, delay + delay / 2, entropy.fraction())
+}
+
 async fn checkout(pool: &Pool) -> Result<Conn, Error> {
     pool.get().await.map(Conn::new).map_err(|e| match e {
         PoolError::Backend(e) => e,
@@ -264,6 +306,9 @@ pub(crate) struct WarmingManager {
     timings: Mutex<WarmupTimings>,
     /// Which pool generation this is.
     generation: u64,
+    /// Failed connects are not counted or logged above DEBUG: a
+    /// replacement still being built in the background.
+    quiet: AtomicBool,
 }
 
 impl managed::Manager for WarmingManager {
@@ -276,6 +321,10 @@ impl managed::Manager for WarmingManager {
         // Boxed: the TLS and AWS futures inside are deep types.
         let (client, cancel_target) = match Box::pin(self.open()).await {
             Ok(opened) => opened,
+            Err(error) if self.quiet.load(Ordering::Relaxed) => {
+                tracing::debug!(error = %error, kind = ?error.kind(), "connect failed (a replacement built in the background)");
+                return Err(error);
+            }
             Err(error) => {
                 bump(&self.counters.connect_failures);
                 self.counters.failed_now();

@@ -95,6 +95,10 @@ pub struct Stats {
     pub refreshes_failover: u64,
     /// Refreshes that could not build a new pool; the old one stayed in use.
     pub refresh_failures: u64,
+    /// Invocations that waited for a refresh: the pool past its maximum age
+    /// plus a grace of a tenth of it, its replacement not built in the
+    /// background by then.
+    pub refresh_waits: u64,
     /// Retries made (checkouts, statements, transactions), not counting
     /// first attempts.
     pub retry_attempts: u64,
@@ -128,6 +132,7 @@ pub(crate) struct Counters {
     pub(crate) refreshes_failed_check: AtomicU64,
     pub(crate) refreshes_failover: AtomicU64,
     pub(crate) refresh_failures: AtomicU64,
+    pub(crate) refresh_waits: AtomicU64,
     pub(crate) retry_attempts: AtomicU64,
     pub(crate) pool_exhausted: AtomicU64,
     pub(crate) abandoned_sessions: AtomicU64,
@@ -252,6 +257,7 @@ impl Counters {
             refreshes_failed_check: read(&self.refreshes_failed_check),
             refreshes_failover: read(&self.refreshes_failover),
             refresh_failures: read(&self.refresh_failures),
+            refresh_waits: read(&self.refresh_waits),
             retry_attempts: read(&self.retry_attempts),
             pool_exhausted: read(&self.pool_exhausted),
             abandoned_sessions: read(&self.abandoned_sessions),

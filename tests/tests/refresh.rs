@@ -1,10 +1,15 @@
-//! Max-age refresh: past `DB_MAX_AGE_MS` the next invocation gets a freshly
-//! built and warmed pool, and the old connection is closed cleanly.
+//! Max-age refresh: past `DB_MAX_AGE_MS` the next invocation starts
+//! building a replacement beside the pool and is served by the old one; the
+//! replacement, warmed, takes over and the old connection is closed cleanly.
+//! No invocation waits for it, unless it is not built a tenth of the maximum
+//! age later (the synchronous fallback); a build that a freeze cut is tried
+//! again, not reported.
 
-use std::time::Duration;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use integration_tests::orders::{
-    get_order, post_valid_order, postgres_watching_closes, status, OrdersEnv, FUNCTION_NAME,
+    get_order, post_valid_order, postgres, postgres_watching_closes, status, OrdersEnv, FUNCTION_NAME, ORDERS_BIN,
 };
 use integration_tests::server_log::Log;
 
@@ -21,33 +26,229 @@ async fn after_max_age_a_new_warmed_connection_replaces_the_old_one_which_closes
     let old = env.pg.backend_pids(FUNCTION_NAME).await;
     assert_eq!(old.len(), 1);
 
-    tokio::time::sleep(Duration::from_millis(max_age_ms + 100)).await;
+    // An invocation every 50 ms (no health check falls due): the first past
+    // the pool's lifetime (the max age less up to 10 %) starts the build, and
+    // once the replacement is in place the old connection closes.
     let mark = env.pg.log_mark();
-    let found = env.api.invoke(get_order("1")).await;
-    assert_eq!(status(found.response()), 200, "the refreshing invocation succeeds: {:?}", found.outcome);
-
-    let disconnected = env
-        .pg
-        .wait_for_log(mark, &format!("[{}] {FUNCTION_NAME} LOG:  disconnection", old[0]), Duration::from_secs(5))
-        .await;
-    assert!(disconnected, "the old connection closed:\n{}", env.pg.log_since(mark));
+    let closed_old = format!("[{}] {FUNCTION_NAME} LOG:  disconnection", old[0]);
+    let give_up = Instant::now() + Duration::from_millis(max_age_ms * 3);
+    let mut invocations = 0;
+    while !env.pg.log_since(mark).contains(&closed_old) {
+        assert!(Instant::now() < give_up, "the old connection never closed:\n{}", env.pg.log_since(mark));
+        let found = env.api.invoke(get_order("1")).await;
+        assert_eq!(status(found.response()), 200, "every invocation succeeds: {:?}", found.outcome);
+        invocations += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let next = env.api.invoke(get_order("1")).await;
+    assert_eq!(status(next.response()), 200, "{:?}", next.outcome);
+    invocations += 1;
+    let refreshed = lines_with(&env.function.output(), "pool refreshed");
+    assert_eq!(refreshed.len(), 1, "{refreshed:?}");
+    assert!(refreshed[0].contains("background=true"), "built beside the pool, no invocation waiting: {}", refreshed[0]);
 
     let log = Log::new(env.pg.log_since(mark));
     let pids = log.function_pids();
     let new: Vec<i32> = pids.iter().copied().filter(|pid| *pid != old[0]).collect();
     assert_eq!(new.len(), 1, "one new connection:\n{}", log.text());
     let fresh = log.for_pid(new[0]).counts();
+    assert_eq!((fresh.connections, fresh.warmup_round_trips, fresh.parses), (1, 1, 2), "{}", log.text());
+    assert_eq!(fresh.health_checks, 0, "a fresh pool needs no check");
+    assert!(fresh.executes >= 1, "the replacement serves:\n{}", log.text());
     assert_eq!(
-        (fresh.connections, fresh.warmup_round_trips, fresh.parses, fresh.executes),
-        (1, 1, 2, 1),
-        "{}",
+        fresh.statements,
+        1 + fresh.executes,
+        "phase 1's round trip and the handler's statements, nothing else:\n{}",
         log.text()
     );
-    assert_eq!(fresh.health_checks, 0, "a fresh pool needs no check");
-    assert_eq!(fresh.statements, 2, "phase 1's round trip and the handler's statement, nothing else:\n{}", log.text());
     let closed = log.for_pid(old[0]).counts();
     assert_eq!(closed.disconnections, 1);
     assert_eq!(closed.unclean_closes, 0, "Terminate was sent:\n{}", log.for_pid(old[0]).text());
-    assert_eq!(closed.executes, 0, "the old connection served nothing after the refresh");
+    assert!(closed.executes >= 1, "the old connection served until the replacement was ready");
+    assert_eq!(closed.executes + fresh.executes, invocations, "each invocation ran once, on one of the two");
     assert_eq!(env.pg.backend_pids(FUNCTION_NAME).await, new);
+}
+
+/// The function's log lines that contain `needle`.
+fn lines_with(output: &str, needle: &str) -> Vec<String> {
+    output.lines().filter(|line| line.contains(needle)).map(str::to_owned).collect()
+}
+
+/// Invokes `GET /orders/1` every 20 ms until the proxy has accepted more
+/// than `accepted` connections (the background build started); returns the
+/// invocations' latencies. Each must succeed.
+async fn invoke_until_a_connect(
+    env: &OrdersEnv,
+    proxy: &integration_tests::FaultProxy,
+    within: Duration,
+) -> Vec<Duration> {
+    let accepted = proxy.accepted();
+    let give_up = Instant::now() + within;
+    let mut latencies = Vec::new();
+    while proxy.accepted() == accepted {
+        assert!(Instant::now() < give_up, "no replacement was started within {within:?}:\n{}", env.function.output());
+        let served = env.api.invoke(get_order("1")).await;
+        assert_eq!(status(served.response()), 200, "{:?}", served.outcome);
+        latencies.push(served.latency);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    latencies
+}
+
+#[tokio::test]
+async fn a_replacement_that_cannot_connect_holds_no_invocation_until_the_grace_then_one_waits_and_none_fails() {
+    // Lifetime 3.6–4 s; grace a tenth: 400 ms. A connect to the black hole
+    // takes the whole DB_CONNECT_TIMEOUT_MS.
+    let connect_timeout = Duration::from_millis(2000);
+    let pg = postgres().await;
+    pg.apply_sql_as_app(integration_tests::orders::MIGRATION).await;
+    let timeout_ms = connect_timeout.as_millis().to_string();
+    let (env, proxy) = OrdersEnv::start_behind_proxy(
+        ORDERS_BIN,
+        pg,
+        &[("DB_MAX_AGE_MS", "4000"), ("DB_HEALTH_CHECK_INTERVAL_MS", "3000"), ("DB_CONNECT_TIMEOUT_MS", &timeout_ms)],
+    )
+    .await;
+    assert_eq!(status(env.api.invoke(post_valid_order("tea", 1)).await.response()), 201);
+    let old = env.pg.backend_pids(FUNCTION_NAME).await;
+    proxy.black_hole_new(true);
+
+    invoke_until_a_connect(&env, &proxy, Duration::from_secs(6)).await;
+    // Within the grace the old pool serves, nobody waiting for the stuck
+    // connect: every answer comes long before a connect could time out.
+    let within_grace = Instant::now() + Duration::from_millis(250);
+    let mut served = 0;
+    while Instant::now() < within_grace {
+        let invocation = env.api.invoke(get_order("1")).await;
+        assert_eq!(status(invocation.response()), 200, "{:?}", invocation.outcome);
+        assert!(invocation.latency < connect_timeout / 2, "waited for the replacement: {:?}", invocation.latency);
+        served += 1;
+    }
+    assert!(served > 0);
+
+    // Past the grace one invocation refreshes synchronously: it waits for
+    // the connect, which times out, keeps the old pool, and succeeds.
+    let give_up = Instant::now() + Duration::from_secs(3);
+    let waited = loop {
+        let invocation = env.api.invoke(get_order("1")).await;
+        assert_eq!(status(invocation.response()), 200, "a refresh never fails an invocation: {:?}", invocation.outcome);
+        if invocation.latency >= connect_timeout {
+            break invocation.latency;
+        }
+        assert!(Instant::now() < give_up, "no synchronous refresh after the grace:\n{}", env.function.output());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("measured: the fallback refresh held its invocation {waited:?} (connect timeout {connect_timeout:?})");
+    let output = env.function.output();
+    let failed = lines_with(&output, "pool refresh failed; keeping the current pool");
+    assert_eq!(failed.len(), 1, "the fallback's failure is reported once:\n{output}");
+    assert!(lines_with(&output, "pool refreshed").is_empty(), "{output}");
+    assert_eq!(env.pg.backend_pids(FUNCTION_NAME).await, old, "the old pool serves on");
+    proxy.black_hole_new(false);
+    proxy.release_silenced();
+}
+
+#[tokio::test]
+async fn a_background_build_cut_by_a_freeze_is_tried_again_at_the_thaw_and_not_reported() {
+    let connect_timeout = Duration::from_millis(500);
+    let pg = postgres_watching_closes().await;
+    pg.apply_sql_as_app(integration_tests::orders::MIGRATION).await;
+    let timeout_ms = connect_timeout.as_millis().to_string();
+    let (env, proxy) = OrdersEnv::start_behind_proxy(
+        ORDERS_BIN,
+        pg,
+        &[("DB_MAX_AGE_MS", "2000"), ("DB_HEALTH_CHECK_INTERVAL_MS", "1500"), ("DB_CONNECT_TIMEOUT_MS", &timeout_ms)],
+    )
+    .await;
+    assert_eq!(status(env.api.invoke(post_valid_order("tea", 1)).await.response()), 201);
+    let old = env.pg.backend_pids(FUNCTION_NAME).await;
+
+    // The replacement's first connect is accepted and left unanswered; the
+    // environment is frozen, as Lambda freezes it after the answer, for
+    // longer than the connect may take. No invocation comes at the thaw:
+    // the build goes on by itself (an invocation would find the pool past
+    // the grace and refresh synchronously, the other test's case).
+    proxy.black_hole_new(true);
+    invoke_until_a_connect(&env, &proxy, Duration::from_secs(4)).await;
+    let pid = env.function.pid().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
+    tokio::time::sleep(connect_timeout * 2).await;
+    proxy.black_hole_new(false);
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().expect("kill").success());
+
+    // Thawed: the cut attempt times out at once and is tried again.
+    assert!(env.function.wait_for_output("pool refreshed", Duration::from_secs(5)).await, "{}", env.function.output());
+    let output = env.function.output();
+    let refreshed = lines_with(&output, "pool refreshed");
+    assert_eq!(refreshed.len(), 1, "{output}");
+    assert!(
+        refreshed[0].contains("background=true") && refreshed[0].contains("attempts=2"),
+        "the cut attempt and one more: {}",
+        refreshed[0]
+    );
+    assert!(lines_with(&output, "connect failed").is_empty(), "the cut connect is not reported:\n{output}");
+    assert!(lines_with(&output, "refresh failed").is_empty(), "{output}");
+    let served = env.api.invoke(get_order("1")).await;
+    assert_eq!(status(served.response()), 200, "{:?}", served.outcome);
+    let now = env.pg.backend_pids(FUNCTION_NAME).await;
+    assert_eq!(now.len(), 1);
+    assert!(!old.contains(&now[0]), "the replacement serves: {old:?} then {now:?}");
+    proxy.release_silenced();
+}
+
+#[tokio::test]
+async fn sigterm_while_a_replacement_is_being_built_exits_in_time_and_leaves_no_session_open() {
+    let pg = postgres_watching_closes().await;
+    pg.apply_sql_as_app(integration_tests::orders::MIGRATION).await;
+    let (mut env, proxy) = OrdersEnv::start_behind_proxy(
+        ORDERS_BIN,
+        pg,
+        &[("DB_MAX_AGE_MS", "2000"), ("DB_HEALTH_CHECK_INTERVAL_MS", "1500"), ("DB_CONNECT_TIMEOUT_MS", "5000")],
+    )
+    .await;
+    assert_eq!(status(env.api.invoke(post_valid_order("tea", 1)).await.response()), 201);
+    proxy.black_hole_new(true);
+    invoke_until_a_connect(&env, &proxy, Duration::from_secs(4)).await;
+    // The build waits on its unanswered connect (for up to 5 s) when
+    // Lambda shuts the environment down.
+    let (took, output) = env.terminate_and_check_closes().await;
+    eprintln!("measured: exited {took:?} after SIGTERM with a replacement being built");
+    assert!(lines_with(&output, "pool refreshed").is_empty(), "{output}");
+    assert!(env.pg.backend_pids(FUNCTION_NAME).await.is_empty());
+    proxy.release_silenced();
+}
+
+#[tokio::test]
+async fn fifty_concurrent_invocations_past_the_max_age_start_one_build_and_none_waits_for_it() {
+    use integration_tests::inproc::{adapter, context, wait_stats};
+    use integration_tests::Postgres;
+
+    let pg = Postgres::start().await;
+    // Grace 400 ms; DB_POOL_SIZE 2, so that the replacement opens two.
+    let env = [("DB_MAX_AGE_MS", "4000"), ("DB_HEALTH_CHECK_INTERVAL_MS", "3900"), ("DB_POOL_SIZE", "2")];
+    let adapter = adapter(&pg.database_url(), &env, &[]).await;
+    let invoke = |adapter: runtime_adapter::Adapter| async move {
+        let db = adapter.db(&context(Duration::from_secs(20))).await.expect("db");
+        let one: i32 = db.query_one("SELECT 1", &[]).await.expect("a round trip").get(0);
+        assert_eq!(one, 1);
+    };
+    let warmed = adapter.stats().connect_attempts;
+    // Sequential invocations until one finds the pool expired and starts
+    // the build (its connects counted as they begin) ...
+    let give_up = Instant::now() + Duration::from_secs(6);
+    while adapter.stats().connect_attempts == warmed {
+        assert!(Instant::now() < give_up, "no refresh started");
+        invoke(adapter.clone()).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ... then fifty at once while it is being built.
+    let burst = (0..50).map(|_| tokio::spawn(invoke(adapter.clone())));
+    for invocation in futures_util::future::join_all(burst).await {
+        invocation.expect("no invocation failed");
+    }
+    assert!(wait_stats(&adapter, Duration::from_secs(5), |s| s.refreshes_max_age == 1).await, "replaced");
+    let stats = adapter.stats();
+    assert_eq!(stats.refresh_waits, 0, "no invocation waited for the refresh");
+    assert_eq!(stats.connect_attempts, warmed + 2, "one replacement of two connections, single-flight");
+    assert_eq!((stats.refresh_failures, stats.health_checks_run), (0, 0));
 }
