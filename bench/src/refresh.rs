@@ -29,6 +29,10 @@ pub(crate) struct RefreshResult {
     pub(crate) warmups: Vec<Warmup>,
     /// The adapter's own `duration_ms` of each refresh.
     pub(crate) durations_ms: Vec<f64>,
+    /// Refreshes built in the background, and those an invocation waited
+    /// for (the synchronous fallback), as the adapter logged them.
+    pub(crate) background: usize,
+    pub(crate) waited: usize,
     /// Every invocation in order (for the picture).
     pub(crate) timeline: Vec<Point>,
 }
@@ -39,7 +43,8 @@ pub(crate) struct Point {
     /// When it was sent, since the first.
     pub(crate) at: Duration,
     pub(crate) latency: Duration,
-    /// It opened a connection: it replaced the pool.
+    /// A connection was opened while it ran: the pool's replacement was
+    /// being built (in the background, or with it waiting).
     pub(crate) refreshed: bool,
 }
 
@@ -65,7 +70,10 @@ pub(crate) async fn run(pg: &Postgres, duration: Duration) -> RefreshResult {
         tokio::time::sleep(PACE).await;
     }
     let output = instance.function.output();
+    let lines = refreshed_lines(&output);
     RefreshResult {
+        background: lines.iter().filter(|line| is_true(line, "background")).count(),
+        waited: lines.iter().filter(|line| !is_true(line, "background")).count(),
         normal: Summary::of(&normal),
         refreshing: Summary::of(&refreshing),
         // The first warmup is INIT's.
@@ -73,6 +81,11 @@ pub(crate) async fn run(pg: &Postgres, duration: Duration) -> RefreshResult {
         durations_ms: refreshed_lines(&output).iter().filter_map(|line| field(line, "duration_ms")).collect(),
         timeline,
     }
+}
+
+/// Whether `key` is `true` on a log line, in text or JSON.
+fn is_true(line: &str, key: &str) -> bool {
+    line.contains(&format!("{key}=true")) || line.contains(&format!("\"{key}\":true"))
 }
 
 fn refreshed_lines(output: &str) -> Vec<&str> {

@@ -26,7 +26,7 @@ use crate::error::{Error, ErrorKind, Step};
 use crate::health::{self, Checked};
 use crate::liveness::{self, Liveness};
 use crate::metrics::{Emf, Invocation};
-use crate::pool::{self, Conn, WarmPool};
+use crate::pool::{Conn, WarmPool};
 use crate::random::Entropy;
 use crate::retry::{self, Retrier};
 use crate::statement::Statements;
@@ -574,7 +574,7 @@ impl Adapter {
             match Box::pin(build).await {
                 Ok(pool) => break Ok(pool),
                 Err(error) if error.is_transient() && attempt < attempts => {
-                    let delay = pool::warmup_retry_delay(shared.config.warmup_retry_delay, &shared.entropy);
+                    let delay = shared.config.warmup_retry_delay;
                     tracing::debug!(%error, attempt, delay_ms = millis(delay), "building a replacement in the background failed; trying again");
                     tokio::time::sleep(delay).await;
                 }
@@ -709,16 +709,7 @@ impl Adapter {
 impl Shared {
     /// Builds and warms a pool: `attempts` tries, never past `until`.
     async fn build_pool(&self, attempts: u32, until: Deadline) -> Result<WarmPool, Error> {
-        WarmPool::build_retrying(
-            &self.config,
-            &self.statements,
-            &self.counters,
-            &self.liveness,
-            &self.entropy,
-            attempts,
-            until,
-        )
-        .await
+        WarmPool::build_retrying(&self.config, &self.statements, &self.counters, &self.liveness, attempts, until).await
     }
 
     fn background(&self) -> MutexGuard<'_, Option<Background>> {

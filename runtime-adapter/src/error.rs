@@ -244,12 +244,10 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
-    /// The server's connection limit was reached (53300), even after the
-    /// adapter released its own connections and waited.
-    #[error(
-        "the database server's connection limit was reached ({}); lower DB_POOL_SIZE, cap the function's reserved concurrency, or put a pooler (RDS Proxy, PgBouncer) in front",
-        describe(.source)
-    )]
+    /// The server's connection limit was reached (53300), or the pooler's
+    /// client limit (PgBouncer's 08P01 "no more connections allowed"), even
+    /// after the adapter released its own connections and waited.
+    #[error("{}", connection_limit(.source))]
     ConnectionLimit {
         /// The server's 53300 error.
         #[source]
@@ -497,6 +495,10 @@ enum Stage {
 }
 
 fn classify(e: &tokio_postgres::Error, step: Stage) -> ErrorKind {
+    let refusal = e.as_db_error().filter(|_| step == Stage::Startup).and_then(|db| pooler_refusal(db.message()));
+    if let Some(kind) = refusal {
+        return kind;
+    }
     match e.code() {
         Some(code) => classify_at(code, step),
         // No SQLSTATE: the failure is in the connection itself (I/O, closed
@@ -504,6 +506,28 @@ fn classify(e: &tokio_postgres::Error, step: Stage) -> ErrorKind {
         // whose source is an I/O error.
         None if e.is_closed() || io_kind(e).is_some() => ErrorKind::Transient,
         None => ErrorKind::Permanent,
+    }
+}
+
+/// PgBouncer refuses a client at startup with 08P01 for reasons that pass as
+/// well as for ones that do not (an unsupported startup parameter), and the
+/// code alone cannot tell them apart; its messages can, and they are stable
+/// across its releases. Out of client slots is the pooler's 53300: a burst
+/// of environments larger than `max_client_conn`, or abandoned clients not
+/// yet reaped. The others are the pooler's server being unreachable or slow.
+fn pooler_refusal(message: &str) -> Option<ErrorKind> {
+    const TRANSIENT: [&str; 4] = [
+        "server login has been failing",
+        "pgbouncer cannot connect to server",
+        "query_wait_timeout",
+        "client_login_timeout",
+    ];
+    if message.starts_with("no more connections allowed") {
+        Some(ErrorKind::TooManyConnections)
+    } else if TRANSIENT.iter().any(|transient| message.starts_with(transient)) {
+        Some(ErrorKind::Transient)
+    } else {
+        None
     }
 }
 
@@ -554,6 +578,22 @@ fn io_kind(e: &tokio_postgres::Error) -> Option<std::io::ErrorKind> {
 /// Parameters and connection strings never appear in either, nor the
 /// server's DETAIL, which may hold row values (a 23505's key, for one): it
 /// stays reachable through the error's source, for code that wants it.
+/// [`Error::ConnectionLimit`]'s message: which limit, and the knobs for it.
+fn connection_limit(source: &tokio_postgres::Error) -> String {
+    let pooler = source.as_db_error().is_some_and(|db| pooler_refusal(db.message()).is_some());
+    if pooler {
+        format!(
+            "the connection pooler's client limit was reached ({}); raise its max_client_conn above the function's reserved concurrency × DB_POOL_SIZE, or cap the function's reserved concurrency",
+            describe(source)
+        )
+    } else {
+        format!(
+            "the database server's connection limit was reached ({}); lower DB_POOL_SIZE, cap the function's reserved concurrency, or put a pooler (RDS Proxy, PgBouncer) in front",
+            describe(source)
+        )
+    }
+}
+
 fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
@@ -571,6 +611,18 @@ mod tests {
     #[test]
     fn protocol_violation_is_permanent_only_at_startup() {
         assert_eq!(classify_at(&SqlState::PROTOCOL_VIOLATION, Stage::Startup), ErrorKind::Permanent);
+        // PgBouncer's refusals at startup, all 08P01, by their messages.
+        let refusals = [
+            ("no more connections allowed (max_client_conn)", Some(ErrorKind::TooManyConnections)),
+            ("server login has been failing, try again later (server_login_retry)", Some(ErrorKind::Transient)),
+            ("pgbouncer cannot connect to server", Some(ErrorKind::Transient)),
+            ("query_wait_timeout", Some(ErrorKind::Transient)),
+            ("unsupported startup parameter: extra_float_digits", None),
+            ("no such database: app", None),
+        ];
+        for (message, kind) in refusals {
+            assert_eq!(pooler_refusal(message), kind, "{message}");
+        }
         assert_eq!(classify_at(&SqlState::PROTOCOL_VIOLATION, Stage::Query), ErrorKind::Transient);
         assert_eq!(classify_at(&SqlState::UNIQUE_VIOLATION, Stage::Query), ErrorKind::Permanent);
         assert_eq!(classify_at(&SqlState::ADMIN_SHUTDOWN, Stage::Startup), ErrorKind::Transient);

@@ -26,8 +26,6 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Phase, Step};
 use crate::lease::{Connection, Keeper, Lease};
 use crate::liveness::{Expiry, Liveness};
-use crate::random::Entropy;
-use crate::retry;
 use crate::statement::Statements;
 use crate::stats::{bump, Counters, WarmupTimings};
 use crate::units::millis;
@@ -148,7 +146,6 @@ impl WarmPool {
         statements: &Statements,
         counters: &Arc<Counters>,
         liveness: &Arc<Liveness>,
-        entropy: &Entropy,
         attempts: u32,
         until: Deadline,
     ) -> Result<Self, Error> {
@@ -163,8 +160,7 @@ impl WarmPool {
             };
             bump(&counters.warmup_failures);
             counters.failed_now();
-            let delay = warmup_retry_delay(config.warmup_retry_delay, entropy);
-            let next = Instant::now() + delay;
+            let next = Instant::now() + config.warmup_retry_delay;
             let out_of_time = until.passed_at(next);
             if !error.is_transient() {
                 tracing::error!(%error, attempt, kind = ?error.kind(), "warmup failed permanently");
@@ -180,7 +176,7 @@ impl WarmPool {
             tracing::warn!(
                 %error,
                 attempt,
-                delay_ms = millis(delay),
+                delay_ms = millis(config.warmup_retry_delay),
                 kind = ?error.kind(),
                 "warmup failed; retrying"
             );
@@ -268,15 +264,6 @@ impl WarmPool {
             );
         }
     }
-}
-
-/// The pause before warmup attempt n + 1: `DB_WARMUP_RETRY_DELAY_MS`,
-/// drawn at random from half of it to one and a half times it. Many
-/// environments that failed together (a burst of cold starts against a
-/// pooler out of client slots, a restarted server) then come back spread
-/// over a whole delay instead of in lockstep; the mean stays the delay.
-pub(crate) fn warmup_retry_delay(delay: Duration, entropy: &Entropy) -> Duration {
-    retry::jitter_between(delay / 2, delay + delay / 2, entropy.fraction())
 }
 
 async fn checkout(pool: &Pool) -> Result<Conn, Error> {

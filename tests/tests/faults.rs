@@ -107,6 +107,12 @@ async fn exhausted_connection_slots_give_a_clear_error_in_time_and_recover_when_
         .start()
         .await;
     pg.apply_sql_as_app(MIGRATION).await;
+    // The migration's session may still be exiting: both slots free first.
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(5);
+    while pg.connection_count_for_user("app").await > 0 {
+        assert!(tokio::time::Instant::now() < give_up, "the migration's session never ended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut hogs = Vec::new();
     while hogs.len() < 2 {
         hogs.push(pg.app_client().await);

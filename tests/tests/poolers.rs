@@ -240,3 +240,48 @@ async fn ten_thousand_invocations_from_64_senders_through_the_pooler() {
     let server_checks = Log::new(pg.log_since(mark)).counts().health_checks;
     assert_eq!(server_checks, bursts, "the server saw exactly the checks reported");
 }
+
+#[tokio::test]
+async fn a_pooler_out_of_client_slots_at_init_is_waited_out_instead_of_failing_init() {
+    let pg = postgres().await;
+    let bouncer = PgBouncer::start_with(&pg, "transaction", 2, &[("max_client_conn", "2")]).await;
+    // Other clients take every client slot (the harness may hold one).
+    let mut holders = Vec::new();
+    loop {
+        match runtime_adapter::tokio_postgres::connect(&bouncer.database_url(), runtime_adapter::tokio_postgres::NoTls)
+            .await
+        {
+            Ok((client, connection)) => holders.push((client, tokio::spawn(connection))),
+            Err(error) => {
+                assert_eq!(error.code(), Some(&SqlState::PROTOCOL_VIOLATION), "{error}");
+                break;
+            }
+        }
+        assert!(holders.len() <= 2, "max_client_conn is 2");
+    }
+
+    // PgBouncer refuses the next with 08P01 "no more connections allowed
+    // (max_client_conn)": out of slots, which passes, not a protocol error.
+    let env = [("DB_POOLER_MODE", "transaction"), ("DB_WARMUP_ATTEMPTS", "1")];
+    let adapter = integration_tests::inproc::try_adapter(&bouncer.database_url(), &env, &[])
+        .await
+        .expect("INIT goes on unwarmed instead of failing");
+    assert!(!adapter.is_warm());
+    assert_eq!(adapter.stats().pool_exhausted, 1, "counted as the pooler's connection limit");
+    assert!(bouncer.log().contains("no more connections allowed"), "{}", bouncer.log());
+
+    // While it is taken, an invocation gets the pooler's limit, named with
+    // its knob, after the adapter's one wait.
+    let error = adapter.db(&context(Duration::from_secs(20))).await.expect_err("no slot");
+    assert_eq!(error.error_type(), "RuntimeAdapter.ConnectionLimit", "{error}");
+    assert!(error.to_string().contains("max_client_conn"), "{error}");
+
+    // Once the slot is free the next invocation warms the pool.
+    for (client, driver) in holders {
+        drop(client);
+        driver.await.expect("driver").expect("the holder closed cleanly");
+    }
+    let db = adapter.db(&context(Duration::from_secs(20))).await.expect("warmed by the first invocation");
+    let one: i32 = db.query_one("SELECT 1", &[]).await.expect("a round trip").get(0);
+    assert_eq!(one, 1);
+}
