@@ -9,7 +9,7 @@
 //! environment keeps what happened (counter deltas, and each duration as
 //! distinct microsecond values with how often each occurred) and writes one
 //! record per window, with EMF's `{"Values":[…],"Counts":[…]}` form for the
-//! durations. The records stay exact: summed over the records, every counter
+//! durations (a plain array when every value occurred once). The records stay exact: summed over the records, every counter
 //! is what happened, and every duration metric has one value per occurrence
 //! (a statement, a checkout, a warmup), rounded to the microsecond as before.
 //!
@@ -39,7 +39,8 @@
 //! 60 s each record falls in one CloudWatch minute. `DB_METRICS_INTERVAL_MS=0`
 //! writes a record after every invocation, with its `function_request_id`
 //! and `xray_trace_id`, as before aggregation. An aggregated record instead
-//! carries `invocations`, the number of invocations that ended in it.
+//! carries `invocations`, the number of invocations that ended in it (the
+//! one written at SIGTERM included).
 //!
 //! Concurrent invocations (Lambda Managed Instances) share the pending
 //! activity; a record takes it under one lock, so each count and value is
@@ -372,12 +373,19 @@ impl Emf {
             }
         }
         for (name, chunk) in chunks {
-            let _ = write!(record, r#","{name}":{{"Values":["#);
+            // Values that each occurred once are a plain array, as before
+            // aggregation: the counts would only add bytes.
+            let once = chunk.iter().all(|(_, count)| *count == 1);
+            let _ = write!(record, r#","{name}":{}"#, if once { "[" } else { r#"{"Values":["# });
             for (i, (micros, _)) in chunk.iter().enumerate() {
                 if i > 0 {
                     record.push(',');
                 }
                 push_millis(&mut record, *micros);
+            }
+            if once {
+                record.push(']');
+                continue;
             }
             record.push_str(r#"],"Counts":["#);
             for (i, (_, count)) in chunk.iter().enumerate() {
@@ -386,12 +394,16 @@ impl Emf {
             record.push_str("]}");
         }
         if first {
-            let _ = write!(record, r#","invocations":{}"#, taken.invocations);
-            if let Some(invocation) = invocation {
-                let quote = |text: &str| serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned());
-                let _ = write!(record, r#","function_request_id":{}"#, quote(invocation.request_id));
-                if let Some(trace) = invocation.xray_trace_id {
-                    let _ = write!(record, r#","xray_trace_id":{}"#, quote(trace));
+            match invocation {
+                None => {
+                    let _ = write!(record, r#","invocations":{}"#, taken.invocations);
+                }
+                Some(invocation) => {
+                    let quote = |text: &str| serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned());
+                    let _ = write!(record, r#","function_request_id":{}"#, quote(invocation.request_id));
+                    if let Some(trace) = invocation.xray_trace_id {
+                        let _ = write!(record, r#","xray_trace_id":{}"#, quote(trace));
+                    }
                 }
             }
         }
@@ -444,10 +456,13 @@ mod tests {
 
     const INVOCATION: Invocation<'static> = Invocation { request_id: "r-1", xray_trace_id: Some("Root=1") };
 
-    /// The values and counts of `name` in `record`, in the
-    /// `{"Values":…,"Counts":…}` form.
+    /// The values and counts of `name` in `record`: the
+    /// `{"Values":…,"Counts":…}` form, or a plain array of values once each.
     fn values(record: &Value, name: &str) -> Vec<(f64, u64)> {
         let Some(metric) = record.get(name) else { return Vec::new() };
+        if let Some(once) = metric.as_array() {
+            return once.iter().map(|v| (v.as_f64().expect("a number"), 1)).collect();
+        }
         let values = metric["Values"].as_array().unwrap_or_else(|| panic!("{name}: Values in {record}"));
         let counts = metric["Counts"].as_array().unwrap_or_else(|| panic!("{name}: Counts in {record}"));
         assert_eq!(values.len(), counts.len(), "{record}");
@@ -466,8 +481,8 @@ mod tests {
         for metric in declared {
             let name = metric["Name"].as_str().expect("name");
             assert!(record.get(name).is_some(), "{name} has a value: {record}");
-            if let Some(values) = record[name].get("Values") {
-                let n = values.as_array().expect("values").len();
+            if !record[name].is_number() {
+                let n = values(record, name).len();
                 assert!((1..=MAX_VALUES).contains(&n), "{name}: {n} values: {record}");
             }
         }
@@ -486,11 +501,11 @@ mod tests {
         well_formed(&first);
         assert_eq!(first["ColdStart"], 1);
         assert_eq!(first["ConnectAttempts"], 1);
-        assert_eq!(first["WarmupDuration"], json!({"Values": [5.25], "Counts": [1]}));
+        assert_eq!(first["WarmupDuration"], json!([5.25]), "once: a plain array, as before aggregation");
         assert_eq!(first["function_name"], "orders");
         assert_eq!(first["function_request_id"], "r-1");
         assert_eq!(first["xray_trace_id"], "Root=1");
-        assert_eq!(first["invocations"], 1);
+        assert!(first.get("invocations").is_none(), "the request id says which one");
 
         bump(&counters.health_checks_skipped);
         counters.query_took(Duration::from_micros(1500));
