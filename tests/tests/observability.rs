@@ -145,6 +145,37 @@ async fn with_an_interval_of_zero_each_invocation_has_its_own_record() {
     assert_eq!(sum(&records, "ColdStart"), 1);
 }
 
+/// No timer writes a record (a frozen environment would run none): a
+/// window that passed while the function sat idle is written by the next
+/// invocation, before its handler, stamped with its own time; that
+/// invocation's activity waits for its own window, or for SIGTERM.
+#[tokio::test]
+async fn a_passed_window_is_written_by_the_next_invocation_not_by_a_timer() {
+    let mut env = OrdersEnv::start(&[("DB_METRICS_INTERVAL_MS", "1000")]).await;
+    assert_eq!(status(env.api.invoke(post_valid_order("tea", 1)).await.response()), 201);
+    // Usually nothing yet (INIT alone if it fell in an earlier second than
+    // the invocation's start; INIT and the invocation if its end fell in
+    // the next second).
+    let early = emf_records(&env.function.output()).len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(emf_records(&env.function.output()).len(), early, "nothing written while idle");
+
+    let second_started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+    assert_eq!(status(env.api.invoke(get_order("1")).await.response()), 200);
+    let records = emf_records(&env.function.output());
+    assert_eq!(emf_sum(&records, "invocations"), 1, "the first invocation's window, written by now: {records:?}");
+    assert_eq!(emf_duration(&records, "QueryDuration").0, 1, "the first's statement, not the second's");
+    let first = records.iter().find(|r| r["invocations"] == 1).expect("the first invocation's record");
+    let stamped = first["_aws"]["Timestamp"].as_u64().expect("timestamp");
+    assert!(u128::from(stamped) < second_started.as_millis(), "stamped with its own time: {first}");
+
+    let output = terminate(&mut env).await;
+    let records = emf_records(&output);
+    assert_eq!(emf_sum(&records, "invocations"), 2, "the second invocation's, at SIGTERM: {output}");
+    assert_eq!(emf_duration(&records, "QueryDuration").0, 2);
+    assert_eq!(sum(&records, "ColdStart"), 1);
+}
+
 /// K invocations, some at once, then SIGTERM: summed over every record, the
 /// counters and the durations' counts are what happened, no metric has more
 /// than 100 values in a record, and nothing is lost at shutdown. Also the
