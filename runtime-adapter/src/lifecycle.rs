@@ -278,7 +278,7 @@ impl Record {
 }
 
 /// One invocation: the handler, a panic in it answered as
-/// [`HANDLER_PANICKED`](crate::HANDLER_PANICKED), then the metrics record.
+/// [`HANDLER_PANICKED`](crate::HANDLER_PANICKED), with the metrics checked before and after.
 async fn invocation<R>(
     adapter: Adapter,
     record: Record,
