@@ -91,8 +91,8 @@ const DURATIONS: [(&str, Values); 3] =
 /// Memory is bounded by time, not by the number of values: n distinct
 /// microsecond values of one kind add up to at least n(n+1)/2 µs, so a
 /// 15-minute invocation running statements back to back leaves at most
-/// about 42,000 (under 2 MB); a record is written at the end of the
-/// invocation that passes 100.
+/// about 42,000 (about 1 MB; √C times that with C statements at once); a
+/// record is written at the end of the invocation that passes 100.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Tally(BTreeMap<u64, u64>);
 
