@@ -25,7 +25,7 @@ use crate::deadline::{self, Deadline};
 use crate::error::{Error, ErrorKind, Step};
 use crate::health::{self, Checked};
 use crate::liveness::{self, Liveness};
-use crate::metrics::{Emf, Invocation};
+use crate::metrics::{Emf, Point};
 use crate::pool::{Conn, WarmPool};
 use crate::random::Entropy;
 use crate::retry::{self, Retrier};
@@ -356,9 +356,9 @@ impl Adapter {
         &self.shared.config
     }
 
-    /// Writes the EMF record for everything since the previous one.
-    pub(crate) fn flush_metrics(&self, invocation: Option<Invocation<'_>>) {
-        self.shared.emf.flush(&self.shared.counters, invocation);
+    /// Writes the EMF records due at `point`, if any (see `metrics`).
+    pub(crate) fn flush_metrics(&self, point: Point<'_>) {
+        self.shared.emf.at(&self.shared.counters, point);
     }
 
     /// A retry loop's pacing, within `until`.

@@ -96,9 +96,15 @@ pub struct Config {
     /// How long sent data may stay unacknowledged before the kernel drops the
     /// connection (`TCP_USER_TIMEOUT`). `DB_TCP_USER_TIMEOUT_MS`; default 30 s.
     pub tcp_user_timeout: Duration,
-    /// Whether a CloudWatch EMF record is written after each invocation.
-    /// `DB_METRICS` (`on` or `off`); default on.
+    /// Whether CloudWatch EMF records are written. `DB_METRICS` (`on` or
+    /// `off`); default on.
     pub metrics: bool,
+    /// The window a metrics record aggregates: at most one record per
+    /// window (aligned to the clock), written by the first invocation to
+    /// start or end after it, at SIGTERM, or sooner when a duration metric
+    /// nears EMF's 100 values. Zero writes a record after every invocation,
+    /// with its request id. `DB_METRICS_INTERVAL_MS`; default 60 s.
+    pub metrics_interval: Duration,
     /// The records' CloudWatch namespace. `DB_METRICS_NAMESPACE`; default
     /// `RuntimeAdapter`.
     pub metrics_namespace: String,
@@ -259,6 +265,10 @@ impl Default for Config {
             tcp_user_timeout: Duration::from_secs(30),
             // The metrics are how the dashboard and alarms see the pool.
             metrics: true,
+            // CloudWatch's standard resolution: each record falls in one
+            // minute, and a busy environment writes ~1 KB a minute instead
+            // of ~1 KB per invocation.
+            metrics_interval: Duration::from_secs(60),
             metrics_namespace: "RuntimeAdapter".to_owned(),
             // Slower than any healthy OLTP statement; fast enough to matter.
             slow_query: Duration::from_secs(1),
@@ -296,6 +306,7 @@ impl fmt::Debug for Config {
             .field("tcp_keepalive_idle", &self.tcp_keepalive_idle)
             .field("tcp_user_timeout", &self.tcp_user_timeout)
             .field("metrics", &self.metrics)
+            .field("metrics_interval", &self.metrics_interval)
             .field("metrics_namespace", &self.metrics_namespace)
             .field("slow_query", &self.slow_query)
             .field("function_name", &self.function_name)
@@ -371,6 +382,7 @@ impl Config {
                 .unwrap_or(defaults.tcp_keepalive_idle),
             tcp_user_timeout: env.millis("DB_TCP_USER_TIMEOUT_MS", Zero::Allow)?.unwrap_or(defaults.tcp_user_timeout),
             metrics: env.switch("DB_METRICS", "on or off")?.unwrap_or(defaults.metrics),
+            metrics_interval: env.millis("DB_METRICS_INTERVAL_MS", Zero::Allow)?.unwrap_or(defaults.metrics_interval),
             metrics_namespace: namespace(&env)?.unwrap_or(defaults.metrics_namespace),
             slow_query: env.millis("DB_SLOW_QUERY_MS", Zero::Reject)?.unwrap_or(defaults.slow_query),
             function_name: env.get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or(defaults.function_name),
@@ -611,6 +623,7 @@ mod tests {
         assert_eq!(config.pg_config().get_keepalives_idle(), Duration::from_secs(60));
         assert_eq!(config.pg_config().get_tcp_user_timeout(), Some(&Duration::from_secs(30)));
         assert!(config.metrics);
+        assert_eq!(config.metrics_interval, Duration::from_secs(60));
         assert_eq!(config.metrics_namespace, "RuntimeAdapter");
         assert_eq!(config.slow_query, Duration::from_secs(1));
         assert_eq!(config.function_name, "runtime-adapter");
@@ -708,6 +721,7 @@ mod tests {
             ("DB_DEADLINE_MARGIN_MS", "-2", "DB_DEADLINE_MARGIN_MS is negative (-2); expected a whole number of milliseconds, 0 or more, e.g. 5000"),
             ("DB_TCP_KEEPALIVE_IDLE_MS", "0", "DB_TCP_KEEPALIVE_IDLE_MS is 0, which is not allowed here; expected a whole number of milliseconds, at least 1, e.g. 5000"),
             ("DB_METRICS", "maybe", "DB_METRICS is not on or off (\"maybe\"); expected on or off"),
+            ("DB_METRICS_INTERVAL_MS", "1m", "DB_METRICS_INTERVAL_MS is not a whole number (\"1m\"); expected a whole number of milliseconds, 0 or more, e.g. 5000"),
             ("DB_METRICS_NAMESPACE", "AWS/Lambda", "DB_METRICS_NAMESPACE starts with AWS/, which CloudWatch reserves; expected 1 to 255 letters, digits or . - _ / # : and spaces, not starting with AWS/, e.g. RuntimeAdapter"),
             ("DB_METRICS_NAMESPACE", "a{b}", "DB_METRICS_NAMESPACE contains '{'; expected 1 to 255 letters, digits or . - _ / # : and spaces, not starting with AWS/, e.g. RuntimeAdapter"),
             ("DB_POOLER_MODE", "session", "DB_POOLER_MODE is not a pooler mode (\"session\"); expected none (PostgreSQL itself, or a session-mode pooler) or transaction"),
@@ -726,8 +740,10 @@ mod tests {
             ("DB_STATEMENT_TIMEOUT_MS", "0"),
             ("DB_HEALTH_CHECK_INTERVAL_MS", "0"),
             ("DB_WARMUP_RETRY_DELAY_MS", "0"),
+            ("DB_METRICS_INTERVAL_MS", "0"),
         ])
         .expect("valid");
+        assert_eq!(config.metrics_interval, Duration::ZERO, "a record after every invocation");
         assert_eq!(config.statement_timeout, Some(Duration::ZERO));
         assert_eq!(config.health_check_interval, Duration::ZERO);
     }

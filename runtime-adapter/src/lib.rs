@@ -49,7 +49,8 @@
 //!   invocation with its `errorType`.
 //! - `stats`: counters, percentiles in fixed memory, and their [`Stats`]
 //!   snapshot.
-//! - `metrics`: CloudWatch EMF records, one per invocation.
+//! - `metrics`: CloudWatch EMF records, aggregated over a window and written
+//!   at the start or end of an invocation or at SIGTERM, never by a timer.
 //! - `random`: the environment's jitter source, reseeded after a SnapStart
 //!   restore.
 //! - `snapstart`: the pool released before a SnapStart snapshot and re-warmed

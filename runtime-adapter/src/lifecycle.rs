@@ -10,7 +10,8 @@
 //! Around each invocation ([`LifecycleLayer`], a tower layer): the handler's
 //! panic is caught and answered as [`HANDLER_PANICKED`](crate::HANDLER_PANICKED), its error becomes a
 //! [`Diagnostic`] (keeping the adapter's `RuntimeAdapter.*` types), and the
-//! invocation's EMF record is written after the handler, before the answer.
+//! EMF record due, if any, is written before the handler and after it,
+//! before the answer (see `metrics`).
 //!
 //! The layer wraps two kinds of services:
 //! - `Service<LambdaEvent<T>>`, as [`Builder::run`] does;
@@ -38,7 +39,7 @@ use lambda_runtime::{Context, Diagnostic, LambdaEvent, LambdaInvocation, Runtime
 use crate::adapter::{Adapter, Builder};
 use crate::db::Db;
 use crate::error::Error;
-use crate::metrics::Invocation;
+use crate::metrics::{Invocation, Point};
 use crate::report::{panicked, report_init_error};
 use crate::shutdown;
 use crate::snapstart::SnapStart;
@@ -277,21 +278,25 @@ impl Record {
 }
 
 /// One invocation: the handler, a panic in it answered as
-/// [`HANDLER_PANICKED`](crate::HANDLER_PANICKED), then the metrics record.
+/// [`HANDLER_PANICKED`](crate::HANDLER_PANICKED), with the metrics checked before and after.
 async fn invocation<R>(
     adapter: Adapter,
     record: Record,
     handled: impl Future<Output = Result<R, Diagnostic>>,
 ) -> Result<R, Diagnostic> {
+    // A record whose window has passed is written before the handler adds
+    // to what it holds.
+    adapter.flush_metrics(Point::Start);
     // Also a panic in the inner service's `call`, which runs inside this
     // future, not only in the future it returns.
     let result = match AssertUnwindSafe(handled).catch_unwind().await {
         Ok(result) => result,
         Err(payload) => Err(panicked(payload.as_ref())),
     };
-    // After the handler, so the record holds the invocation's statements;
-    // before the answer, which may freeze the process.
-    adapter.flush_metrics(Some(Invocation {
+    // After the handler, so a record holds the invocation's statements;
+    // before the answer, which may freeze the process: the last point at
+    // which a record due now can be written.
+    adapter.flush_metrics(Point::End(Invocation {
         request_id: &record.request_id,
         xray_trace_id: record.xray_trace_id.as_deref(),
     }));

@@ -1,6 +1,8 @@
 //! Graceful shutdown: on SIGTERM or SIGINT the pool is closed (every
-//! connection sends Terminate) and the final metrics record is written,
-//! well within the ~500 ms Lambda allows, then the process exits.
+//! connection sends Terminate) and everything the metrics still hold is
+//! written (with aggregated records, up to a window of invocations that
+//! would otherwise be lost), well within the ~500 ms Lambda allows, then the
+//! process exits.
 //!
 //! Lambda sends the runtime SIGTERM only when an extension is registered, so
 //! a no-op internal extension is registered first, the mechanism of
@@ -16,6 +18,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
 
 use crate::adapter::Adapter;
+use crate::metrics::Point;
 use crate::units::millis;
 
 /// Internal extension names must be unique within a function.
@@ -68,7 +71,7 @@ fn listen(adapter: Adapter) {
         let started = Instant::now();
         tracing::info!(signal = name, "shutting down: closing the pool");
         adapter.close().await;
-        adapter.flush_metrics(None);
+        adapter.flush_metrics(Point::Shutdown);
         tracing::info!(signal = name, duration_ms = millis(started.elapsed()), "shutdown complete");
         std::process::exit(0);
     });

@@ -6,7 +6,10 @@
 //! after restore, its credentials may have expired, and every copy shares
 //! the same random state. So before the snapshot the pool is closed, and
 //! after each restore it is rebuilt and re-warmed, with fresh randomness,
-//! before the runtime asks for the first invocation. Without SnapStart
+//! before the runtime asks for the first invocation. The metrics pending
+//! at the snapshot (INIT's, which belong to the publish) are dropped rather
+//! than written, and none stay in memory for every restored copy to write
+//! again. Without SnapStart
 //! (`AWS_LAMBDA_INITIALIZATION_TYPE` not `snap-start`) `lambda_runtime` never
 //! calls these hooks.
 

@@ -4,7 +4,8 @@
 //! ordering with each other. The few fields that are not counters (timings,
 //! timestamps, percentiles) sit behind mutexes never held across an await.
 //! Percentiles come from HDR histograms of fixed size; the durations since
-//! the last metrics record are kept too, at most [`MAX_SAMPLES`] of each.
+//! the last metrics record are kept too, as distinct values with their
+//! counts ([`Tally`]), every one of them until a record takes them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -12,9 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use hdrhistogram::Histogram;
 
-/// Durations kept between two metrics records, per kind: the most one EMF
-/// record can carry for a metric.
-pub(crate) const MAX_SAMPLES: usize = 100;
+use crate::metrics::Tally;
 
 /// Histograms cover 1 µs to 10 minutes with two significant digits.
 const HISTOGRAM_MAX_MICROS: u64 = 600_000_000;
@@ -147,7 +146,7 @@ struct Times {
     warmup_total: Duration,
     last_failure: Option<SystemTime>,
     /// Warmups since the last metrics record.
-    warmups_pending: Vec<Duration>,
+    warmups_pending: Tally,
 }
 
 /// One kind of duration: a histogram for percentiles, and the values since
@@ -155,14 +154,14 @@ struct Times {
 #[derive(Debug)]
 struct Durations {
     histogram: Histogram<u64>,
-    pending: Vec<Duration>,
+    pending: Tally,
 }
 
 impl Default for Durations {
     fn default() -> Self {
         Self {
             histogram: Histogram::new_with_bounds(1, HISTOGRAM_MAX_MICROS, 2).expect("valid histogram bounds"),
-            pending: Vec::with_capacity(MAX_SAMPLES),
+            pending: Tally::default(),
         }
     }
 }
@@ -171,9 +170,7 @@ impl Durations {
     fn record(&mut self, d: Duration) {
         let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).clamp(1, HISTOGRAM_MAX_MICROS);
         self.histogram.saturating_record(micros);
-        if self.pending.len() < MAX_SAMPLES {
-            self.pending.push(d);
-        }
+        self.pending.add(d);
     }
 
     fn percentiles(&self) -> Percentiles {
@@ -186,9 +183,9 @@ impl Durations {
 /// [`Counters::take_pending`], for one metrics record.
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
-    pub(crate) warmups: Vec<Duration>,
-    pub(crate) checkouts: Vec<Duration>,
-    pub(crate) queries: Vec<Duration>,
+    pub(crate) warmups: Tally,
+    pub(crate) checkouts: Tally,
+    pub(crate) queries: Tally,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -209,9 +206,7 @@ impl Counters {
         let mut times = self.times();
         times.last_warmup = Some(timings);
         times.warmup_total += timings.total;
-        if times.warmups_pending.len() < MAX_SAMPLES {
-            times.warmups_pending.push(timings.total);
-        }
+        times.warmups_pending.add(timings.total);
     }
 
     pub(crate) fn query_took(&self, d: Duration) {
@@ -229,6 +224,15 @@ impl Counters {
             checkouts: std::mem::take(&mut lock(&self.checkout).pending),
             queries: std::mem::take(&mut lock(&self.query).pending),
         }
+    }
+
+    /// Distinct pending values of each duration, in [`Pending`]'s order.
+    pub(crate) fn pending_distinct(&self) -> [usize; 3] {
+        [
+            self.times().warmups_pending.distinct(),
+            lock(&self.checkout).pending.distinct(),
+            lock(&self.query).pending.distinct(),
+        ]
     }
 
     pub(crate) fn failed_now(&self) {
@@ -295,17 +299,15 @@ mod tests {
     }
 
     #[test]
-    fn pending_durations_are_bounded_and_taken_once() {
+    fn pending_durations_are_kept_whole_and_taken_once() {
         let counters = Counters::default();
-        for _ in 0..(MAX_SAMPLES + 50) {
-            counters.checkout_took(Duration::from_micros(10));
+        for i in 0..150 {
+            counters.checkout_took(Duration::from_micros(10 + i % 2));
         }
-        assert_eq!(counters.take_pending().checkouts.len(), MAX_SAMPLES);
+        assert_eq!(counters.pending_distinct(), [0, 2, 0]);
+        let pending = counters.take_pending();
+        assert_eq!((pending.checkouts.distinct(), pending.checkouts.occurrences()), (2, 150), "none dropped");
         assert!(counters.take_pending().checkouts.is_empty());
-        assert_eq!(
-            counters.snapshot(None).checkout_waits.count,
-            (MAX_SAMPLES + 50) as u64,
-            "the histogram keeps counting"
-        );
+        assert_eq!(counters.snapshot(None).checkout_waits.count, 150, "the histogram counts them too");
     }
 }

@@ -107,6 +107,78 @@ pub fn emf_records(output: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The bytes of `output`'s EMF record lines, newlines included: what
+/// CloudWatch Logs would ingest for the metrics.
+#[must_use]
+pub fn emf_bytes(output: &str) -> usize {
+    output
+        .lines()
+        .filter(|line| serde_json::from_str::<Value>(line).is_ok_and(|v| v.get("_aws").is_some()))
+        .map(|line| line.len() + 1)
+        .sum()
+}
+
+/// The values of the duration metric `name` in one EMF record, each with
+/// how often it occurred: EMF's `{"Values":[…],"Counts":[…]}` form, or a
+/// plain array (each value once). Empty when the record has none.
+#[must_use]
+pub fn emf_values(record: &Value, name: &str) -> Vec<(f64, u64)> {
+    let number = |v: &Value| v.as_f64().unwrap_or_else(|| panic!("{name}: not a number in {record}"));
+    match record.get(name) {
+        None => Vec::new(),
+        Some(Value::Array(values)) => values.iter().map(|v| (number(v), 1)).collect(),
+        Some(metric) => {
+            let values = metric["Values"].as_array().unwrap_or_else(|| panic!("{name}: no Values in {record}"));
+            let counts = metric["Counts"].as_array().unwrap_or_else(|| panic!("{name}: no Counts in {record}"));
+            assert_eq!(values.len(), counts.len(), "{name}: as many counts as values: {record}");
+            let count = |c: &Value| c.as_u64().unwrap_or_else(|| panic!("{name}: a count in {record}"));
+            values.iter().zip(counts).map(|(v, c)| (number(v), count(c))).collect()
+        }
+    }
+}
+
+/// What CloudWatch computes from `records` for the duration `name`: how
+/// many values (occurrences), and their sum.
+#[must_use]
+pub fn emf_duration(records: &[Value], name: &str) -> (u64, f64) {
+    records.iter().flat_map(|r| emf_values(r, name)).fold((0, 0.0), |(n, sum), (v, c)| (n + c, sum + v * c as f64))
+}
+
+/// What CloudWatch computes from `records` for the counter `name`: its
+/// sum. Only the records that carry it count (a record that continues the
+/// previous one's values carries no counters).
+#[must_use]
+pub fn emf_sum(records: &[Value], name: &str) -> u64 {
+    records
+        .iter()
+        .filter_map(|r| r.get(name))
+        .map(|v| v.as_u64().unwrap_or_else(|| panic!("{name} is not a count: {v}")))
+        .sum()
+}
+
+/// Checks what CloudWatch requires of a record: every declared metric has
+/// a value, a number or a distribution of 1 to 100 values (EMF's limit),
+/// with its `Timestamp`, namespace `namespace` and the `function_name`
+/// dimension.
+pub fn check_emf_record(record: &Value, namespace: &str) {
+    let directive = &record["_aws"]["CloudWatchMetrics"][0];
+    assert!(record["_aws"]["Timestamp"].as_u64().is_some(), "{record}");
+    assert_eq!(directive["Namespace"], namespace, "{record}");
+    assert_eq!(directive["Dimensions"], serde_json::json!([["function_name"]]), "{record}");
+    assert_eq!(record["function_name"], FUNCTION_NAME, "{record}");
+    for metric in directive["Metrics"].as_array().expect("metrics") {
+        let name = metric["Name"].as_str().expect("name");
+        let unit = metric["Unit"].as_str().expect("unit");
+        assert!(["Count", "Milliseconds"].contains(&unit), "{name}: {unit}");
+        let value = record.get(name).unwrap_or_else(|| panic!("{name} has no value: {record}"));
+        if !value.is_number() {
+            let values = emf_values(record, name);
+            assert!((1..=100).contains(&values.len()), "{name}: {} values: {record}", values.len());
+            assert!(values.iter().all(|(_, count)| *count >= 1), "{name}: {record}");
+        }
+    }
+}
+
 /// The status code of an API Gateway v2 response.
 #[must_use]
 pub fn status(response: &Value) -> i64 {

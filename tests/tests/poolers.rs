@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use integration_tests::inproc::{adapter, context};
 use integration_tests::orders::{
-    get_order, orders_function, post_valid_order, postgres, status, FUNCTION_NAME, MIGRATION, STARTUP,
+    emf_duration, emf_records, emf_sum, emf_values, get_order, orders_function, post_valid_order, postgres, status,
+    FUNCTION_NAME, MIGRATION, STARTUP,
 };
 use integration_tests::pgbouncer::PgBouncer;
 use integration_tests::server_log::Log;
 use integration_tests::{FaultProxy, InvokeOptions, RuntimeApi};
 use runtime_adapter::tokio_postgres::error::SqlState;
 use runtime_adapter::{Adapter, Error};
-use serde_json::Value;
 use tokio::time::Instant;
 
 const GET_ORDER: &str = "SELECT id, item, quantity, created_at FROM orders WHERE id = $1";
@@ -161,7 +161,7 @@ async fn ten_thousand_invocations_from_64_senders_through_the_pooler() {
     let api = RuntimeApi::start_for(FUNCTION_NAME).await;
     let interval_ms = 1000;
     let pool_timeout_ms = 10_000;
-    let function = orders_function(
+    let mut function = orders_function(
         &pg,
         &[
             ("DATABASE_URL", &bouncer.database_url()),
@@ -214,24 +214,18 @@ async fn ten_thousand_invocations_from_64_senders_through_the_pooler() {
     let throughput = total as f64 / elapsed.as_secs_f64();
     eprintln!("measured: {total} invocations, 64 senders, concurrency 16, through PgBouncer: {throughput:.0}/s");
 
-    let records: Vec<Value> = function
-        .output()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v.get("_aws").is_some())
-        .collect();
-    assert!(records.len() >= total, "a record per invocation: {}", records.len());
-    let checks: u64 = records
-        .iter()
-        .map(|r| r["HealthChecksRun"].as_u64().unwrap_or_else(|| panic!("a record without HealthChecksRun: {r}")))
-        .sum();
+    // SIGTERM writes what the aggregated records still held.
+    function.terminate();
+    assert!(function.wait_exit(Duration::from_secs(5)).await.is_some_and(|s| s.success()), "a clean exit");
+    let records = emf_records(&function.output());
+    let invocations = total as u64 + 1;
+    assert_eq!(emf_sum(&records, "invocations"), invocations, "every invocation in some record");
+    assert_eq!(emf_duration(&records, "CheckoutWait").0, invocations, "every checkout's wait, once");
+    eprintln!("measured: {} EMF records for {invocations} invocations", records.len());
+    let checks = emf_sum(&records, "HealthChecksRun");
     assert_eq!(checks, bursts as u64, "exactly one health check each time the interval expired");
-    let slowest_wait = records
-        .iter()
-        .filter_map(|r| r["CheckoutWait"].as_array())
-        .flatten()
-        .filter_map(Value::as_f64)
-        .fold(0.0, f64::max);
+    let slowest_wait =
+        records.iter().flat_map(|r| emf_values(r, "CheckoutWait")).map(|(wait, _)| wait).fold(0.0, f64::max);
     // A pool as large as the concurrency: the only wait is behind the one
     // health check after the interval, itself bounded by its timeout.
     let check_timeout_ms = runtime_adapter::Config::default().health_check_timeout.as_millis() as f64;

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use integration_tests::orders::{
-    get_order, orders_function, post_valid_order, postgres_watching_closes, status, FUNCTION_NAME, STARTUP,
+    emf_duration, emf_records, emf_sum, get_order, orders_function, post_valid_order, postgres_watching_closes, status,
+    FUNCTION_NAME, STARTUP,
 };
 use integration_tests::server_log::Log;
 use integration_tests::{FaultProxy, Function, Postgres, RuntimeApi};
@@ -28,7 +29,7 @@ async fn at_snapshot(pg: &Postgres, env: &[(&str, &str)]) -> (RuntimeApi, Functi
 #[tokio::test]
 async fn the_pool_is_closed_before_the_snapshot_and_rewarmed_before_the_first_invocation() {
     let pg = postgres_watching_closes().await;
-    let (api, function) = at_snapshot(&pg, &[("AWS_LAMBDA_MAX_CONCURRENCY", "2")]).await;
+    let (api, mut function) = at_snapshot(&pg, &[("AWS_LAMBDA_MAX_CONCURRENCY", "2")]).await;
 
     // INIT warmed as usual (both phases), then closed everything cleanly.
     let init = Log::new(pg.read_log());
@@ -65,8 +66,22 @@ async fn the_pool_is_closed_before_the_snapshot_and_rewarmed_before_the_first_in
     let first = Log::new(pg.log_since(mark)).counts();
     assert_eq!((first.connections, first.parses), (0, 0), "the first invocation opens nothing and prepares nothing");
     eprintln!("measured: restore to first answer {:?}", restored.elapsed());
-    let records = function.output().lines().filter(|l| l.contains("\"ColdStart\":1")).count();
-    assert_eq!(records, 1, "the first invocation after restore is the cold start");
+    assert!(emf_records(&function.output()).is_empty(), "the publish wrote no metrics: INIT's were dropped");
+    for _ in 0..4 {
+        assert_eq!(status(api.invoke(get_order("1")).await.response()), 200);
+    }
+
+    // SIGTERM writes what the aggregated records held: the restored
+    // environment's activity alone, nothing from before the snapshot (which
+    // every restored copy would otherwise report again).
+    function.terminate();
+    assert!(function.wait_exit(Duration::from_secs(5)).await.is_some_and(|s| s.success()), "a clean exit");
+    let records = emf_records(&function.output());
+    assert_eq!(emf_sum(&records, "invocations"), 5, "{records:?}");
+    assert_eq!(emf_sum(&records, "ColdStart"), 1, "the restored environment's cold start");
+    assert_eq!(emf_duration(&records, "WarmupDuration").0, 1, "the restore's warmup, not INIT's: {records:?}");
+    assert_eq!(emf_sum(&records, "ConnectAttempts"), 2, "the restore's two connections, not INIT's: {records:?}");
+    assert_eq!(emf_duration(&records, "QueryDuration").0, 5);
 }
 
 #[tokio::test]

@@ -1,14 +1,16 @@
 //! The local demo (`scripts/demo`): the `orders` function against a
 //! throwaway PostgreSQL, driven through the emulated Lambda Runtime API.
 //! Prints INIT time, then each invocation's answer and latency, cold first
-//! and then warm, what the server saw, and one of the CloudWatch EMF records
-//! the function wrote, pretty-printed. The function's own output (its logs
-//! and every EMF record) goes to a log file whose path the demo prints.
+//! and then warm, what the server saw, then ends the environment with
+//! SIGTERM (as Lambda does) and shows the CloudWatch EMF record the function
+//! wrote for all of them, pretty-printed, with its size. The function's own
+//! output (its logs and every EMF record) goes to a log file whose path the
+//! demo prints.
 
 use std::time::{Duration, Instant};
 
 use integration_tests::orders::{
-    get_order, orders_function, post_valid_order, postgres, status, FUNCTION_NAME, MIGRATION, STARTUP,
+    emf_bytes, get_order, orders_function, post_valid_order, postgres, status, FUNCTION_NAME, MIGRATION, STARTUP,
 };
 use integration_tests::server_log::Log;
 use integration_tests::{Invocation, RuntimeApi};
@@ -29,7 +31,7 @@ async fn main() {
 
     let api = RuntimeApi::start_for(FUNCTION_NAME).await;
     let started = Instant::now();
-    let function = orders_function(&pg, &[("AWS_LAMBDA_LOG_LEVEL", "info")]).log_file(&log).spawn(&api);
+    let mut function = orders_function(&pg, &[("AWS_LAMBDA_LOG_LEVEL", "info")]).log_file(&log).spawn(&api);
     if !api.wait_next_polls(1, STARTUP).await {
         eprintln!("orders never reached its runtime loop; its output:\n{}", function.output());
         std::process::exit(1);
@@ -56,17 +58,25 @@ async fn main() {
     println!("  health checks:    {}", counts.health_checks);
     println!("  statements run:   {} (the bad request ran none)", counts.executes);
 
-    // One EMF record per invocation on the function's stdout: CloudWatch
-    // turns each into metrics. The first carries the cold start and INIT.
-    let records: Vec<Value> = function
-        .stdout()
+    // The metrics are aggregated over a minute: SIGTERM, as Lambda sends it
+    // when it ends an environment, writes what is pending.
+    function.terminate();
+    if function.wait_exit(Duration::from_secs(5)).await.is_none() {
+        eprintln!("orders did not exit after SIGTERM");
+    }
+    // CloudWatch turns each EMF record on stdout into metrics. The first
+    // carries the cold start and INIT.
+    let stdout = function.stdout();
+    let records: Vec<Value> = stdout
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|record| record.get("_aws").is_some())
         .collect();
+    let bytes = emf_bytes(&stdout);
     println!(
-        "\nthe function wrote {} CloudWatch EMF records (one per invocation); the first, as CloudWatch receives it:",
-        records.len()
+        "\nafter SIGTERM, the function had written {} CloudWatch EMF record(s) for its {invocations} invocations, {bytes} bytes ({:.0} per invocation); the first, as CloudWatch receives it:",
+        records.len(),
+        bytes as f64 / invocations as f64
     );
     match records.first() {
         Some(record) => println!("{}", pretty(record, 0)),
