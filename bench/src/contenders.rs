@@ -19,7 +19,7 @@ pub(crate) const ORDER_ID: &str = "1";
 pub(crate) enum Contender {
     /// The real `orders` binary on runtime-adapter.
     Adapter,
-    /// The same with `DB_METRICS=off`: what the per-invocation EMF record costs.
+    /// The same with `DB_METRICS=off`: what recording the EMF metrics costs an invocation.
     AdapterMetricsOff,
     /// The `orders-axum` example: the same API as an axum Router on
     /// lambda_http under the lifecycle layer (cold starts only).
