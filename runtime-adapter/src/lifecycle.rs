@@ -197,7 +197,7 @@ where
     fn call(&mut self, event: LambdaEvent<T>) -> Self::Future {
         let mut inner = self.take_ready();
         let record = Record::of(&event.context);
-        let handled = async move { inner.call(event).await.map_err(Into::into) };
+        let handled = Box::pin(async move { inner.call(event).await.map_err(Into::into) });
         Box::pin(invocation(self.adapter.clone(), record, handled))
     }
 }
@@ -222,13 +222,13 @@ where
         let mut inner = self.take_ready();
         let record = request.extensions().get::<Context>().map(Record::of).unwrap_or_default();
         request.extensions_mut().insert(self.adapter.clone());
-        let handled = async move {
+        let handled = Box::pin(async move {
             let mut response = inner.call(request).await.map_err(Into::into)?;
             match response.extensions_mut().remove::<Failed>() {
                 Some(Failed(diagnostic)) => Err(diagnostic),
                 None => Ok(response.map(|body| ResponseBody(Mutex::new(body)))),
             }
-        };
+        });
         Box::pin(invocation(self.adapter.clone(), record, handled))
     }
 }
@@ -278,6 +278,11 @@ impl Record {
 
 /// One invocation: the handler, a panic in it answered as
 /// [`HANDLER_PANICKED`](crate::HANDLER_PANICKED), then the metrics record.
+///
+/// `handled` comes boxed: a handler's future is large (kilobytes: the
+/// gate, the statements, the handler's own state), and held inline it would
+/// be stored twice here (as the argument, and inside `catch_unwind`) and
+/// copied whole at each move, several times per invocation.
 async fn invocation<R>(
     adapter: Adapter,
     record: Record,
