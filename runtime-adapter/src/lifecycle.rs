@@ -30,7 +30,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context as TaskContext, Poll};
 
-use futures_util::FutureExt as _;
+use futures_util::future;
+use futures_util::{FutureExt as _, TryFutureExt as _};
 use lambda_runtime::layers::TracingLayer;
 use lambda_runtime::tower::{Layer, Service};
 use lambda_runtime::{Context, Diagnostic, LambdaEvent, LambdaInvocation, Runtime, SnapStartResource};
@@ -197,7 +198,11 @@ where
     fn call(&mut self, event: LambdaEvent<T>) -> Self::Future {
         let mut inner = self.take_ready();
         let record = Record::of(&event.context);
-        let handled = Box::pin(async move { inner.call(event).await.map_err(Into::into) });
+        // `lazy`: the inner service is called at the first poll, inside
+        // `catch_unwind` (a panic in its `call` is answered too), and
+        // `flatten` overlaps the call's arguments (the event, 1.7 KB for
+        // API Gateway) with its future, where an `async` block would hold both.
+        let handled = Box::pin(future::lazy(move |_| inner.call(event)).flatten().map_err(Into::into));
         Box::pin(invocation(self.adapter.clone(), record, handled))
     }
 }
