@@ -262,7 +262,8 @@ impl Adapter {
     /// As [`checkout`](Self::checkout), setting `skipped` when the gate
     /// found no health check due (and clearing it when one ran).
     async fn checkout_noting(&self, until: Deadline, skipped: &AtomicBool) -> Result<Conn, Error> {
-        let mut retrier = self.retrier(until);
+        // Made at the first failure: most checkouts never need one.
+        let mut retrier: Option<Retrier> = None;
         loop {
             // The generation the checkout was tried on, if it got that far.
             let mut tried = None;
@@ -276,12 +277,15 @@ impl Adapter {
                 // A concurrent invocation replaced the pool while this one
                 // waited on it; the replacement is warm.
                 Err(Error::PoolClosed) => continue,
+                // Boxed, as a path taken only when the server is out of
+                // slots: inline, its future (a second gate and checkout)
+                // would double the size of every invocation's future.
                 Err(error) if error.kind() == ErrorKind::TooManyConnections => {
-                    return self.exhausted(error, tried, until, skipped).await
+                    return Box::pin(self.exhausted(error, tried, until, skipped)).await
                 }
                 Err(error) if error.is_transient() => {
                     self.shared.counters.failed_now();
-                    retrier.backoff(error, Step::Checkout).await?;
+                    retrier.get_or_insert_with(|| self.retrier(until)).backoff(error, Step::Checkout).await?;
                 }
                 Err(error) => {
                     self.shared.counters.failed_now();

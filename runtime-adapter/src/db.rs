@@ -182,7 +182,8 @@ impl Db {
     }
 
     async fn run<O: Op>(&self, retry: Retry, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<O::Out, Error> {
-        let mut retrier = self.retrier();
+        // Made at the first failure: most statements never need one.
+        let mut retrier: Option<Retrier> = None;
         let mut recovery = Recovery::default();
         loop {
             let conn = self.connection().await?;
@@ -190,7 +191,7 @@ impl Db {
             let statement = match prepare(&self.adapter, &conn, sql, self.until).await {
                 Ok(statement) => statement,
                 Err(error) if error.is_transient() => {
-                    retrier.backoff(error, Step::Statement).await?;
+                    retrier.get_or_insert_with(|| self.retrier()).backoff(error, Step::Statement).await?;
                     continue;
                 }
                 Err(error) => return Err(error),
@@ -199,14 +200,18 @@ impl Db {
                 Ok(out) => return Ok(out),
                 Err(error) => error,
             };
-            if recovery.again(self, &conn, &error).await? {
+            // Boxed, as every path taken only after a failure: inline, a
+            // failover's pool build would be part of every statement's future.
+            if Box::pin(recovery.again(self, &conn, &error)).await? {
                 continue;
             }
             if !error.is_transient() {
                 return Err(error);
             }
             match retry {
-                Retry::Idempotent => retrier.backoff(error, Step::IdempotentStatement).await?,
+                Retry::Idempotent => {
+                    retrier.get_or_insert_with(|| self.retrier()).backoff(error, Step::IdempotentStatement).await?;
+                }
                 // Sent, and then the connection failed: it may have run.
                 Retry::BeforeSend => return Err(Error::OutcomeUnknown { source: Box::new(error) }),
             }
@@ -252,7 +257,9 @@ impl Db {
                 None => {}
             }
         }
-        let fresh = Arc::new(self.adapter.checkout(self.until).await?);
+        // Boxed: only a replaced connection takes this path, and the gate's
+        // future inline would make every statement's future carry it.
+        let fresh = Arc::new(Box::pin(self.adapter.checkout(self.until)).await?);
         let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(slot.get_or_insert(fresh).clone())
     }
@@ -389,23 +396,25 @@ pub(crate) async fn execute<O: Op>(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let work = conn.sent(statement::run::<O>(conn, sql, prepared, params));
+    // Pinned where it is made: a local moved into `pin!` would be a second
+    // copy of the statement's future in this one's state.
+    let mut work = std::pin::pin!(conn.sent(statement::run::<O>(conn, sql, prepared, params)));
     let result = match stop {
         Some(stop) => {
-            let mut work = std::pin::pin!(work);
-            match tokio::time::timeout_at(stop, work.as_mut()).await {
-                Ok(result) => result,
-                Err(_) => {
+            match conn.within(stop, work.as_mut()).await {
+                Some(result) => result,
+                None => {
                     // Cancel it, and wait (briefly) for its answer, so that
                     // the session is idle again and the connection reusable;
                     // if that does not come in time, dropping the statement
-                    // marks the connection for closing.
+                    // marks the connection for closing. Boxed, as a path
+                    // taken only at the deadline.
                     let budget = CANCEL_TIMEOUT.min(config.deadline_margin / 2);
                     let settled = async {
                         cancel(conn, budget).await;
                         work.as_mut().await
                     };
-                    let _ = tokio::time::timeout(budget, settled).await;
+                    let _ = Box::pin(tokio::time::timeout(budget, settled)).await;
                     return Err(if statement_timeout == Some(stop) {
                         Error::StatementTimeout { after: client_timeout }
                     } else {

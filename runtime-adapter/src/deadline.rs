@@ -11,6 +11,7 @@
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::future::{Either, FutureExt as _};
 use tokio::time::Instant;
 
 use lambda_runtime::Context;
@@ -54,15 +55,24 @@ impl Deadline {
 
     /// Runs `future`, but no later than the deadline: then it is dropped and
     /// `step` reported as timed out.
-    pub(crate) async fn bound<T>(self, step: Step, future: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    ///
+    /// Not an `async fn`: one would hold `future` twice, as its argument and
+    /// inside the timeout, and every caller's future (the gate's, on every
+    /// invocation's path) would carry and copy both.
+    pub(crate) fn bound<T, F>(self, step: Step, future: F) -> impl Future<Output = Result<T, Error>>
+    where
+        F: Future<Output = Result<T, Error>>,
+    {
         match self.0 {
             Some(until) => {
                 let started = Instant::now();
-                tokio::time::timeout_at(until, future)
-                    .await
-                    .unwrap_or_else(|_| Err(Error::Timeout { step, after: started.elapsed() }))
+                let timed = tokio::time::timeout_at(until, future);
+                Either::Left(
+                    timed
+                        .map(move |out| out.unwrap_or_else(|_| Err(Error::Timeout { step, after: started.elapsed() }))),
+                )
             }
-            None => future.await,
+            None => Either::Right(future),
         }
     }
 }

@@ -25,12 +25,15 @@
 
 use std::future::Future;
 use std::ops::Deref;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
+use std::task::{Context as TaskContext, Poll, Waker};
 
 use deadpool::managed;
 use deadpool_postgres::ClientWrapper;
 use tokio::task::JoinHandle;
+use tokio::time::{Instant, Sleep};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::cancel::CancelTarget;
@@ -63,6 +66,8 @@ pub(crate) struct Connection {
     /// requests use too: kept here, not looked up in the pool, which may be
     /// gone by the time a cancel is sent.
     tls: MakeRustlsConnect,
+    /// The timer that bounds its statements, kept between them.
+    timer: KeptTimer,
 }
 
 impl Connection {
@@ -72,7 +77,7 @@ impl Connection {
         statements: Cache,
         tls: MakeRustlsConnect,
     ) -> Self {
-        Self { client, state: SessionState::default(), cancel_target, statements, tls }
+        Self { client, state: SessionState::default(), cancel_target, statements, tls, timer: KeptTimer::default() }
     }
 
     pub(crate) fn statements(&self) -> &Cache {
@@ -100,6 +105,12 @@ impl Connection {
         &self.state
     }
 
+    /// Polls `work` until it completes (`Some` of its output) or `stop`
+    /// comes (`None`), on this connection's kept timer; see [`KeptTimer`].
+    pub(crate) async fn within<F: Future>(&self, stop: Instant, work: Pin<&mut F>) -> Option<F::Output> {
+        self.timer.within(stop, work).await
+    }
+
     /// Runs `work`, which sends to the server, counted as in flight until it
     /// completes; dropped before that, it leaves the session unknown.
     pub(crate) async fn sent<F: Future>(&self, work: F) -> F::Output {
@@ -125,6 +136,49 @@ impl Deref for Connection {
 
     fn deref(&self) -> &ClientWrapper {
         &self.client
+    }
+}
+
+/// A timer kept between the statements of one connection and reset to each
+/// one's stop.
+///
+/// A new tokio timer per statement costs a thread wake-up whenever no other
+/// timer is due earlier, which on a warm invocation is always: the
+/// runtime's driver, parked without a timeout, must be woken to take the new
+/// one (an eventfd write and futex calls, on every invocation). A kept timer
+/// moved to a later instant, as each invocation's deadline is, is only an
+/// atomic update; the driver wakes once at the earlier instant and files it
+/// again. An earlier instant registers it anew, as a new timer would be.
+/// Statements run concurrently on one connection (pipelined) find the timer
+/// taken and make their own.
+#[derive(Debug, Default)]
+pub(crate) struct KeptTimer(Mutex<Option<Pin<Box<Sleep>>>>);
+
+impl KeptTimer {
+    /// Polls `work` until it completes (`Some` of its output) or `stop`
+    /// comes (`None`; `work` is left as it is, for the caller to cancel).
+    pub(crate) async fn within<F: Future>(&self, stop: Instant, mut work: Pin<&mut F>) -> Option<F::Output> {
+        let kept = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let mut timer = match kept {
+            Some(mut timer) => {
+                timer.as_mut().reset(stop);
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(stop)),
+        };
+        let out = std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = work.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            timer.as_mut().poll(cx).map(|()| None)
+        })
+        .await;
+        // The timer keeps the last waker it was polled with until it fires:
+        // give it one that holds no task, so that a finished invocation's
+        // task is not kept alive by it.
+        let _ = timer.as_mut().poll(&mut TaskContext::from_waker(Waker::noop()));
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(timer);
+        out
     }
 }
 
@@ -365,3 +419,61 @@ fn close<M: Keeper>(object: managed::Object<M>) {
 
 /// Bounds each step of rolling back an abandoned session.
 const CLEANUP_STEP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Runs `work` within `stop` on `timer`; returns whether it completed,
+    /// and when it returned.
+    async fn run(timer: &KeptTimer, stop: Instant, work: impl Future<Output = ()>) -> (bool, Instant) {
+        let work = std::pin::pin!(work);
+        let done = timer.within(stop, work).await.is_some();
+        (done, Instant::now())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kept_timer_stops_each_statement_at_its_own_stop() {
+        let timer = KeptTimer::default();
+        let ms = Duration::from_millis;
+        let never = std::future::pending::<()>;
+
+        // A first statement: a new timer, fired at its stop.
+        let stop = Instant::now() + ms(100);
+        assert_eq!(run(&timer, stop, never()).await, (false, stop));
+
+        // The fired timer, reset to an earlier remaining time.
+        let stop = Instant::now() + ms(50);
+        assert_eq!(run(&timer, stop, never()).await, (false, stop));
+
+        // A statement that answers first leaves the timer armed and unfired.
+        let stop = Instant::now() + ms(1_000);
+        let answered = tokio::time::sleep(ms(10));
+        assert!(run(&timer, stop, answered).await.0);
+
+        // Moved later (the next invocation's deadline): no firing at the
+        // earlier instant, only at the new one.
+        let later = Instant::now() + ms(5_000);
+        assert_eq!(run(&timer, later, never()).await, (false, later));
+
+        // Armed far ahead, then moved earlier: fires at the earlier one.
+        let far = Instant::now() + ms(60_000);
+        assert!(run(&timer, far, tokio::time::sleep(ms(1))).await.0);
+        let soon = Instant::now() + ms(20);
+        assert_eq!(run(&timer, soon, never()).await, (false, soon));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_statements_each_get_a_timer() {
+        let timer = KeptTimer::default();
+        let now = Instant::now();
+        let (first, second) = tokio::join!(
+            run(&timer, now + Duration::from_millis(30), std::future::pending()),
+            run(&timer, now + Duration::from_millis(70), std::future::pending()),
+        );
+        assert_eq!(first, (false, now + Duration::from_millis(30)));
+        assert_eq!(second, (false, now + Duration::from_millis(70)));
+    }
+}

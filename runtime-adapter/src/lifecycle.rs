@@ -31,7 +31,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context as TaskContext, Poll};
 
-use futures_util::FutureExt as _;
+use futures_util::future;
+use futures_util::{FutureExt as _, TryFutureExt as _};
 use lambda_runtime::layers::TracingLayer;
 use lambda_runtime::tower::{Layer, Service};
 use lambda_runtime::{Context, Diagnostic, LambdaEvent, LambdaInvocation, Runtime, SnapStartResource};
@@ -198,7 +199,11 @@ where
     fn call(&mut self, event: LambdaEvent<T>) -> Self::Future {
         let mut inner = self.take_ready();
         let record = Record::of(&event.context);
-        let handled = async move { inner.call(event).await.map_err(Into::into) };
+        // `lazy`: the inner service is called at the first poll, inside
+        // `catch_unwind` (a panic in its `call` is answered too), and
+        // `flatten` overlaps the call's arguments (the event, 1.7 KB for
+        // API Gateway) with its future, where an `async` block would hold both.
+        let handled = Box::pin(future::lazy(move |_| inner.call(event)).flatten().map_err(Into::into));
         Box::pin(invocation(self.adapter.clone(), record, handled))
     }
 }
@@ -223,13 +228,13 @@ where
         let mut inner = self.take_ready();
         let record = request.extensions().get::<Context>().map(Record::of).unwrap_or_default();
         request.extensions_mut().insert(self.adapter.clone());
-        let handled = async move {
+        let handled = Box::pin(async move {
             let mut response = inner.call(request).await.map_err(Into::into)?;
             match response.extensions_mut().remove::<Failed>() {
                 Some(Failed(diagnostic)) => Err(diagnostic),
                 None => Ok(response.map(|body| ResponseBody(Mutex::new(body)))),
             }
-        };
+        });
         Box::pin(invocation(self.adapter.clone(), record, handled))
     }
 }
@@ -279,6 +284,11 @@ impl Record {
 
 /// One invocation: the handler, a panic in it answered as
 /// [`HANDLER_PANICKED`](crate::HANDLER_PANICKED), with the metrics checked before and after.
+///
+/// `handled` comes boxed: a handler's future is large (kilobytes: the
+/// gate, the statements, the handler's own state), and held inline it would
+/// be stored twice here (as the argument, and inside `catch_unwind`) and
+/// copied whole at each move, several times per invocation.
 async fn invocation<R>(
     adapter: Adapter,
     record: Record,

@@ -1,0 +1,210 @@
+//! `warm-path`: warm invocations of a few function binaries side by side,
+//! for comparing two builds of the adapter with each other and with the bare
+//! client on the same loaded machine (issue 18, "Warm path: where the CPU
+//! went" in BENCHMARKS.md). The warm part of `scripts/bench` only, with the
+//! contenders given on the command line, so that an `orders` built before a
+//! change and one built after run interleaved in one run.
+//!
+//! ```sh
+//! warm-path [--rounds N] [--warmup N] [--pause-ms MS] [--pids FILE] [--exec-before CMD] [--exec-after CMD] LABEL=PATH[@KEY=VALUE]...
+//! warm-path old=/tmp/orders-old@DB_METRICS=off new=target/release/orders@DB_METRICS=off \
+//!           bare=target/release/bench-contender@BENCH_STRATEGY=bare
+//! ```
+//!
+//! Each round invokes every contender once (`GET /orders/1`), in a new random
+//! order, with a pause after each invocation as `scripts/bench` does. Prints,
+//! per contender, latency percentiles and the function process's CPU per
+//! invocation over the measured rounds (`/proc/<pid>/task/*/schedstat`).
+//! `--pids FILE` writes `LABEL PID` lines once every contender is warm, for
+//! `perf record -p PID` during the measured rounds. `--exec-before CMD` and
+//! `--exec-after CMD` run `sh -c CMD` (after the pids file is written) just
+//! before and just after the measured rounds: `callgrind_control -z` and
+//! `callgrind_control -d` for a function run under callgrind, say.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use integration_tests::orders::{get_order, MIGRATION};
+use integration_tests::{Function, InvokeOptions, Outcome, Postgres, RuntimeApi, APP_DATABASE, APP_PASSWORD, APP_USER};
+
+struct Spec {
+    label: String,
+    program: PathBuf,
+    env: Vec<(String, String)>,
+    /// `@DEADLINE_MS=N`: the deadline sent with every invocation (epoch
+    /// milliseconds; `600000` is cargo lambda's, which the adapter treats
+    /// as no deadline), instead of now + 30 s.
+    deadline_ms: Option<u64>,
+}
+
+struct Plan {
+    rounds: usize,
+    warmup: usize,
+    pause: Duration,
+    pids: Option<PathBuf>,
+    before: Option<String>,
+    after: Option<String>,
+    specs: Vec<Spec>,
+}
+
+fn usage(problem: &str) -> ! {
+    eprintln!("warm-path: {problem}");
+    eprintln!("usage: warm-path [--rounds N] [--warmup N] [--pause-ms MS] [--pids FILE] [--exec-before CMD] [--exec-after CMD] LABEL=PATH[@KEY=VALUE]...");
+    std::process::exit(2)
+}
+
+fn parse_args() -> Plan {
+    let mut plan = Plan {
+        rounds: 2000,
+        warmup: 200,
+        pause: Duration::from_millis(2),
+        pids: None,
+        before: None,
+        after: None,
+        specs: Vec::new(),
+    };
+    let mut args = std::env::args().skip(1);
+    let number = |value: Option<String>, what: &str| -> u64 {
+        value.and_then(|v| v.parse().ok()).unwrap_or_else(|| usage(&format!("{what} needs a number")))
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--rounds" => plan.rounds = number(args.next(), "--rounds") as usize,
+            "--warmup" => plan.warmup = number(args.next(), "--warmup") as usize,
+            "--pause-ms" => plan.pause = Duration::from_millis(number(args.next(), "--pause-ms")),
+            "--exec-before" => {
+                plan.before = Some(args.next().unwrap_or_else(|| usage("--exec-before needs a command")))
+            }
+            "--exec-after" => plan.after = Some(args.next().unwrap_or_else(|| usage("--exec-after needs a command"))),
+            "--pids" => plan.pids = Some(args.next().unwrap_or_else(|| usage("--pids needs a file")).into()),
+            spec => {
+                let (label, rest) = spec.split_once('=').unwrap_or_else(|| usage(&format!("`{spec}`: LABEL=PATH")));
+                let mut parts = rest.split('@');
+                let program = PathBuf::from(parts.next().unwrap_or_default());
+                let mut env = Vec::new();
+                let mut deadline_ms = None;
+                for kv in parts {
+                    let (k, v) = kv.split_once('=').unwrap_or_else(|| usage(&format!("`{kv}`: KEY=VALUE")));
+                    if k == "DEADLINE_MS" {
+                        deadline_ms = Some(number(Some(v.to_owned()), "DEADLINE_MS"));
+                    } else {
+                        env.push((k.to_owned(), v.to_owned()));
+                    }
+                }
+                plan.specs.push(Spec { label: label.to_owned(), program, env, deadline_ms });
+            }
+        }
+    }
+    if plan.specs.is_empty() {
+        usage("no contender given");
+    }
+    plan
+}
+
+/// CPU nanoseconds and timeslices over every thread of `pid`.
+fn cpu_of(pid: u32) -> (u64, u64) {
+    let mut total = (0, 0);
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return total };
+    for task in tasks.flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
+        let fields: Vec<u64> = text.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+        if let [on_cpu, _, slices] = fields[..] {
+            total.0 += on_cpu;
+            total.1 += slices;
+        }
+    }
+    total
+}
+
+/// Runs `command` with `sh -c`, if given, and waits for it.
+fn run(command: Option<&str>) {
+    if let Some(command) = command {
+        match std::process::Command::new("sh").arg("-c").arg(command).status() {
+            Ok(status) if status.success() => {}
+            other => eprintln!("warm-path: `{command}`: {other:?}"),
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() {
+    let plan = parse_args();
+    let pg = Postgres::builder().setting("log_statement", "none").start().await;
+    pg.apply_sql_as_app(MIGRATION).await;
+    pg.apply_sql_as_app("INSERT INTO orders (item, quantity) VALUES ('coffee beans', 2)").await;
+    let url = format!("postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/{APP_DATABASE}", pg.port());
+
+    let mut running = Vec::new();
+    for (i, spec) in plan.specs.iter().enumerate() {
+        let name = format!("warm-path-{i}");
+        let api = RuntimeApi::start_for(&name).await;
+        let mut builder = Function::builder(&spec.program)
+            .name(&name)
+            .env("DATABASE_URL", &url)
+            .log_file(std::env::temp_dir().join(format!("{name}.log")));
+        for (k, v) in &spec.env {
+            builder = builder.env(k, v);
+        }
+        let function = builder.spawn(&api);
+        assert!(api.wait_next_polls(1, Duration::from_secs(30)).await, "{} never reached its loop", spec.label);
+        running.push((api, function));
+    }
+    let event = get_order("1");
+    let mut order: Vec<usize> = (0..running.len()).collect();
+    let mut samples = vec![Vec::with_capacity(plan.rounds); running.len()];
+    let mut before = Vec::new();
+    for round in 0..plan.warmup + plan.rounds {
+        if round == plan.warmup {
+            before = running.iter().map(|(_, f)| cpu_of(f.pid())).collect();
+            if let Some(path) = &plan.pids {
+                let lines: String =
+                    plan.specs.iter().zip(&running).map(|(s, (_, f))| format!("{} {}\n", s.label, f.pid())).collect();
+                std::fs::write(path, lines).expect("write the pids file");
+            }
+            run(plan.before.as_deref());
+            eprintln!("warm-path: measuring {} rounds", plan.rounds);
+        }
+        fastrand::shuffle(&mut order);
+        for &i in &order {
+            let options = match plan.specs[i].deadline_ms {
+                Some(ms) => InvokeOptions::default().deadline_ms(ms),
+                None => InvokeOptions::default(),
+            };
+            let invocation = running[i].0.invoke_with(event.clone(), options).await;
+            let ok = matches!(&invocation.outcome, Outcome::Response(r) if r["statusCode"].as_i64() == Some(200));
+            assert!(ok, "{} did not answer 200: {:?}", plan.specs[i].label, invocation.outcome);
+            if round >= plan.warmup {
+                samples[i].push(invocation.latency);
+            }
+            tokio::time::sleep(plan.pause).await;
+        }
+    }
+    run(plan.after.as_deref());
+    let n = plan.rounds as f64;
+    println!("| contender | n | p50 ms | p95 ms | p99 ms | mean ms | function CPU µs | slices |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (i, spec) in plan.specs.iter().enumerate() {
+        let (cpu, slices) = cpu_of(running[i].1.pid());
+        let (cpu, slices) = (cpu - before[i].0, slices - before[i].1);
+        let mut sorted = samples[i].clone();
+        sorted.sort();
+        let mean = sorted.iter().sum::<Duration>() / sorted.len() as u32;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} | {:.2} |",
+            spec.label,
+            sorted.len(),
+            ms(percentile(&sorted, 0.5)),
+            ms(percentile(&sorted, 0.95)),
+            ms(percentile(&sorted, 0.99)),
+            ms(mean),
+            cpu as f64 / n / 1000.0,
+            slices as f64 / n,
+        );
+    }
+}
