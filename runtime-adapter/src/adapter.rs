@@ -10,6 +10,7 @@
 //! background, beside the pool in use, and no invocation waits for it
 //! unless it is still not built a grace later ([`refresh_grace`]).
 
+use futures_util::future::BoxFuture;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
@@ -488,6 +489,21 @@ impl Adapter {
             }
         }
 
+        self.maintain(until, skipped).await
+    }
+
+    /// The gate's slow path, under the maintenance lock: warm, refresh,
+    /// check, rebuild. Boxed and type-erased: rare, and its future (a pool
+    /// build, a health check, deadpool's checkout inside) would otherwise
+    /// add kilobytes, and a deep type, to every invocation's future.
+    fn maintain<'a>(&'a self, until: Deadline, skipped: &'a AtomicBool) -> BoxFuture<'a, Result<Arc<WarmPool>, Error>> {
+        Box::pin(async move { self.maintain_inline(until, skipped).await })
+    }
+
+    async fn maintain_inline(&self, until: Deadline, skipped: &AtomicBool) -> Result<Arc<WarmPool>, Error> {
+        let shared = &self.shared;
+        let interval = shared.config.health_check_interval;
+        let grace = refresh_grace(shared.config.max_age);
         let _flight = shared.maintenance.lock().await;
         // Whatever made this invocation wait may have done the work already.
         let Some(mut pool) = shared.current() else {
