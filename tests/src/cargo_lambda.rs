@@ -41,6 +41,17 @@ const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Inherited variables with these prefixes are not passed to the watcher.
 const SCRUBBED_PREFIXES: [&str; 3] = ["DB_", "DATABASE_URL", "AWS_LAMBDA_"];
 
+/// The examples' features for `cargo run` under `cargo lambda watch`: those
+/// the workspace build of the tests gave the binaries (`scripts/test`), so
+/// that the watcher's build of `orders`, written to the same
+/// `target/debug/orders`, does not replace it with one lacking the AWS
+/// features while later tests (`credentials`) run it.
+const WATCH_FEATURES: &[&str] = if cfg!(feature = "aws") {
+    &["--features", "example-functions/secrets-manager,example-functions/iam-auth"]
+} else {
+    &[]
+};
+
 /// The workspace root (where `Cargo.toml`, `template.yaml` and `.venv/` are).
 #[must_use]
 pub fn workspace_root() -> PathBuf {
@@ -113,6 +124,7 @@ impl Watch {
         let mut cmd = Command::new(executable());
         cmd.args(["lambda", "watch", "--invoke-address", "127.0.0.1", "--invoke-port", &port.to_string()])
             .args(["--ignore-changes", "--package", "example-functions"])
+            .args(WATCH_FEATURES)
             .current_dir(workspace_root())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
