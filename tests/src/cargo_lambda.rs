@@ -83,6 +83,27 @@ pub fn executable() -> PathBuf {
 /// `cargo metadata` reads it; empty if there is none.
 #[must_use]
 pub fn metadata_env() -> BTreeMap<String, String> {
+    let metadata = lambda_metadata();
+    let Some(env) = metadata["env"].as_object() else { return BTreeMap::new() };
+    env.iter()
+        .map(|(key, value)| (key.clone(), value.as_str().unwrap_or_else(|| panic!("{key} is not a string")).to_owned()))
+        .collect()
+}
+
+/// The cargo features `cargo lambda build --bin <binary>` (and so `sam
+/// build`) adds for one example binary: its
+/// `[package.metadata.lambda.bin.<binary>.build]` table's `features`, as
+/// cargo-lambda 1.9.2 reads them; empty if there are none.
+#[must_use]
+pub fn build_features(binary: &str) -> Vec<String> {
+    let metadata = lambda_metadata();
+    let Some(features) = metadata["bin"][binary]["build"]["features"].as_array() else { return Vec::new() };
+    features.iter().map(|f| f.as_str().unwrap_or_else(|| panic!("{binary}: {f} is not a string")).to_owned()).collect()
+}
+
+/// `example-functions`' `[package.metadata.lambda]`, as `cargo metadata`
+/// reads it (null if there is none).
+fn lambda_metadata() -> Value {
     let out = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
         .current_dir(workspace_root())
@@ -94,10 +115,7 @@ pub fn metadata_env() -> BTreeMap<String, String> {
         .as_array()
         .and_then(|packages| packages.iter().find(|p| p["name"] == "example-functions"))
         .expect("example-functions is a workspace member");
-    let Some(env) = package["metadata"]["lambda"]["env"].as_object() else { return BTreeMap::new() };
-    env.iter()
-        .map(|(key, value)| (key.clone(), value.as_str().unwrap_or_else(|| panic!("{key} is not a string")).to_owned()))
-        .collect()
+    package["metadata"]["lambda"].clone()
 }
 
 /// A running `cargo lambda watch`; see the [module docs](self).
