@@ -20,88 +20,97 @@
 //! authenticate (28P01, 28000), they are resolved once more and that
 //! connection is tried again: that covers a secret rotated between two
 //! refreshes.
+//!
+//! The two AWS sources are cargo features, off by default, because they
+//! compile the AWS SDK: `secrets-manager` (the Secrets Manager client, in
+//! `credentials::secret` and `credentials::aws`) and `iam-auth` (token
+//! signing in `credentials::iam`, AWS credentials from `credentials::aws`).
+//! A build without one refuses its variable at INIT
+//! ([`ConfigError::FeatureDisabled`]); nothing AWS is compiled into a build
+//! with neither.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
+#[cfg(any(feature = "secrets-manager", feature = "iam-auth"))]
+mod aws;
+#[cfg(feature = "iam-auth")]
 mod iam;
+#[cfg(feature = "secrets-manager")]
 mod secret;
 
-use aws_credential_types::provider::ProvideCredentials;
+#[cfg(feature = "iam-auth")]
 use tokio_postgres::config::Host;
 
-use crate::error::{ConfigError, CredentialsStep, Error};
+use crate::error::{ConfigError, Error};
 use crate::tls::Tls;
+#[cfg(any(feature = "secrets-manager", feature = "iam-auth"))]
+pub(crate) use aws::{AwsCredentials, AwsSettings};
+#[cfg(feature = "iam-auth")]
 use iam::rds_auth_token;
-use secret::{apply_secret, Secret};
-
-/// AWS credentials, as [`rds_auth_token`] takes them.
-pub(crate) use aws_credential_types::Credentials as AwsCredentials;
+#[cfg(feature = "secrets-manager")]
+use secret::apply_secret;
 
 /// How long an RDS IAM authentication token is valid: RDS's maximum.
 pub(crate) const IAM_TOKEN_LIFETIME: Duration = Duration::from_secs(900);
 
 /// AWS credentials this close to expiry are fetched anew before signing.
+#[cfg(feature = "iam-auth")]
 const CREDENTIALS_MARGIN: Duration = Duration::from_secs(300);
 
 /// Where the user name and password come from.
+///
+/// The Secrets Manager and IAM sources exist only in builds with their
+/// cargo features (`secrets-manager`, `iam-auth`); without them, setting
+/// their variables fails INIT with a [`ConfigError::FeatureDisabled`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CredentialSource {
     /// The password in `DATABASE_URL` (or none).
     Url,
     /// A Secrets Manager secret, `DB_SECRET_ARN` (an ARN or a name).
+    /// Feature `secrets-manager`.
+    #[cfg(feature = "secrets-manager")]
     SecretsManager {
         /// The secret's ARN or name.
         secret_id: String,
     },
     /// An RDS IAM authentication token per connection, `DB_IAM_AUTH=true`.
+    /// Feature `iam-auth`.
+    #[cfg(feature = "iam-auth")]
     Iam,
 }
 
-/// The AWS settings read with the rest of the configuration, so that
-/// [`Config::from_lookup`](crate::Config::from_lookup) decides them too;
-/// anything unset is left to `aws-config`'s default chain.
-#[derive(Clone, Default)]
-pub(crate) struct AwsSettings {
-    /// `AWS_REGION` (or `AWS_DEFAULT_REGION`).
-    pub(crate) region: Option<String>,
-    /// `AWS_ENDPOINT_URL_SECRETS_MANAGER` (or `AWS_ENDPOINT_URL`).
-    pub(crate) secrets_manager_endpoint: Option<String>,
-    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`.
-    pub(crate) keys: Option<AwsCredentials>,
-}
-
-impl fmt::Debug for AwsSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AwsSettings")
-            .field("region", &self.region)
-            .field("secrets_manager_endpoint", &self.secrets_manager_endpoint)
-            // `Credentials`' own Debug redacts the secret key and token.
-            .field("keys", &self.keys)
-            .finish()
+impl CredentialSource {
+    /// Whether the source may give the address too (a secret's host, port
+    /// and database), so that the configuration need not.
+    pub(crate) fn gives_address(&self) -> bool {
+        #[cfg(feature = "secrets-manager")]
+        if let CredentialSource::SecretsManager { .. } = self {
+            return true;
+        }
+        false
     }
 }
 
-/// The credential source and what resolving it needs: the AWS clients,
-/// created at first use and shared by clones.
+/// The credential source and what resolving it needs: with the AWS
+/// features, the AWS settings and the clients, created at first use and
+/// shared by clones.
 #[derive(Clone)]
 pub struct Credentials {
     source: CredentialSource,
-    aws: AwsSettings,
-    /// Bound on one AWS call: `DB_CONNECT_TIMEOUT_MS`.
-    timeout: Duration,
-    /// The AWS SDK's configuration and clients, built at first use; dropped
-    /// before a SnapStart snapshot ([`Credentials::forget`]).
-    clients: Arc<Mutex<Option<Arc<AwsClients>>>>,
-    /// The AWS credentials IAM tokens are signed with, kept until near expiry.
-    signing: Arc<Mutex<Option<AwsCredentials>>>,
+    #[cfg(any(feature = "secrets-manager", feature = "iam-auth"))]
+    aws: aws::Aws,
 }
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials").field("source", &self.source).field("aws", &self.aws).finish_non_exhaustive()
+        let mut debug = f.debug_struct("Credentials");
+        debug.field("source", &self.source);
+        #[cfg(any(feature = "secrets-manager", feature = "iam-auth"))]
+        debug.field("aws", &self.aws.settings);
+        debug.finish_non_exhaustive()
     }
 }
 
@@ -109,10 +118,8 @@ impl Default for Credentials {
     fn default() -> Self {
         Self {
             source: CredentialSource::Url,
-            aws: AwsSettings::default(),
-            timeout: Duration::from_secs(5),
-            clients: Arc::default(),
-            signing: Arc::default(),
+            #[cfg(any(feature = "secrets-manager", feature = "iam-auth"))]
+            aws: aws::Aws::new(AwsSettings::default(), Duration::from_secs(5)),
         }
     }
 }
@@ -120,28 +127,32 @@ impl Default for Credentials {
 impl Credentials {
     /// The credentials of `source`, with the AWS settings resolving them
     /// needs; `timeout` bounds each AWS call.
+    #[cfg(any(feature = "secrets-manager", feature = "iam-auth"))]
     pub(crate) fn new(source: CredentialSource, aws: AwsSettings, timeout: Duration) -> Self {
-        Self { source, aws, timeout, ..Self::default() }
+        Self { source, aws: aws::Aws::new(aws, timeout) }
     }
-}
 
-struct AwsClients {
-    sdk: aws_config::SdkConfig,
-    secrets: Option<aws_sdk_secretsmanager::Client>,
-}
-
-impl Credentials {
     /// Where the password comes from.
     #[must_use]
     pub fn source(&self) -> &CredentialSource {
         &self.source
     }
 
+    /// Whether connections authenticate with RDS IAM tokens (always false
+    /// without the `iam-auth` feature).
+    pub(crate) fn uses_iam(&self) -> bool {
+        #[cfg(feature = "iam-auth")]
+        if self.source == CredentialSource::Iam {
+            return true;
+        }
+        false
+    }
+
     /// Settings that cannot safely hold together with this source. (A
     /// maximum age longer than a token's lifetime is not one: the
     /// configuration caps it, with a warning.)
     pub(crate) fn check(&self, tls: &Tls) -> Result<(), ConfigError> {
-        if self.source != CredentialSource::Iam {
+        if !self.uses_iam() {
             return Ok(());
         }
         if !tls.mode().always_encrypts() {
@@ -161,12 +172,14 @@ impl Credentials {
     pub(crate) async fn resolve(&self, pg: &tokio_postgres::Config) -> Result<Arc<Session>, Error> {
         let resolved = match &self.source {
             CredentialSource::Url => pg.clone(),
+            #[cfg(feature = "secrets-manager")]
             CredentialSource::SecretsManager { secret_id } => {
-                let secret = Box::pin(self.read_secret(secret_id)).await?;
+                let secret = Box::pin(self.aws.read_secret(secret_id)).await?;
                 apply_secret(pg, secret)?
             }
+            #[cfg(feature = "iam-auth")]
             CredentialSource::Iam => {
-                Box::pin(self.signing_credentials(false)).await?;
+                Box::pin(self.aws.signing_credentials(false)).await?;
                 pg.clone()
             }
         };
@@ -177,114 +190,17 @@ impl Credentials {
     /// credentials, for every clone: before a SnapStart snapshot, so that
     /// none is in the snapshot (restored copies would share credentials that
     /// may have expired, and connections the SDK pooled). The next pool
-    /// build, after the restore, loads them afresh.
+    /// build, after the restore, loads them afresh. Nothing to drop in a
+    /// build without the AWS features.
     pub(crate) fn forget(&self) {
-        *self.clients.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        *self.signing.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        #[cfg(any(feature = "secrets-manager", feature = "iam-auth"))]
+        self.aws.forget();
     }
-
-    async fn clients(&self) -> Result<Arc<AwsClients>, Error> {
-        if let Some(clients) = self.clients.lock().unwrap_or_else(PoisonError::into_inner).clone() {
-            return Ok(clients);
-        }
-        // Two builds racing here both succeed; the first one stored wins.
-        let built = Arc::new(self.load_clients().await);
-        Ok(self.clients.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(built).clone())
-    }
-
-    async fn load_clients(&self) -> AwsClients {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .timeout_config(aws_config::timeout::TimeoutConfig::builder().operation_timeout(self.timeout).build());
-        if let Some(region) = &self.aws.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        if let Some(keys) = &self.aws.keys {
-            loader = loader.credentials_provider(keys.clone());
-        }
-        let sdk = loader.load().await;
-        let secrets = matches!(self.source, CredentialSource::SecretsManager { .. }).then(|| {
-            let mut config = aws_sdk_secretsmanager::config::Builder::from(&sdk);
-            if let Some(endpoint) = &self.aws.secrets_manager_endpoint {
-                config = config.endpoint_url(endpoint);
-            }
-            aws_sdk_secretsmanager::Client::from_conf(config.build())
-        });
-        AwsClients { sdk, secrets }
-    }
-
-    async fn read_secret(&self, secret_id: &str) -> Result<Secret, Error> {
-        use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
-        let what = CredentialsStep::ReadSecret;
-        let clients = self.clients().await?;
-        let client = clients.secrets.as_ref().ok_or_else(|| Error::Internal("no Secrets Manager client".to_owned()))?;
-        let output = client.get_secret_value().secret_id(secret_id).send().await.map_err(|e| {
-            let transient = match &e {
-                SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
-                SdkError::ServiceError(service) => {
-                    service.err().is_internal_service_error()
-                        || matches!(service.err().code(), Some("ThrottlingException" | "RequestLimitExceeded"))
-                }
-                _ => false,
-            };
-            let problem = match (e.code(), e.message()) {
-                (Some(code), Some(message)) => format!("{code}: {message}"),
-                (Some(code), None) => code.to_owned(),
-                _ => aws_sdk_secretsmanager::error::DisplayErrorContext(&e).to_string(),
-            };
-            Error::Credentials { what, problem, transient }
-        })?;
-        let Some(text) = output.secret_string() else {
-            return Err(Error::Credentials {
-                what,
-                problem: "the secret has no SecretString (a binary secret cannot hold the RDS JSON shape)".to_owned(),
-                transient: false,
-            });
-        };
-        Secret::parse(text).map_err(|problem| Error::Credentials { what, problem, transient: false })
-    }
-
-    /// AWS credentials to sign IAM tokens with: the cached ones unless
-    /// `renew` or close to expiry.
-    async fn signing_credentials(&self, renew: bool) -> Result<AwsCredentials, Error> {
-        let cached = self.signing.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        if let Some(cached) = cached.filter(|c| !renew && !expires_soon(c)) {
-            return Ok(cached);
-        }
-        let what = CredentialsStep::GetAwsCredentials;
-        let clients = self.clients().await?;
-        let provider = clients.sdk.credentials_provider().ok_or_else(|| Error::Credentials {
-            what,
-            problem: "no AWS credentials provider is configured".to_owned(),
-            transient: false,
-        })?;
-        let fresh = provider.provide_credentials().await.map_err(|e| {
-            use aws_credential_types::provider::error::CredentialsError;
-            let transient = matches!(e, CredentialsError::ProviderTimedOut(_) | CredentialsError::ProviderError(_));
-            Error::Credentials {
-                what,
-                problem: aws_sdk_secretsmanager::error::DisplayErrorContext(&e).to_string(),
-                transient,
-            }
-        })?;
-        *self.signing.lock().unwrap_or_else(PoisonError::into_inner) = Some(fresh.clone());
-        Ok(fresh)
-    }
-
-    fn region(&self, clients: &AwsClients) -> Result<String, Error> {
-        self.aws.region.clone().or_else(|| clients.sdk.region().map(ToString::to_string)).ok_or(Error::Credentials {
-            what: CredentialsStep::SignToken,
-            problem: "no AWS region is configured; set AWS_REGION to the database's region".to_owned(),
-            transient: false,
-        })
-    }
-}
-
-fn expires_soon(credentials: &AwsCredentials) -> bool {
-    credentials.expiry().is_some_and(|at| at <= SystemTime::now() + CREDENTIALS_MARGIN)
 }
 
 /// The credentials of one pool build.
 pub(crate) struct Session {
+    #[cfg_attr(not(any(feature = "secrets-manager", feature = "iam-auth")), allow(dead_code))]
     credentials: Credentials,
     /// The address and credentials connections use; replaced when the
     /// credentials are resolved once more after an authentication failure.
@@ -295,12 +211,14 @@ impl Session {
     /// The configuration for one new connection: with IAM, carrying a
     /// freshly signed token.
     pub(crate) async fn connection_config(&self) -> Result<tokio_postgres::Config, Error> {
+        #[cfg_attr(not(feature = "iam-auth"), allow(unused_mut))]
         let mut pg = self.pg.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        if self.credentials.source == CredentialSource::Iam {
-            let what = CredentialsStep::SignToken;
-            let aws = Box::pin(self.credentials.signing_credentials(false)).await?;
-            let clients = Box::pin(self.credentials.clients()).await?;
-            let region = self.credentials.region(&clients)?;
+        #[cfg(feature = "iam-auth")]
+        if self.credentials.uses_iam() {
+            let what = crate::error::CredentialsStep::SignToken;
+            let aws = &self.credentials.aws;
+            let keys = Box::pin(aws.signing_credentials(false)).await?;
+            let region = Box::pin(aws.region()).await?;
             let host = match pg.get_hosts().first() {
                 Some(Host::Tcp(host)) => host.clone(),
                 _ => {
@@ -313,7 +231,7 @@ impl Session {
             };
             let port = pg.get_ports().first().copied().unwrap_or(5432);
             let user = pg.get_user().unwrap_or_default().to_owned();
-            let token = rds_auth_token(&host, port, &user, &region, &aws, SystemTime::now())?;
+            let token = rds_auth_token(&host, port, &user, &region, &keys, std::time::SystemTime::now())?;
             pg.password(token);
         }
         Ok(pg)
@@ -322,29 +240,28 @@ impl Session {
     /// After a connection failed to authenticate: resolves the credentials
     /// once more. Whether another attempt may now succeed.
     pub(crate) async fn renew(&self) -> bool {
-        let renewed = match &self.credentials.source {
-            CredentialSource::Url => return false,
+        let renewed: Option<Result<(), Error>> = match &self.credentials.source {
+            CredentialSource::Url => None,
+            #[cfg(feature = "secrets-manager")]
             CredentialSource::SecretsManager { secret_id } => {
-                match Box::pin(self.credentials.read_secret(secret_id)).await {
-                    Ok(secret) => {
-                        let mut pg = self.pg.lock().unwrap_or_else(PoisonError::into_inner);
-                        // The secret's user and password replace the old ones;
-                        // the address already holds what the secret adds.
-                        pg.user(&secret.username);
-                        pg.password(secret.password.as_bytes());
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                }
+                Some(Box::pin(self.credentials.aws.read_secret(secret_id)).await.map(|secret| {
+                    let mut pg = self.pg.lock().unwrap_or_else(PoisonError::into_inner);
+                    // The secret's user and password replace the old ones;
+                    // the address already holds what the secret adds.
+                    pg.user(&secret.username);
+                    pg.password(secret.password.as_bytes());
+                }))
             }
-            CredentialSource::Iam => Box::pin(self.credentials.signing_credentials(true)).await.map(drop),
+            #[cfg(feature = "iam-auth")]
+            CredentialSource::Iam => Some(Box::pin(self.credentials.aws.signing_credentials(true)).await.map(drop)),
         };
         match renewed {
-            Ok(()) => {
+            None => false,
+            Some(Ok(())) => {
                 tracing::info!("authentication failed; resolved the credentials again for another attempt");
                 true
             }
-            Err(error) => {
+            Some(Err(error)) => {
                 tracing::warn!(%error, "authentication failed, and resolving the credentials again failed too");
                 false
             }
@@ -361,7 +278,7 @@ pub(crate) fn is_auth_failure(error: &tokio_postgres::Error) -> bool {
         .is_some_and(|c| *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "iam-auth"))]
 mod tests {
     use super::*;
 
@@ -374,16 +291,15 @@ mod tests {
         };
         let original = Credentials::new(CredentialSource::Iam, aws, Duration::from_secs(5));
         let credentials = original.clone();
-        credentials.signing_credentials(false).await.expect("static keys");
-        let before = credentials.clients().await.expect("loaded");
-        let held =
-            |c: &Credentials| (c.clients.lock().expect("lock").is_some(), c.signing.lock().expect("lock").is_some());
+        credentials.aws.signing_credentials(false).await.expect("static keys");
+        let before = credentials.aws.clients(false).await;
+        let held = |c: &Credentials| c.aws.held();
         assert_eq!(held(&original), (true, true), "clones share them");
 
         original.forget();
         assert_eq!(held(&credentials), (false, false), "nothing left for a snapshot");
-        credentials.signing_credentials(false).await.expect("rebuilt after a restore");
-        let after = credentials.clients().await.expect("loaded again");
+        credentials.aws.signing_credentials(false).await.expect("rebuilt after a restore");
+        let after = credentials.aws.clients(false).await;
         assert!(!Arc::ptr_eq(&before, &after), "a new SDK configuration");
         assert_eq!(held(&credentials), (true, true));
     }

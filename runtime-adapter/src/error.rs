@@ -46,6 +46,22 @@ pub enum ConfigError {
         /// Why they cannot hold together, and what to change.
         problem: String,
     },
+    /// A variable asks for something this build of runtime-adapter was
+    /// compiled without: a cargo feature that is off by default because it
+    /// brings in the AWS SDK (`secrets-manager` for `DB_SECRET_ARN`,
+    /// `iam-auth` for `DB_IAM_AUTH=true`).
+    #[error(
+        "{var} is set, but this build of runtime-adapter has no {what}: it was compiled without the cargo feature \"{feature}\"; enable it in the function's Cargo.toml, e.g. runtime-adapter = {{ version = \"{version}\", features = [\"{feature}\"] }} (keep the dependency's path or git source), and rebuild; or unset {var}",
+        version = env!("CARGO_PKG_VERSION")
+    )]
+    FeatureDisabled {
+        /// The variable.
+        var: &'static str,
+        /// What the feature gives, e.g. "Secrets Manager support".
+        what: &'static str,
+        /// The cargo feature to enable.
+        feature: &'static str,
+    },
 }
 
 impl From<TlsError> for ConfigError {

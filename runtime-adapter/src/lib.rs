@@ -10,7 +10,9 @@
 //!   classification by SQLSTATE and connection state.
 //! - `credentials`: resolving the credentials (URL, Secrets Manager, RDS
 //!   IAM tokens) at every pool build; the secret's shape in
-//!   `credentials::secret`, token signing in `credentials::iam`.
+//!   `credentials::secret`, token signing in `credentials::iam`, the AWS
+//!   SDK's side in `credentials::aws`: all three only with the features
+//!   `secrets-manager` or `iam-auth`.
 //! - `tls`: libpq's `sslmode` on rustls, trust roots, certificate checks;
 //!   its own error type.
 //! - `adapter`: [`Adapter`] and its [`Builder`]; the gate every invocation

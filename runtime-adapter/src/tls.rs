@@ -207,7 +207,10 @@ impl Tls {
             (SslMode::Require, Some(_)) => SslMode::VerifyCa,
             _ => mode,
         };
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        // ring, explicitly: with an AWS feature rustls also has aws-lc-rs
+        // (the SDK's HTTPS client picks it explicitly too), and no process
+        // default is installed.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut public_roots = false;
         let verifier: Arc<dyn ServerCertVerifier> = match effective {
             SslMode::Disable | SslMode::Prefer | SslMode::Require => {

@@ -41,6 +41,17 @@ const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Inherited variables with these prefixes are not passed to the watcher.
 const SCRUBBED_PREFIXES: [&str; 3] = ["DB_", "DATABASE_URL", "AWS_LAMBDA_"];
 
+/// The examples' features for `cargo run` under `cargo lambda watch`: those
+/// the workspace build of the tests gave the binaries (`scripts/test`), so
+/// that the watcher's build of `orders`, written to the same
+/// `target/debug/orders`, does not replace it with one lacking the AWS
+/// features while later tests (`credentials`) run it.
+const WATCH_FEATURES: &[&str] = if cfg!(feature = "aws") {
+    &["--features", "example-functions/secrets-manager,example-functions/iam-auth"]
+} else {
+    &[]
+};
+
 /// The workspace root (where `Cargo.toml`, `template.yaml` and `.venv/` are).
 #[must_use]
 pub fn workspace_root() -> PathBuf {
@@ -72,6 +83,27 @@ pub fn executable() -> PathBuf {
 /// `cargo metadata` reads it; empty if there is none.
 #[must_use]
 pub fn metadata_env() -> BTreeMap<String, String> {
+    let metadata = lambda_metadata();
+    let Some(env) = metadata["env"].as_object() else { return BTreeMap::new() };
+    env.iter()
+        .map(|(key, value)| (key.clone(), value.as_str().unwrap_or_else(|| panic!("{key} is not a string")).to_owned()))
+        .collect()
+}
+
+/// The cargo features `cargo lambda build --bin <binary>` (and so `sam
+/// build`) adds for one example binary: its
+/// `[package.metadata.lambda.bin.<binary>.build]` table's `features`, as
+/// cargo-lambda 1.9.2 reads them; empty if there are none.
+#[must_use]
+pub fn build_features(binary: &str) -> Vec<String> {
+    let metadata = lambda_metadata();
+    let Some(features) = metadata["bin"][binary]["build"]["features"].as_array() else { return Vec::new() };
+    features.iter().map(|f| f.as_str().unwrap_or_else(|| panic!("{binary}: {f} is not a string")).to_owned()).collect()
+}
+
+/// `example-functions`' `[package.metadata.lambda]`, as `cargo metadata`
+/// reads it (null if there is none).
+fn lambda_metadata() -> Value {
     let out = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
         .current_dir(workspace_root())
@@ -83,10 +115,7 @@ pub fn metadata_env() -> BTreeMap<String, String> {
         .as_array()
         .and_then(|packages| packages.iter().find(|p| p["name"] == "example-functions"))
         .expect("example-functions is a workspace member");
-    let Some(env) = package["metadata"]["lambda"]["env"].as_object() else { return BTreeMap::new() };
-    env.iter()
-        .map(|(key, value)| (key.clone(), value.as_str().unwrap_or_else(|| panic!("{key} is not a string")).to_owned()))
-        .collect()
+    package["metadata"]["lambda"].clone()
 }
 
 /// A running `cargo lambda watch`; see the [module docs](self).
@@ -113,6 +142,7 @@ impl Watch {
         let mut cmd = Command::new(executable());
         cmd.args(["lambda", "watch", "--invoke-address", "127.0.0.1", "--invoke-port", &port.to_string()])
             .args(["--ignore-changes", "--package", "example-functions"])
+            .args(WATCH_FEATURES)
             .current_dir(workspace_root())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))

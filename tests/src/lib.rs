@@ -36,6 +36,7 @@ pub mod fleet;
 pub mod function;
 pub mod inproc;
 pub mod migrations;
+#[cfg(feature = "aws")]
 pub mod moto;
 pub mod orders;
 pub mod pgbouncer;

@@ -1,7 +1,8 @@
 //! `template.yaml` against the code it deploys: what `cfn-lint` and
 //! `sam validate --lint` (`scripts/lint-template`) cannot know.
 //!
-//! - every example binary is a function built from the workspace;
+//! - every example binary is a function built from the workspace, with
+//!   the cargo features its variables need;
 //! - every variable the library reads is set from a parameter, and the
 //!   parameters' defaults make a working function;
 //! - reserved concurrency is the connection slots divided by the pool size,
@@ -12,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use integration_tests::cargo_lambda::build_features;
 use integration_tests::orders::{body, post_valid_order, status, OrdersEnv};
 use serde_norway::Value;
 
@@ -162,6 +164,42 @@ fn every_example_binary_is_a_function_built_from_the_workspace() {
         example_binaries(),
         "the functions in template.yaml are the binaries in example-functions/src/bin"
     );
+}
+
+/// The variables that need one of runtime-adapter's optional features,
+/// with the example-functions feature forwarding it.
+const FEATURE_VARIABLES: [(&str, &str); 2] =
+    [("DB_SECRET_ARN", "example-functions/secrets-manager"), ("DB_IAM_AUTH", "example-functions/iam-auth")];
+
+/// SAM passes cargo-lambda only the binary's name (`BuildProperties.Binary`),
+/// so a function's features come from cargo-lambda's per-binary build table
+/// in `example-functions/Cargo.toml`: each function the template gives
+/// `DB_SECRET_ARN` or `DB_IAM_AUTH` (from the globals or its own
+/// environment) must be built with the feature, or setting the parameter
+/// would fail its INIT.
+#[test]
+fn every_function_is_built_with_the_features_its_variables_need() {
+    let template = template();
+    let globals = environment(&template);
+    let functions = resources_of_type(&template, "AWS::Serverless::Function");
+    assert!(!functions.is_empty());
+    for (name, function) in functions {
+        let binary = function["Metadata"]["BuildProperties"]["Binary"].as_str().expect("BuildProperties.Binary");
+        let own = function["Properties"]["Environment"]["Variables"].as_mapping();
+        let sets =
+            |variable: &str| globals.contains_key(variable) || own.is_some_and(|vars| vars.contains_key(variable));
+        let features = build_features(binary);
+        for (variable, feature) in FEATURE_VARIABLES {
+            if sets(variable) {
+                assert!(
+                    features.iter().any(|f| f == feature),
+                    "{name} sets {variable}, so `{binary}` must be built with {feature}: add it to \
+                     [package.metadata.lambda.bin.{binary}.build] features in example-functions/Cargo.toml \
+                     (it has {features:?})"
+                );
+            }
+        }
+    }
 }
 
 #[test]

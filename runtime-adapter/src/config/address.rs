@@ -10,7 +10,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::Lookup;
-use crate::credentials::{AwsSettings, CredentialSource, Credentials};
+#[cfg(any(feature = "secrets-manager", feature = "iam-auth"))]
+use crate::credentials::AwsSettings;
+use crate::credentials::{CredentialSource, Credentials};
 use crate::error::ConfigError;
 use crate::tls::{self, SslMode, Tls, SSLMODE_FORM};
 
@@ -28,19 +30,7 @@ impl Connection {
     /// Reads the address, the credential source, the TLS settings and the
     /// AWS settings. `timeout` bounds each AWS call the credentials make.
     pub(super) fn read(env: &Lookup<'_>, timeout: Duration) -> Result<Self, ConfigError> {
-        let secret_id = env.get("DB_SECRET_ARN");
-        let iam = env.switch("DB_IAM_AUTH", "true or false")?.unwrap_or(false);
-        let source = match (secret_id, iam) {
-            (Some(_), true) => {
-                return Err(ConfigError::Conflict {
-                    vars: "DB_SECRET_ARN and DB_IAM_AUTH",
-                    problem: "both choose where the password comes from; set only one".to_owned(),
-                })
-            }
-            (Some(secret_id), false) => CredentialSource::SecretsManager { secret_id },
-            (None, true) => CredentialSource::Iam,
-            (None, false) => CredentialSource::Url,
-        };
+        let source = credential_source(env)?;
         let Address { pg, sslmode, root_cert: url_root_cert } = address(env, &source)?;
         let root_cert: Option<PathBuf> = env.get("DB_SSL_ROOT_CERT").or(url_root_cert).map(Into::into);
         let mode = match sslmode {
@@ -55,17 +45,63 @@ impl Connection {
             None => SslMode::Prefer,
         };
         let tls = Tls::new(mode, root_cert)?;
-        let aws = AwsSettings {
-            region: env.get("AWS_REGION").or_else(|| env.get("AWS_DEFAULT_REGION")),
-            secrets_manager_endpoint: env
-                .get("AWS_ENDPOINT_URL_SECRETS_MANAGER")
-                .or_else(|| env.get("AWS_ENDPOINT_URL")),
-            keys: env.get("AWS_ACCESS_KEY_ID").zip(env.get("AWS_SECRET_ACCESS_KEY")).map(|(id, secret)| {
-                crate::credentials::AwsCredentials::new(id, secret, env.get("AWS_SESSION_TOKEN"), None, "environment")
-            }),
-        };
-        Ok(Self { pg, credentials: Credentials::new(source, aws, timeout), tls })
+        Ok(Self { pg, credentials: credentials(env, source, timeout), tls })
     }
+}
+
+/// Where the password comes from: `DB_SECRET_ARN`, `DB_IAM_AUTH`, or the
+/// URL. Either variable set in a build without its feature is refused here,
+/// naming the feature, rather than ignored (the function would then try the
+/// URL's password, or none, and fail later with a less telling error).
+fn credential_source(env: &Lookup<'_>) -> Result<CredentialSource, ConfigError> {
+    let secret_id = env.get("DB_SECRET_ARN");
+    let iam = env.switch("DB_IAM_AUTH", "true or false")?.unwrap_or(false);
+    match (secret_id, iam) {
+        (Some(_), true) => Err(ConfigError::Conflict {
+            vars: "DB_SECRET_ARN and DB_IAM_AUTH",
+            problem: "both choose where the password comes from; set only one".to_owned(),
+        }),
+        #[cfg(feature = "secrets-manager")]
+        (Some(secret_id), false) => Ok(CredentialSource::SecretsManager { secret_id }),
+        #[cfg(not(feature = "secrets-manager"))]
+        (Some(_), false) => Err(SECRETS_MANAGER_DISABLED),
+        #[cfg(feature = "iam-auth")]
+        (None, true) => Ok(CredentialSource::Iam),
+        #[cfg(not(feature = "iam-auth"))]
+        (None, true) => Err(IAM_AUTH_DISABLED),
+        (None, false) => Ok(CredentialSource::Url),
+    }
+}
+
+/// `DB_SECRET_ARN` in a build without the `secrets-manager` feature.
+#[cfg_attr(feature = "secrets-manager", allow(dead_code))]
+const SECRETS_MANAGER_DISABLED: ConfigError =
+    ConfigError::FeatureDisabled { var: "DB_SECRET_ARN", what: "Secrets Manager support", feature: "secrets-manager" };
+
+/// `DB_IAM_AUTH=true` in a build without the `iam-auth` feature.
+#[cfg_attr(feature = "iam-auth", allow(dead_code))]
+const IAM_AUTH_DISABLED: ConfigError =
+    ConfigError::FeatureDisabled { var: "DB_IAM_AUTH", what: "RDS IAM authentication", feature: "iam-auth" };
+
+/// The credentials of `source`, with the AWS settings resolving them needs
+/// (`AWS_REGION`…), read only by builds that can use them.
+#[cfg(any(feature = "secrets-manager", feature = "iam-auth"))]
+fn credentials(env: &Lookup<'_>, source: CredentialSource, timeout: Duration) -> Credentials {
+    let aws = AwsSettings {
+        region: env.get("AWS_REGION").or_else(|| env.get("AWS_DEFAULT_REGION")),
+        secrets_manager_endpoint: env.get("AWS_ENDPOINT_URL_SECRETS_MANAGER").or_else(|| env.get("AWS_ENDPOINT_URL")),
+        keys: env.get("AWS_ACCESS_KEY_ID").zip(env.get("AWS_SECRET_ACCESS_KEY")).map(|(id, secret)| {
+            crate::credentials::AwsCredentials::new(id, secret, env.get("AWS_SESSION_TOKEN"), None, "environment")
+        }),
+    };
+    Credentials::new(source, aws, timeout)
+}
+
+/// Without the AWS features only the URL's password exists.
+#[cfg(not(any(feature = "secrets-manager", feature = "iam-auth")))]
+fn credentials(_env: &Lookup<'_>, source: CredentialSource, _timeout: Duration) -> Credentials {
+    debug_assert_eq!(source, CredentialSource::Url);
+    Credentials::default()
 }
 
 /// What the address variables give.
@@ -82,7 +118,7 @@ struct Address {
 /// neither gives may come from the secret.
 fn address(env: &Lookup<'_>, source: &CredentialSource) -> Result<Address, ConfigError> {
     let separate = ["DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_SSLMODE"];
-    let from_secret = matches!(source, CredentialSource::SecretsManager { .. });
+    let from_secret = source.gives_address();
     let var = "DATABASE_URL";
     let invalid = |problem: &str| ConfigError::Invalid { var, problem: problem.to_owned(), expected: URL_FORM };
     let Some(raw) = env.get(var) else {
@@ -209,8 +245,12 @@ mod tests {
 
     #[test]
     fn sources_and_addresses_are_read_from_the_environment() {
-        let c = connection(&[("DB_SECRET_ARN", "arn:aws:secretsmanager:eu-west-1:1:secret:db")]).expect("secret only");
-        assert!(matches!(c.credentials.source(), CredentialSource::SecretsManager { .. }));
+        #[cfg(feature = "secrets-manager")]
+        {
+            let c =
+                connection(&[("DB_SECRET_ARN", "arn:aws:secretsmanager:eu-west-1:1:secret:db")]).expect("secret only");
+            assert!(matches!(c.credentials.source(), CredentialSource::SecretsManager { .. }));
+        }
         let c = connection(&[
             ("DB_HOST", "h"),
             ("DB_PORT", "6432"),
@@ -252,7 +292,52 @@ mod tests {
         }
     }
 
+    /// The whole message: the variable, the feature, and the Cargo.toml
+    /// line that enables it. Checked in every build, whatever its features.
     #[test]
+    fn a_disabled_feature_names_the_variable_the_feature_and_the_cargo_toml_line() {
+        let version = env!("CARGO_PKG_VERSION");
+        assert_eq!(
+            SECRETS_MANAGER_DISABLED.to_string(),
+            format!(
+                "DB_SECRET_ARN is set, but this build of runtime-adapter has no Secrets Manager support: it was compiled without the cargo feature \"secrets-manager\"; enable it in the function's Cargo.toml, e.g. runtime-adapter = {{ version = \"{version}\", features = [\"secrets-manager\"] }} (keep the dependency's path or git source), and rebuild; or unset DB_SECRET_ARN"
+            )
+        );
+        assert_eq!(
+            IAM_AUTH_DISABLED.to_string(),
+            format!(
+                "DB_IAM_AUTH is set, but this build of runtime-adapter has no RDS IAM authentication: it was compiled without the cargo feature \"iam-auth\"; enable it in the function's Cargo.toml, e.g. runtime-adapter = {{ version = \"{version}\", features = [\"iam-auth\"] }} (keep the dependency's path or git source), and rebuild; or unset DB_IAM_AUTH"
+            )
+        );
+    }
+
+    /// In a build without a feature, its variable fails the configuration
+    /// with that message, and never quotes the value (an ARN names the
+    /// account). `DB_IAM_AUTH=false` asks for nothing and passes.
+    #[test]
+    fn aws_variables_without_their_feature_are_refused() {
+        let url = ("DATABASE_URL", "postgres://u:p@h/d?sslmode=verify-full");
+        let arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:db";
+        let secret = connection(&[url, ("DB_SECRET_ARN", arn)]);
+        let iam = connection(&[url, ("DB_IAM_AUTH", "true")]);
+        #[cfg(not(feature = "secrets-manager"))]
+        {
+            let err = secret.err().expect("refused without the feature");
+            assert_eq!(err, SECRETS_MANAGER_DISABLED);
+            assert!(!err.to_string().contains("123456789012"), "{err}");
+        }
+        #[cfg(feature = "secrets-manager")]
+        assert!(secret.is_ok(), "accepted with the feature");
+        #[cfg(not(feature = "iam-auth"))]
+        assert_eq!(iam.err().expect("refused without the feature"), IAM_AUTH_DISABLED);
+        #[cfg(feature = "iam-auth")]
+        assert!(iam.is_ok(), "accepted with the feature");
+        let off = connection(&[url, ("DB_IAM_AUTH", "false")]).expect("false asks for nothing");
+        assert_eq!(off.credentials.source(), &CredentialSource::Url);
+    }
+
+    #[test]
+    #[cfg(feature = "iam-auth")]
     fn iam_needs_tls() {
         let check = |url: &str| {
             let c = connection(&[("DATABASE_URL", url), ("DB_IAM_AUTH", "true")]).expect("parses");
