@@ -382,3 +382,16 @@ async fn each_function_has_the_four_alarms() {
         }
     }
 }
+
+/// `cargo lambda build`, which `sam build` runs, builds with `panic =
+/// "abort"` unless the release profile sets `panic`: a handler's panic would
+/// abort the environment instead of answering `RuntimeAdapter.HandlerPanicked`.
+#[test]
+fn the_release_profile_unwinds_panics_so_that_deployed_functions_answer_them() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+    let manifest = std::fs::read_to_string(path).expect("the workspace's Cargo.toml");
+    let release = manifest.split("[profile.release]").nth(1).expect("a [profile.release] section");
+    let section = release.split("\n[").next().unwrap_or_default();
+    let panic = section.lines().map(str::trim).find(|line| line.starts_with("panic")).expect("panic is set");
+    assert_eq!(panic.replace(' ', ""), "panic=\"unwind\"", "{section}");
+}
