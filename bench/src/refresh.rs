@@ -43,8 +43,9 @@ pub(crate) struct Point {
     /// When it was sent, since the first.
     pub(crate) at: Duration,
     pub(crate) latency: Duration,
-    /// A connection was opened while it ran: the pool's replacement was
-    /// being built (in the background, or with it waiting).
+    /// A connection was opened between it being sent and the next one
+    /// being sent: it started the pool's replacement (built in the
+    /// background, or with it waiting).
     pub(crate) refreshed: bool,
 }
 
@@ -52,22 +53,33 @@ pub(crate) async fn run(pg: &Postgres, duration: Duration) -> RefreshResult {
     let env = [("DB_MAX_AGE_MS", MAX_AGE_MS), ("DB_HEALTH_CHECK_INTERVAL_MS", HEALTH_CHECK_INTERVAL_MS)];
     let proxy = CountingProxy::start(pg.port()).await;
     let mut instance = Running::start(Contender::Adapter, pg, Some(proxy.port()), "refresh", &env).await;
-    let mut normal = Vec::new();
-    let mut refreshing = Vec::new();
-    let mut timeline = Vec::new();
+    // Each invocation's latency and the proxy's connection count when it
+    // was sent. The replacement is built in the background: its connection
+    // may open in the pause after the invocation that started it, so an
+    // invocation counts as refreshing when a connection opened between it
+    // being sent and the next one being sent.
+    let mut sent = Vec::new();
     let started = Instant::now();
     while started.elapsed() < duration {
         let before = proxy.counts();
         let at = started.elapsed();
         let invocation = instance.invoke().await;
-        let refreshed = proxy.counts().since(before).connections > 0;
-        if refreshed {
-            refreshing.push(invocation.latency);
-        } else {
-            normal.push(invocation.latency);
-        }
-        timeline.push(Point { at, latency: invocation.latency, refreshed });
+        sent.push((at, invocation.latency, before));
         tokio::time::sleep(PACE).await;
+    }
+    let last = proxy.counts();
+    let mut normal = Vec::new();
+    let mut refreshing = Vec::new();
+    let mut timeline = Vec::new();
+    for (k, &(at, latency, before)) in sent.iter().enumerate() {
+        let next = sent.get(k + 1).map_or(last, |&(_, _, next)| next);
+        let refreshed = next.since(before).connections > 0;
+        if refreshed {
+            refreshing.push(latency);
+        } else {
+            normal.push(latency);
+        }
+        timeline.push(Point { at, latency, refreshed });
     }
     let output = instance.function.output();
     let lines = refreshed_lines(&output);

@@ -387,8 +387,8 @@ impl Results {
         line(
             o,
             "One adapter with `DB_MAX_AGE_MS=1000` invoked every ~5 ms, connected through the counting proxy; \
-             the invocations during which a connection was opened (the pool's replacement being built) against \
-             the others.\n",
+             the invocations that started the pool's replacement (a connection opened between it being sent and \
+             the next one being sent) against the others.\n",
         );
         line(o, "| invocations | n | p50 ms | p99 ms | max ms |");
         line(o, "|---|---|---|---|---|");
