@@ -189,6 +189,15 @@ pub(crate) struct Shared {
     background_ids: AtomicU64,
 }
 
+/// How a max-age refresh went about it, for its log line.
+#[derive(Debug, Clone, Copy)]
+struct Refresh {
+    started: Instant,
+    /// Built beside the pool in use, or with an invocation waiting.
+    background: bool,
+    attempts: u32,
+}
+
 /// A replacement for the pool in place, being built in the background.
 struct Background {
     id: u64,
@@ -611,32 +620,16 @@ impl Adapter {
             *background = None;
         }
         let old = shared.current().filter(|pool| mine && pool.generation() == replaces);
+        let refresh = Refresh { started, background: true, attempts: attempt };
         match (built, old) {
             (Ok(new), Some(old)) => {
                 new.report_failures();
-                let age = old.age(Instant::now());
-                shared.install(Some(Arc::new(new)));
-                old.close();
-                shared.counters.refreshed(RefreshReason::MaxAge);
-                tracing::info!(
-                    reason = "max_age",
-                    background = true,
-                    age_ms = millis(age),
-                    duration_ms = millis(started.elapsed()),
-                    attempts = attempt,
-                    "pool refreshed"
-                );
+                shared.refreshed(&old, Arc::new(new), refresh);
             }
             // Stopped, or the pool it was to replace is gone (rebuilt,
             // failed over, closed): not needed any more.
             (Ok(new), None) => new.close(),
-            (Err(error), Some(old)) => {
-                bump(&shared.counters.refresh_failures);
-                shared.counters.failed_now();
-                let retry_in = shared.config.max_age / 10;
-                old.postpone_expiry(Instant::now(), retry_in);
-                tracing::warn!(%error, attempts = attempt, retry_in_ms = millis(retry_in), "pool refresh failed; keeping the current pool");
-            }
+            (Err(error), Some(old)) => shared.refresh_failed(&old, &error, refresh),
             (Err(_), None) => {}
         }
     }
@@ -651,31 +644,16 @@ impl Adapter {
         let shared = &self.shared;
         bump(&shared.counters.refresh_waits);
         drop(shared.stop_background());
-        let age = old.age(Instant::now());
-        let started = Instant::now();
+        let refresh = Refresh { started: Instant::now(), background: false, attempts: 1 };
         let build = WarmPool::build(&shared.config, &shared.statements, &shared.counters, &shared.liveness);
-        let built = until.bound(Step::Refresh, build).await;
-        match built {
+        match until.bound(Step::Refresh, build).await {
             Ok(new) => {
                 let new = Arc::new(new);
-                shared.install(Some(new.clone()));
-                old.close();
-                shared.counters.refreshed(RefreshReason::MaxAge);
-                tracing::info!(
-                    reason = "max_age",
-                    background = false,
-                    age_ms = millis(age),
-                    duration_ms = millis(started.elapsed()),
-                    "pool refreshed"
-                );
+                shared.refreshed(&old, new.clone(), refresh);
                 new
             }
             Err(error) => {
-                bump(&shared.counters.refresh_failures);
-                shared.counters.failed_now();
-                let retry_in = shared.config.max_age / 10;
-                old.postpone_expiry(Instant::now(), retry_in);
-                tracing::warn!(%error, retry_in_ms = millis(retry_in), "pool refresh failed; keeping the current pool");
+                shared.refresh_failed(&old, &error, refresh);
                 old
             }
         }
@@ -730,6 +708,38 @@ impl Shared {
     /// Builds and warms a pool: `attempts` tries, never past `until`.
     async fn build_pool(&self, attempts: u32, until: Deadline) -> Result<WarmPool, Error> {
         WarmPool::build_retrying(&self.config, &self.statements, &self.counters, &self.liveness, attempts, until).await
+    }
+
+    /// Puts `new`, built to replace `old` past its maximum age, in place.
+    fn refreshed(&self, old: &WarmPool, new: Arc<WarmPool>, refresh: Refresh) {
+        let age = old.age(Instant::now());
+        self.install(Some(new));
+        old.close();
+        self.counters.refreshed(RefreshReason::MaxAge);
+        tracing::info!(
+            reason = "max_age",
+            background = refresh.background,
+            age_ms = millis(age),
+            duration_ms = millis(refresh.started.elapsed()),
+            attempts = refresh.attempts,
+            "pool refreshed"
+        );
+    }
+
+    /// No replacement for `old` could be built: it stays in use, and the
+    /// refresh is tried again after a tenth of the maximum age.
+    fn refresh_failed(&self, old: &WarmPool, error: &Error, refresh: Refresh) {
+        bump(&self.counters.refresh_failures);
+        self.counters.failed_now();
+        let retry_in = self.config.max_age / 10;
+        old.postpone_expiry(Instant::now(), retry_in);
+        tracing::warn!(
+            %error,
+            background = refresh.background,
+            attempts = refresh.attempts,
+            retry_in_ms = millis(retry_in),
+            "pool refresh failed; keeping the current pool"
+        );
     }
 
     fn background(&self) -> MutexGuard<'_, Option<Background>> {
