@@ -260,3 +260,38 @@ async fn fifty_concurrent_invocations_past_the_max_age_start_one_build_and_none_
     assert_eq!(stats.connect_attempts, warmed + 2, "one replacement of two connections, single-flight");
     assert_eq!((stats.refresh_failures, stats.health_checks_run), (0, 0));
 }
+
+#[tokio::test]
+async fn a_handler_that_drops_the_call_which_started_a_refresh_leaves_the_build_to_finish_and_no_session_behind() {
+    use futures_util::FutureExt as _;
+    use integration_tests::inproc::{adapter, context, wait_stats};
+    use integration_tests::Postgres;
+
+    let pg = Postgres::start().await;
+    // Grace 300 ms: the calls below come every 20 ms, so the first past the
+    // lifetime starts a background build, not the synchronous fallback.
+    let env = [("DB_MAX_AGE_MS", "3000"), ("DB_HEALTH_CHECK_INTERVAL_MS", "2900")];
+    let adapter = adapter(&pg.database_url(), &env, &[]).await;
+    let first = pg.backend_pids("runtime-adapter").await;
+    assert_eq!(first.len(), 1);
+    // Every call is polled once and dropped, as a handler's `select!` whose
+    // other branch won, or a zero timeout, drops it; the one past the
+    // pool's lifetime started the replacement and is gone before it answered.
+    let warmed = adapter.stats().connect_attempts;
+    let give_up = Instant::now() + Duration::from_secs(6);
+    while adapter.stats().connect_attempts == warmed {
+        assert!(Instant::now() < give_up, "no refresh started");
+        drop(adapter.db(&context(Duration::from_secs(20))).now_or_never());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The build is the environment's, not the dropped call's: it finishes,
+    // the old session closes, and only the replacement's stays open.
+    assert!(wait_stats(&adapter, Duration::from_secs(5), |s| s.refreshes_max_age == 1).await, "replaced");
+    assert!(pg.wait_connection_count("runtime-adapter", 1, Duration::from_secs(5)).await);
+    let now = pg.backend_pids("runtime-adapter").await;
+    assert!(now.len() == 1 && now[0] != first[0], "the replacement's session only: {first:?} then {now:?}");
+    let db = adapter.db(&context(Duration::from_secs(20))).await.expect("the next invocation");
+    let one: i32 = db.query_one("SELECT 1", &[]).await.expect("a round trip").get(0);
+    assert_eq!((one, adapter.stats().refresh_waits), (1, 0));
+}
