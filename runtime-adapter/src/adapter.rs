@@ -249,7 +249,17 @@ impl Adapter {
     /// [`Error::Unavailable`] when the database cannot be reached in the time
     /// the invocation has; the error of a permanent failure otherwise.
     pub async fn db(&self, context: &Context) -> Result<Db, Error> {
-        let until = deadline::gate_until(context, self.shared.config.deadline_margin);
+        self.db_until(self.gate_until(context)).await
+    }
+
+    /// The gate's deadline for the invocation described by `context`: its
+    /// deadline less the safety margin.
+    pub(crate) fn gate_until(&self, context: &Context) -> Deadline {
+        deadline::gate_until(context, self.shared.config.deadline_margin)
+    }
+
+    /// [`db`](Self::db), within `until`.
+    pub(crate) async fn db_until(&self, until: Deadline) -> Result<Db, Error> {
         let started = Instant::now();
         // The gate may run several times for one invocation (retries); a
         // skipped check is counted once per invocation.
@@ -368,6 +378,11 @@ impl Adapter {
     #[must_use]
     pub fn config(&self) -> &Config {
         &self.shared.config
+    }
+
+    /// Whether the EMF records name each invocation (see `metrics`).
+    pub(crate) fn names_invocations(&self) -> bool {
+        self.shared.emf.names_invocations()
     }
 
     /// Writes the EMF records due at `point`, if any (see `metrics`).

@@ -36,7 +36,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Db {
         // lambda_http puts the invocation's context there; without one (a
         // request from elsewhere) there is no deadline to keep.
         let context = parts.extensions.get::<Context>().cloned().unwrap_or_default();
-        gate(&adapter, &context).await.map_err(IntoResponse::into_response)
+        gate(&adapter, adapter.gate_until(&context)).await.map_err(IntoResponse::into_response)
     }
 }
 

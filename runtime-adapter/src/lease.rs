@@ -111,13 +111,40 @@ impl Connection {
         self.timer.within(stop, work).await
     }
 
-    /// Runs `work`, which sends to the server, counted as in flight until it
-    /// completes; dropped before that, it leaves the session unknown.
-    pub(crate) async fn sent<F: Future>(&self, work: F) -> F::Output {
-        let flight = InFlight::start(&self.state);
-        let out = work.await;
-        flight.landed();
-        out
+    /// Runs `work`, which sends to the server, counted as in flight from
+    /// its first poll until it completes; dropped in between, it leaves the
+    /// session unknown.
+    pub(crate) fn sent<F: Future>(&self, work: F) -> Sent<'_, F> {
+        Sent { work, state: &self.state, flight: None }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Connection::sent`]: `work` polled in place. An
+    /// `async fn` would hold it twice (as its argument, and as what it
+    /// awaits), and a statement's future is kilobytes, copied whole.
+    pub(crate) struct Sent<'a, F> {
+        // First, so that it is dropped before the flight marks the session.
+        #[pin]
+        work: F,
+        state: &'a SessionState,
+        flight: Option<InFlight<'a>>,
+    }
+}
+
+impl<F: Future> Future for Sent<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        if this.flight.is_none() {
+            *this.flight = Some(InFlight::start(this.state));
+        }
+        let out = std::task::ready!(this.work.poll(cx));
+        if let Some(flight) = this.flight.take() {
+            flight.landed();
+        }
+        Poll::Ready(out)
     }
 }
 
@@ -253,6 +280,12 @@ impl SessionState {
         self.flags.fetch_or(RAW, Ordering::AcqRel);
     }
 
+    /// Whether a [`RawClient`](crate::RawClient) was handed out since the
+    /// connection was last rolled back.
+    pub(crate) fn is_raw(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & RAW != 0
+    }
+
     /// Takes the raw-use mark: whether the connection must be rolled back
     /// before its next use.
     pub(crate) fn take_raw(&self) -> bool {
@@ -272,7 +305,7 @@ impl SessionState {
 }
 
 /// A request counted as in flight; see [`Connection::sent`].
-struct InFlight<'a> {
+pub(crate) struct InFlight<'a> {
     state: &'a SessionState,
     landed: bool,
 }

@@ -39,8 +39,9 @@ use lambda_runtime::{Context, Diagnostic, LambdaEvent, LambdaInvocation, Runtime
 
 use crate::adapter::{Adapter, Builder};
 use crate::db::Db;
+use crate::deadline::Deadline;
 use crate::error::Error;
-use crate::metrics::{Invocation, Point};
+use crate::metrics::{self, Point};
 use crate::report::{panicked, report_init_error};
 use crate::shutdown;
 use crate::snapstart::SnapStart;
@@ -198,13 +199,8 @@ where
 
     fn call(&mut self, event: LambdaEvent<T>) -> Self::Future {
         let mut inner = self.take_ready();
-        let record = Record::of(&event.context);
-        // `lazy`: the inner service is called at the first poll, inside
-        // `catch_unwind` (a panic in its `call` is answered too), and
-        // `flatten` overlaps the call's arguments (the event, 1.7 KB for
-        // API Gateway) with its future, where an `async` block would hold both.
-        let handled = Box::pin(future::lazy(move |_| inner.call(event)).flatten().map_err(Into::into));
-        Box::pin(invocation(self.adapter.clone(), record, handled))
+        let record = Record::of(&self.adapter, &event.context);
+        invocation(self.adapter.clone(), record, move || inner.call(event).map_err(Into::into))
     }
 }
 
@@ -226,16 +222,17 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let mut inner = self.take_ready();
-        let record = request.extensions().get::<Context>().map(Record::of).unwrap_or_default();
+        let record = request.extensions().get::<Context>().map(|c| Record::of(&self.adapter, c)).unwrap_or_default();
         request.extensions_mut().insert(self.adapter.clone());
-        let handled = Box::pin(async move {
-            let mut response = inner.call(request).await.map_err(Into::into)?;
-            match response.extensions_mut().remove::<Failed>() {
-                Some(Failed(diagnostic)) => Err(diagnostic),
-                None => Ok(response.map(|body| ResponseBody(Mutex::new(body)))),
-            }
-        });
-        Box::pin(invocation(self.adapter.clone(), record, handled))
+        invocation(self.adapter.clone(), record, move || {
+            inner.call(request).map(|response| {
+                let mut response = response.map_err(Into::into)?;
+                match response.extensions_mut().remove::<Failed>() {
+                    Some(Failed(diagnostic)) => Err(diagnostic),
+                    None => Ok(response.map(|body| ResponseBody(Mutex::new(body)))),
+                }
+            })
+        })
     }
 }
 
@@ -277,46 +274,82 @@ struct Record {
 }
 
 impl Record {
-    fn of(context: &Context) -> Self {
+    /// Empty unless the records name each invocation: aggregated records
+    /// (the default) do not, and the ids are not copied for nothing.
+    fn of(adapter: &Adapter, context: &Context) -> Self {
+        if !adapter.names_invocations() {
+            return Self::default();
+        }
         Self { request_id: context.request_id.clone(), xray_trace_id: context.xray_trace_id.clone() }
     }
 }
 
-/// One invocation: the handler, a panic in it answered as
-/// [`HANDLER_PANICKED`](crate::HANDLER_PANICKED), with the metrics checked before and after.
+/// One invocation: the handler's future, made by `call`, with a panic in
+/// making or polling it answered as [`HANDLER_PANICKED`](crate::HANDLER_PANICKED), and the metrics
+/// checked before and after.
 ///
-/// `handled` comes boxed: a handler's future is large (kilobytes: the
-/// gate, the statements, the handler's own state), and held inline it would
-/// be stored twice here (as the argument, and inside `catch_unwind`) and
-/// copied whole at each move, several times per invocation.
-async fn invocation<R>(
-    adapter: Adapter,
-    record: Record,
-    handled: impl Future<Output = Result<R, Diagnostic>>,
-) -> Result<R, Diagnostic> {
-    // A record whose window has passed is written before the handler adds
-    // to what it holds.
-    adapter.flush_metrics(Point::Start);
-    // Also a panic in the inner service's `call`, which runs inside this
-    // future, not only in the future it returns.
-    let result = match AssertUnwindSafe(handled).catch_unwind().await {
-        Ok(result) => result,
-        Err(payload) => Err(panicked(payload.as_ref())),
-    };
-    // After the handler, so a record holds the invocation's statements;
-    // before the answer, which may freeze the process: the last point at
-    // which a record due now can be written.
-    adapter.flush_metrics(Point::End(Invocation {
-        request_id: &record.request_id,
-        xray_trace_id: record.xray_trace_id.as_deref(),
-    }));
-    result
+/// The handler's future is kilobytes (the gate, the statements, the
+/// handler's own state): it is made here and held once, in the one
+/// allocation of the invocation, and polled in place.
+fn invocation<F, R>(adapter: Adapter, record: Record, call: impl FnOnce() -> F) -> LifecycleFuture<R>
+where
+    F: Future<Output = Result<R, Diagnostic>> + Send + 'static,
+    R: Send + 'static,
+{
+    match std::panic::catch_unwind(AssertUnwindSafe(call)) {
+        Ok(handled) => Box::pin(Invocation { handled, adapter, record, started: false }),
+        Err(payload) => {
+            let handled = future::ready(Err(panicked(payload.as_ref())));
+            Box::pin(Invocation { handled, adapter, record, started: false })
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of one invocation; see [`invocation`].
+    struct Invocation<F> {
+        #[pin]
+        handled: F,
+        adapter: Adapter,
+        record: Record,
+        started: bool,
+    }
+}
+
+impl<F, R> Future for Invocation<F>
+where
+    F: Future<Output = Result<R, Diagnostic>>,
+{
+    type Output = Result<R, Diagnostic>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if !*this.started {
+            *this.started = true;
+            // A record whose window has passed is written before the
+            // handler adds to what it holds.
+            this.adapter.flush_metrics(Point::Start);
+        }
+        let result = match std::panic::catch_unwind(AssertUnwindSafe(|| this.handled.poll(cx))) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(result)) => result,
+            Err(payload) => Err(panicked(payload.as_ref())),
+        };
+        // After the handler, so a record holds the invocation's statements;
+        // before the answer, which may freeze the process: the last point at
+        // which a record due now can be written.
+        this.adapter.flush_metrics(Point::End(metrics::Invocation {
+            request_id: &this.record.request_id,
+            xray_trace_id: this.record.xray_trace_id.as_deref(),
+        }));
+        Poll::Ready(result)
+    }
 }
 
 /// The gate for one invocation: a warmed [`Db`], or the error that reaches
 /// Lambda, logged once here.
-pub(crate) async fn gate(adapter: &Adapter, context: &Context) -> Result<Db, Error> {
-    adapter.db(context).await.inspect_err(|error| {
+pub(crate) async fn gate(adapter: &Adapter, until: Deadline) -> Result<Db, Error> {
+    adapter.db_until(until).await.inspect_err(|error| {
         tracing::error!(%error, kind = ?error.kind(), "no database connection for this invocation");
     })
 }

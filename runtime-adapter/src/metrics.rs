@@ -229,6 +229,12 @@ impl Emf {
     }
 
     /// Writes to stdout the records due at `point`, if any.
+    /// Whether records are written per invocation, naming it (its request
+    /// and trace ids); an aggregated record names none.
+    pub(crate) fn names_invocations(&self) -> bool {
+        self.enabled && self.interval_ms == 0
+    }
+
     pub(crate) fn at(&self, counters: &Counters, point: Point<'_>) {
         let records = self.records_at(counters, point, SystemTime::now());
         if records.is_empty() {

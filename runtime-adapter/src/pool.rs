@@ -7,15 +7,16 @@
 //! Connections that deadpool opens later (to replace a closed one) go through
 //! the same [`WarmingManager::create`].
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use deadpool::managed::{self, Metrics, PoolError, RecycleError, RecycleResult, TimeoutType};
+use deadpool::managed::{self, Metrics, PoolError, RecycleError, RecycleResult, TimeoutType, Timeouts};
 use deadpool_postgres::{ClientWrapper, Connect, ManagerConfig, RecyclingMethod};
-use futures_util::future::{try_join_all, BoxFuture};
+use futures_util::future::{try_join_all, BoxFuture, Either};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
@@ -267,7 +268,15 @@ impl WarmPool {
 }
 
 async fn checkout(pool: &Pool) -> Result<Conn, Error> {
-    pool.get().await.map(Conn::new).map_err(|e| match e {
+    // A free slot first, taken without waiting (a semaphore `try_acquire`,
+    // no wait future or timer): what a warm invocation nearly always finds.
+    // Only when every slot is checked out does it wait, on a boxed path.
+    let now = Timeouts { wait: Some(Duration::ZERO), ..pool.timeouts() };
+    let got = match pool.timeout_get(&now).await {
+        Err(PoolError::Timeout(TimeoutType::Wait)) => Box::pin(pool.get()).await,
+        got => got,
+    };
+    got.map(Conn::new).map_err(|e| match e {
         PoolError::Backend(e) => e,
         PoolError::Timeout(TimeoutType::Wait) => {
             Error::Timeout { step: Step::PoolWait, after: pool.timeouts().wait.unwrap_or_default() }
@@ -302,7 +311,46 @@ impl managed::Manager for WarmingManager {
     type Type = Connection;
     type Error = Error;
 
-    async fn create(&self) -> Result<Connection, Error> {
+    /// Boxed: a connect is rare (once per environment, per refresh) and its
+    /// future large; inline, it would sit in deadpool's checkout future, and
+    /// so in every invocation's, which is copied whole when it moves.
+    fn create(&self) -> impl Future<Output = Result<Connection, Error>> + Send {
+        Box::pin(self.open_warmed())
+    }
+
+    /// A connection whose state allows reuse and whose socket is open is
+    /// handed out at once (`RecyclingMethod::Fast` sends nothing); one that
+    /// raw calls used is rolled back first, on a path boxed as `create`'s.
+    fn recycle(&self, conn: &mut Connection, metrics: &Metrics) -> impl Future<Output = RecycleResult<Error>> + Send {
+        if !conn.is_closed() && conn.state().is_idle() && !conn.state().is_raw() {
+            return Either::Left(std::future::ready(Ok(())));
+        }
+        Either::Right(Box::pin(self.recycle_checked(conn, metrics)))
+    }
+
+    fn detach(&self, conn: &mut Connection) {
+        self.inner.detach(conn.client_mut());
+    }
+}
+
+/// The generation of the pool `object` came from, if that pool still exists.
+pub(crate) fn generation_of(object: &managed::Object<WarmingManager>) -> Option<u64> {
+    managed::Object::pool(object).map(|pool| pool.manager().generation)
+}
+
+impl Keeper for WarmingManager {
+    fn abandoned(&self) {
+        bump(&self.counters.abandoned_sessions);
+    }
+
+    fn track(&self, work: impl std::future::Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
+        self.connect.tasks.spawn(work)
+    }
+}
+
+impl WarmingManager {
+    /// Opens a connection and runs both warmup phases on it.
+    async fn open_warmed(&self) -> Result<Connection, Error> {
         bump(&self.counters.connect_attempts);
         let started = Instant::now();
         // Boxed: the TLS and AWS futures inside are deep types.
@@ -353,8 +401,10 @@ impl managed::Manager for WarmingManager {
         Ok(Connection::new(client, cancel_target, self.statements.cache(prepared), self.connect.tls.connector()))
     }
 
-    async fn recycle(&self, conn: &mut Connection, metrics: &Metrics) -> RecycleResult<Error> {
-        self.inner.recycle(conn.client_mut(), metrics).await.map_err(|e| match e {
+    /// deadpool-postgres's recycle (a closed socket is not reused) and the
+    /// session's own checks.
+    async fn recycle_checked(&self, conn: &mut Connection, metrics: &Metrics) -> RecycleResult<Error> {
+        managed::Manager::recycle(&self.inner, conn.client_mut(), metrics).await.map_err(|e| match e {
             RecycleError::Message(m) => RecycleError::Message(m),
             RecycleError::Backend(e) => RecycleError::Backend(Error::Db(e)),
         })?;
@@ -373,27 +423,6 @@ impl managed::Manager for WarmingManager {
         Ok(())
     }
 
-    fn detach(&self, conn: &mut Connection) {
-        self.inner.detach(conn.client_mut());
-    }
-}
-
-/// The generation of the pool `object` came from, if that pool still exists.
-pub(crate) fn generation_of(object: &managed::Object<WarmingManager>) -> Option<u64> {
-    managed::Object::pool(object).map(|pool| pool.manager().generation)
-}
-
-impl Keeper for WarmingManager {
-    fn abandoned(&self) {
-        bump(&self.counters.abandoned_sessions);
-    }
-
-    fn track(&self, work: impl std::future::Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
-        self.connect.tasks.spawn(work)
-    }
-}
-
-impl WarmingManager {
     /// Opens one connection with this generation's credentials (a fresh IAM
     /// token each time). If it fails to authenticate (28P01, 28000), the
     /// credentials are resolved once more and the connection tried again:

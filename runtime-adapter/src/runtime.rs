@@ -12,7 +12,8 @@
 use std::fmt::Debug;
 use std::future::Future;
 
-use futures_util::Stream;
+use futures_util::future::{self, Either};
+use futures_util::{FutureExt as _, Stream, TryFutureExt as _};
 use lambda_runtime::tower::Layer as _;
 use lambda_runtime::{Diagnostic, IntoFunctionResponse, LambdaEvent};
 use serde::{Deserialize, Serialize};
@@ -66,10 +67,16 @@ impl Builder {
         let handler = lambda_runtime::service_fn(move |event: LambdaEvent<A>| {
             let adapter = adapter.clone();
             let handler = handler.clone();
-            async move {
-                let db = gate(&adapter, &event.context).await.map_err(Diagnostic::from)?;
-                handler(db, event).await.map_err(Into::into)
-            }
+            let until = adapter.gate_until(&event.context);
+            // The gate, then the handler: `then` holds the event beside the
+            // gate's future, and the handler's future (which holds the event)
+            // in their place; an `async` block would hold the event for the
+            // whole invocation beside both, a larger future to move.
+            let gate = async move { gate(&adapter, until).await };
+            gate.then(move |db| match db {
+                Ok(db) => Either::Left(handler(db, event).map_err(Into::into)),
+                Err(error) => Either::Right(future::ready(Err(Diagnostic::from(error)))),
+            })
         });
         let service = lifecycle.layer().layer(handler);
         lifecycle.run(lambda_runtime::Runtime::new(service)).await
