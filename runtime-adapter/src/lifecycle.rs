@@ -200,7 +200,11 @@ where
     fn call(&mut self, event: LambdaEvent<T>) -> Self::Future {
         let mut inner = self.take_ready();
         let record = Record::of(&self.adapter, &event.context);
-        invocation(self.adapter.clone(), record, move || inner.call(event).map_err(Into::into))
+        // Boxed: an event is large (1.7 KB for API Gateway) and moved field
+        // by field, in hundreds of instructions, at each step to the inner
+        // service; boxed, those steps move a pointer.
+        let event = Box::new(event);
+        invocation(self.adapter.clone(), record, move || inner.call(*event).map_err(Into::into))
     }
 }
 
