@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use plotters::prelude::*;
 
-use crate::palette::COLOURS;
+use crate::palette::{legend, COLOURS};
 
 use crate::refresh::{RefreshResult, MAX_AGE_MS};
 use crate::warm::WarmResult;
@@ -71,14 +71,7 @@ pub(crate) fn warm_latency(warm: &[WarmResult], path: &Path) -> Result<(), Strin
     // Between the pooled contenders' tails and connect-per-invocation's curve.
     let (width, height) = chart.plotting_area().dim_in_pixel();
     let legend_at = ((width as f64 * 0.38) as i32, (height as f64 * 0.35) as i32);
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::Coordinate(legend_at.0, legend_at.1))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .label_font(("sans-serif", 13))
-        .draw()
-        .map_err(draw_error)?;
+    legend(&mut chart, SeriesLabelPosition::Coordinate(legend_at.0, legend_at.1), 13).draw().map_err(draw_error)?;
     root.present().map_err(draw_error)
 }
 
@@ -124,14 +117,7 @@ pub(crate) fn refresh_timeline(refresh: &RefreshResult, path: &Path) -> Result<(
         .map_err(draw_error)?
         .label(format!("replaced the pool ({}, p50 {:.3} ms)", refresh.refreshing.n, millis(refresh.refreshing.p50)))
         .legend(move |(x, y)| Circle::new((x + 8, y), 5, red.stroke_width(2)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .label_font(("sans-serif", 13))
-        .draw()
-        .map_err(draw_error)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight, 13).draw().map_err(draw_error)?;
     root.present().map_err(draw_error)
 }
 

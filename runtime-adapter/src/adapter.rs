@@ -27,7 +27,7 @@ use crate::error::{Error, ErrorKind, Step};
 use crate::health::{self, Checked};
 use crate::liveness::{self, Liveness};
 use crate::metrics::{Emf, Point};
-use crate::pool::{Conn, WarmPool};
+use crate::pool::{Conn, Recipe, WarmPool};
 use crate::random::Entropy;
 use crate::retry::{self, Retrier};
 use crate::statement::Statements;
@@ -607,14 +607,7 @@ impl Adapter {
         let mut attempt = 0;
         let built = loop {
             attempt += 1;
-            let build = WarmPool::build_in(
-                &shared.config,
-                &shared.statements,
-                &shared.counters,
-                &shared.liveness,
-                tasks.clone(),
-                true,
-            );
+            let build = WarmPool::build_in(shared.recipe(), tasks.clone(), true);
             match Box::pin(build).await {
                 Ok(pool) => break Ok(pool),
                 Err(error) if error.is_transient() && attempt < attempts => {
@@ -660,7 +653,7 @@ impl Adapter {
         bump(&shared.counters.refresh_waits);
         drop(shared.stop_background());
         let refresh = Refresh { started: Instant::now(), background: false, attempts: 1 };
-        let build = WarmPool::build(&shared.config, &shared.statements, &shared.counters, &shared.liveness);
+        let build = WarmPool::build(shared.recipe());
         match until.bound(Step::Refresh, build).await {
             Ok(new) => {
                 let new = Arc::new(new);
@@ -722,7 +715,17 @@ impl Adapter {
 impl Shared {
     /// Builds and warms a pool: `attempts` tries, never past `until`.
     async fn build_pool(&self, attempts: u32, until: Deadline) -> Result<WarmPool, Error> {
-        WarmPool::build_retrying(&self.config, &self.statements, &self.counters, &self.liveness, attempts, until).await
+        WarmPool::build_retrying(self.recipe(), attempts, until).await
+    }
+
+    /// What the pools are built from.
+    fn recipe(&self) -> Recipe<'_> {
+        Recipe {
+            config: &self.config,
+            statements: &self.statements,
+            counters: &self.counters,
+            liveness: &self.liveness,
+        }
     }
 
     /// Puts `new`, built to replace `old` past its maximum age, in place.

@@ -55,16 +55,20 @@ pub(crate) struct WarmPool {
     expiry: Expiry,
 }
 
+/// What every generation of the pool is built from.
+#[derive(Clone, Copy)]
+pub(crate) struct Recipe<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) statements: &'a Statements,
+    pub(crate) counters: &'a Arc<Counters>,
+    pub(crate) liveness: &'a Arc<Liveness>,
+}
+
 impl WarmPool {
     /// Opens and warms `config.pool_size` connections side by side. One
     /// attempt; [`WarmPool::build_retrying`] retries.
-    pub(crate) async fn build(
-        config: &Config,
-        statements: &Statements,
-        counters: &Arc<Counters>,
-        liveness: &Arc<Liveness>,
-    ) -> Result<Self, Error> {
-        Self::build_in(config, statements, counters, liveness, TaskTracker::new(), false).await
+    pub(crate) async fn build(recipe: Recipe<'_>) -> Result<Self, Error> {
+        Self::build_in(recipe, TaskTracker::new(), false).await
     }
 
     /// As [`build`](Self::build), its connections driven by tasks of
@@ -74,14 +78,8 @@ impl WarmPool {
     /// [`report_failures`](Self::report_failures): for a replacement built
     /// in the background, whose attempt a freeze may have cut, and which is
     /// tried again rather than reported.
-    pub(crate) async fn build_in(
-        config: &Config,
-        statements: &Statements,
-        counters: &Arc<Counters>,
-        liveness: &Arc<Liveness>,
-        tasks: TaskTracker,
-        quiet: bool,
-    ) -> Result<Self, Error> {
+    pub(crate) async fn build_in(recipe: Recipe<'_>, tasks: TaskTracker, quiet: bool) -> Result<Self, Error> {
+        let Recipe { config, statements, counters, liveness } = recipe;
         let started = Instant::now();
         // Once per build: a rotated secret is picked up by the next refresh.
         let pg = config.pg_config();
@@ -142,18 +140,12 @@ impl WarmPool {
     ///
     /// Inside an invocation the gate makes one attempt per call and its own
     /// retry loop (with backoff) spaces them.
-    pub(crate) async fn build_retrying(
-        config: &Config,
-        statements: &Statements,
-        counters: &Arc<Counters>,
-        liveness: &Arc<Liveness>,
-        attempts: u32,
-        until: Deadline,
-    ) -> Result<Self, Error> {
+    pub(crate) async fn build_retrying(recipe: Recipe<'_>, attempts: u32, until: Deadline) -> Result<Self, Error> {
+        let Recipe { config, counters, .. } = recipe;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let build = Self::build(config, statements, counters, liveness);
+            let build = Self::build(recipe);
             let result = until.bound(Step::Warmup, build).await;
             let error = match result {
                 Ok(pool) => return Ok(pool),

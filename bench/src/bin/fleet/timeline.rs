@@ -9,7 +9,7 @@ use std::path::Path;
 use integration_tests::fleet::Bucket;
 use plotters::prelude::*;
 
-use crate::palette::COLOURS;
+use crate::palette::{legend, COLOURS};
 
 use crate::scenarios::Ran;
 
@@ -79,14 +79,7 @@ pub(crate) fn draw(runs: &[Ran], path: &Path) {
                     .expect("label a fault");
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .label_font(("sans-serif", 12))
-            .draw()
-            .expect("draw the legend");
+        legend(&mut chart, SeriesLabelPosition::UpperRight, 12).draw().expect("draw the legend");
     }
     root.present().expect("write the SVG");
 }
