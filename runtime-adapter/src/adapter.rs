@@ -10,7 +10,7 @@
 //! background, beside the pool in use, and no invocation waits for it
 //! unless it is still not built a grace later ([`refresh_grace`]).
 
-use futures_util::future::BoxFuture;
+use futures_util::future::{self, BoxFuture, Either, Ready};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
@@ -188,6 +188,9 @@ pub(crate) struct Shared {
     /// Numbers background builds, so that a stopped one knows it was.
     background_ids: AtomicU64,
 }
+
+/// [`Adapter::ready_pool`]'s future: the pool at once, or the slow path's.
+type ReadyPool<'a> = Either<Ready<Result<Arc<WarmPool>, Error>>, BoxFuture<'a, Result<Arc<WarmPool>, Error>>>;
 
 /// How a max-age refresh went about it, for its log line.
 #[derive(Debug, Clone, Copy)]
@@ -495,7 +498,11 @@ impl Adapter {
         }
     }
 
-    async fn ready_pool(&self, until: Deadline, skipped: &AtomicBool) -> Result<Arc<WarmPool>, Error> {
+    /// The pool to check out from: the one in place, at once, when no
+    /// health check is due and it is not overdue for its refresh (a warm
+    /// invocation's case, with no future of its own); otherwise through the
+    /// boxed slow path.
+    fn ready_pool<'a>(&'a self, until: Deadline, skipped: &'a AtomicBool) -> ReadyPool<'a> {
         let shared = &self.shared;
         let interval = shared.config.health_check_interval;
         let grace = refresh_grace(shared.config.max_age);
@@ -508,12 +515,12 @@ impl Adapter {
                 if !shared.liveness.check_due(now, interval) {
                     skipped.store(true, Ordering::Relaxed);
                     tracing::debug!("health check skipped: a round trip succeeded within the interval");
-                    return Ok(pool);
+                    return Either::Left(future::ready(Ok(pool)));
                 }
             }
         }
 
-        self.maintain(until, skipped).await
+        Either::Right(self.maintain(until, skipped))
     }
 
     /// The gate's slow path, under the maintenance lock: warm, refresh,

@@ -352,8 +352,8 @@ where
 
 /// The gate for one invocation: a warmed [`Db`], or the error that reaches
 /// Lambda, logged once here.
-pub(crate) async fn gate(adapter: &Adapter, until: Deadline) -> Result<Db, Error> {
-    adapter.db_until(until).await.inspect_err(|error| {
+pub(crate) fn gate(adapter: &Adapter, until: Deadline) -> impl Future<Output = Result<Db, Error>> + Send + '_ {
+    adapter.db_until(until).inspect_err(|error| {
         tracing::error!(%error, kind = ?error.kind(), "no database connection for this invocation");
     })
 }

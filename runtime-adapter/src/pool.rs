@@ -189,8 +189,8 @@ impl WarmPool {
     }
 
     /// A warmed connection, waiting at most `DB_POOL_TIMEOUT_MS` for one.
-    pub(crate) async fn checkout(&self) -> Result<Conn, Error> {
-        checkout(&self.pool).await
+    pub(crate) fn checkout(&self) -> impl Future<Output = Result<Conn, Error>> + Send + '_ {
+        checkout(&self.pool)
     }
 
     /// A warmed connection within `bound`, or `None` if every connection
