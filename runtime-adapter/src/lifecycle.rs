@@ -77,7 +77,8 @@ impl Builder {
     ///
     /// The init failure, already reported to Lambda.
     pub async fn start(self) -> Result<Lifecycle, Error> {
-        let adapter = match self.init().await {
+        let (init, ()) = tokio::join!(self.init(), shutdown::register_extension());
+        let adapter = match init {
             Ok(adapter) => adapter,
             Err(error) => {
                 tracing::error!(%error, error_type = error.error_type(), "init failed");
@@ -85,7 +86,7 @@ impl Builder {
                 return Err(error);
             }
         };
-        shutdown::install(adapter.clone()).await;
+        shutdown::listen(adapter.clone());
         Ok(Lifecycle { adapter })
     }
 }

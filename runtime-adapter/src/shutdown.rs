@@ -24,9 +24,11 @@ use crate::units::millis;
 /// Internal extension names must be unique within a function.
 const EXTENSION_NAME: &str = "runtime-adapter-graceful-shutdown";
 
-/// Registers the extension and starts waiting for the signals. Must run
-/// during INIT, before the runtime loop starts.
-pub(crate) async fn install(adapter: Adapter) {
+/// Registers the extension, so that Lambda sends SIGTERM. Must run during
+/// INIT, before the runtime loop starts; it needs nothing of the adapter, so
+/// it runs beside the pool's warmup (its round trip to the Extensions API
+/// would otherwise add to INIT).
+pub(crate) async fn register_extension() {
     // Outside Lambda (a service driven in-process) there is no Extensions
     // API, and lambda_extension's client panics without its address.
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_none() {
@@ -34,7 +36,6 @@ pub(crate) async fn install(adapter: Adapter) {
     } else {
         register().await;
     }
-    listen(adapter);
 }
 
 /// Registers the no-op extension, so that Lambda sends SIGTERM.
@@ -55,7 +56,7 @@ async fn register() {
 }
 
 /// Waits for SIGTERM or SIGINT in a task, then closes the pool and exits.
-fn listen(adapter: Adapter) {
+pub(crate) fn listen(adapter: Adapter) {
     let (mut terminate, mut interrupt) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
         (Err(error), _) | (_, Err(error)) => {
