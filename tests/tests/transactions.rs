@@ -1,7 +1,8 @@
 //! Transactions and deadlines, driven in-process against a real server:
 //! 40001 reruns the whole closure once, a COMMIT cut in flight is reported
-//! as such and not retried, and a statement past the deadline is cancelled
-//! on the server.
+//! as such and not retried, a statement past the deadline is cancelled
+//! on the server, and a transaction a raw client left open is rolled back
+//! before the connection serves again.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -390,4 +391,32 @@ async fn a_deferred_constraint_failing_at_commit_is_the_servers_error_and_not_re
     assert_eq!(one, 1);
     let stats = adapter.stats();
     assert_eq!((stats.connect_attempts, stats.abandoned_sessions), (1, 0), "the same connection, nothing abandoned");
+}
+
+#[tokio::test]
+async fn a_transaction_a_raw_client_left_open_is_rolled_back_before_the_next_invocation() {
+    let pg = postgres().await;
+    pg.apply_sql_as_app(SCHEMA).await;
+    let adapter = adapter(&pg.database_url(), &[("DB_POOL_SIZE", "1")], &[]).await;
+    let committed = || async {
+        let client = pg.app_client().await;
+        let rows = client.query("SELECT note FROM journal ORDER BY id", &[]).await.expect("journal");
+        rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>()
+    };
+
+    // A handler opens a transaction through the raw client and returns
+    // without ending it: what the adapter cannot see.
+    let db = adapter.db(&context(Duration::from_secs(30))).await.expect("db");
+    let raw = db.client().await.expect("raw");
+    raw.batch_execute("BEGIN; INSERT INTO journal (note) VALUES ('left open')").await.expect("begin");
+    drop(raw);
+    drop(db);
+
+    // The next invocation, on the same connection: its write is its own
+    // and committed, not swallowed by the transaction left open.
+    let db = adapter.db(&context(Duration::from_secs(30))).await.expect("db");
+    db.execute("INSERT INTO journal (note) VALUES ('next')", &[]).await.expect("insert");
+    drop(db);
+    assert_eq!(committed().await, ["next"], "the left-open insert rolled back, the next one committed");
+    assert_eq!(adapter.stats().connect_attempts, 1, "rolled back and reused, not replaced");
 }
