@@ -456,6 +456,15 @@ mod tests {
         Emf::new(&config)
     }
 
+    /// Counters and minute-long windows that start, as INIT did, at 0 s on
+    /// the tests' clock (`Emf::new` took the real one: rebased).
+    fn minute_windows() -> (Counters, Emf) {
+        let counters = Counters::default();
+        let emf = emf_every(Duration::from_secs(60));
+        emf.rebase(&counters);
+        (counters, emf)
+    }
+
     fn at(secs: f64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs_f64(secs)
     }
@@ -529,10 +538,7 @@ mod tests {
 
     #[test]
     fn a_window_becomes_one_record_stamped_with_its_oldest_activity() {
-        let counters = Counters::default();
-        let emf = emf_every(Duration::from_secs(60));
-        // INIT at 0 s (Emf::new took the real clock: rebase to the test's).
-        emf.rebase(&counters);
+        let (counters, emf) = minute_windows();
         assert!(emf.records_at(&counters, Point::Start, at(60.5)).is_empty());
         for i in 0..50 {
             let t = 60.5 + f64::from(i);
@@ -569,9 +575,7 @@ mod tests {
 
     #[test]
     fn a_record_is_written_before_a_metric_passes_100_values() {
-        let counters = Counters::default();
-        let emf = emf_every(Duration::from_secs(60));
-        emf.rebase(&counters);
+        let (counters, emf) = minute_windows();
         let mut records = Vec::new();
         let mut micros = 1000;
         // Two new distinct values per invocation, all within one window.
@@ -595,9 +599,7 @@ mod tests {
 
     #[test]
     fn one_invocation_with_more_than_100_values_is_split_and_exact() {
-        let counters = Counters::default();
-        let emf = emf_every(Duration::from_secs(60));
-        emf.rebase(&counters);
+        let (counters, emf) = minute_windows();
         assert!(emf.records_at(&counters, Point::Start, at(1.0)).is_empty());
         bump(&counters.retry_attempts);
         for i in 0..250u64 {

@@ -12,6 +12,7 @@ use integration_tests::orders::{
     get_order, post_valid_order, postgres, postgres_watching_closes, status, OrdersEnv, FUNCTION_NAME, ORDERS_BIN,
 };
 use integration_tests::server_log::Log;
+use integration_tests::{FaultProxy, Postgres};
 
 #[tokio::test]
 async fn after_max_age_a_new_warmed_connection_replaces_the_old_one_which_closes_cleanly() {
@@ -80,14 +81,31 @@ fn lines_with(output: &str, needle: &str) -> Vec<String> {
     output.lines().filter(|line| line.contains(needle)).map(str::to_owned).collect()
 }
 
+/// `orders` behind the fault proxy, the migration applied, with a maximum
+/// age, a health-check interval and a connect timeout, and one order
+/// written: its pool warmed and in use.
+async fn orders_behind_proxy(
+    pg: Postgres,
+    max_age_ms: &str,
+    health_check_interval_ms: &str,
+    connect_timeout: Duration,
+) -> (OrdersEnv, FaultProxy) {
+    pg.apply_sql_as_app(integration_tests::orders::MIGRATION).await;
+    let timeout_ms = connect_timeout.as_millis().to_string();
+    let settings = [
+        ("DB_MAX_AGE_MS", max_age_ms),
+        ("DB_HEALTH_CHECK_INTERVAL_MS", health_check_interval_ms),
+        ("DB_CONNECT_TIMEOUT_MS", timeout_ms.as_str()),
+    ];
+    let (env, proxy) = OrdersEnv::start_behind_proxy(ORDERS_BIN, pg, &settings).await;
+    assert_eq!(status(env.api.invoke(post_valid_order("tea", 1)).await.response()), 201);
+    (env, proxy)
+}
+
 /// Invokes `GET /orders/1` every 20 ms until the proxy has accepted more
 /// than `accepted` connections (the background build started); returns the
 /// invocations' latencies. Each must succeed.
-async fn invoke_until_a_connect(
-    env: &OrdersEnv,
-    proxy: &integration_tests::FaultProxy,
-    within: Duration,
-) -> Vec<Duration> {
+async fn invoke_until_a_connect(env: &OrdersEnv, proxy: &FaultProxy, within: Duration) -> Vec<Duration> {
     let accepted = proxy.accepted();
     let give_up = Instant::now() + within;
     let mut latencies = Vec::new();
@@ -107,16 +125,7 @@ async fn a_replacement_that_cannot_connect_holds_no_invocation_until_the_grace_t
     // below even on a loaded machine. A connect to the black hole takes the
     // whole DB_CONNECT_TIMEOUT_MS.
     let connect_timeout = Duration::from_millis(2000);
-    let pg = postgres().await;
-    pg.apply_sql_as_app(integration_tests::orders::MIGRATION).await;
-    let timeout_ms = connect_timeout.as_millis().to_string();
-    let (env, proxy) = OrdersEnv::start_behind_proxy(
-        ORDERS_BIN,
-        pg,
-        &[("DB_MAX_AGE_MS", "10000"), ("DB_HEALTH_CHECK_INTERVAL_MS", "9000"), ("DB_CONNECT_TIMEOUT_MS", &timeout_ms)],
-    )
-    .await;
-    assert_eq!(status(env.api.invoke(post_valid_order("tea", 1)).await.response()), 201);
+    let (env, proxy) = orders_behind_proxy(postgres().await, "10000", "9000", connect_timeout).await;
     let old = env.pg.backend_pids(FUNCTION_NAME).await;
     proxy.black_hole_new(true);
 
@@ -158,16 +167,7 @@ async fn a_replacement_that_cannot_connect_holds_no_invocation_until_the_grace_t
 #[tokio::test]
 async fn a_background_build_cut_by_a_freeze_is_tried_again_at_the_thaw_and_not_reported() {
     let connect_timeout = Duration::from_millis(500);
-    let pg = postgres_watching_closes().await;
-    pg.apply_sql_as_app(integration_tests::orders::MIGRATION).await;
-    let timeout_ms = connect_timeout.as_millis().to_string();
-    let (env, proxy) = OrdersEnv::start_behind_proxy(
-        ORDERS_BIN,
-        pg,
-        &[("DB_MAX_AGE_MS", "2000"), ("DB_HEALTH_CHECK_INTERVAL_MS", "1500"), ("DB_CONNECT_TIMEOUT_MS", &timeout_ms)],
-    )
-    .await;
-    assert_eq!(status(env.api.invoke(post_valid_order("tea", 1)).await.response()), 201);
+    let (env, proxy) = orders_behind_proxy(postgres_watching_closes().await, "2000", "1500", connect_timeout).await;
     let old = env.pg.backend_pids(FUNCTION_NAME).await;
 
     // The replacement's first connect is accepted and left unanswered; the
@@ -205,15 +205,8 @@ async fn a_background_build_cut_by_a_freeze_is_tried_again_at_the_thaw_and_not_r
 
 #[tokio::test]
 async fn sigterm_while_a_replacement_is_being_built_exits_in_time_and_leaves_no_session_open() {
-    let pg = postgres_watching_closes().await;
-    pg.apply_sql_as_app(integration_tests::orders::MIGRATION).await;
-    let (mut env, proxy) = OrdersEnv::start_behind_proxy(
-        ORDERS_BIN,
-        pg,
-        &[("DB_MAX_AGE_MS", "2000"), ("DB_HEALTH_CHECK_INTERVAL_MS", "1500"), ("DB_CONNECT_TIMEOUT_MS", "5000")],
-    )
-    .await;
-    assert_eq!(status(env.api.invoke(post_valid_order("tea", 1)).await.response()), 201);
+    let (mut env, proxy) =
+        orders_behind_proxy(postgres_watching_closes().await, "2000", "1500", Duration::from_secs(5)).await;
     proxy.black_hole_new(true);
     invoke_until_a_connect(&env, &proxy, Duration::from_secs(4)).await;
     // The build waits on its unanswered connect (for up to 5 s) when
