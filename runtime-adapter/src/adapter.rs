@@ -137,6 +137,7 @@ impl Builder {
         let adapter = Adapter {
             shared: Arc::new(Shared {
                 emf: Emf::new(&config),
+                refresh_grace: refresh_grace(config.max_age),
                 statements: Statements::new(self.statements, config.pooler_mode, config.statement_cache_size),
                 config,
                 counters: Arc::default(),
@@ -173,6 +174,10 @@ pub struct Adapter {
 
 pub(crate) struct Shared {
     emf: Emf,
+    /// [`refresh_grace`] of the configured maximum age: how long past its
+    /// age a pool serves while its replacement is built, and how long after
+    /// a failed refresh the next is tried.
+    refresh_grace: Duration,
     config: Config,
     statements: Statements,
     counters: Arc<Counters>,
@@ -338,10 +343,7 @@ impl Adapter {
         if let Some(failed) = failed {
             let _flight = shared.maintenance.lock().await;
             if shared.current().is_some_and(|pool| pool.generation() == failed) {
-                drop(shared.stop_background());
-                if let Some(pool) = shared.install(None) {
-                    pool.close();
-                }
+                shared.retire();
             }
         }
         let limit = |error: Error| match error {
@@ -505,7 +507,7 @@ impl Adapter {
     fn ready_pool<'a>(&'a self, until: Deadline, skipped: &'a AtomicBool) -> ReadyPool<'a> {
         let shared = &self.shared;
         let interval = shared.config.health_check_interval;
-        let grace = refresh_grace(shared.config.max_age);
+        let grace = shared.refresh_grace;
         if let Some(pool) = shared.current() {
             let now = Instant::now();
             if !pool.is_overdue(now, grace) {
@@ -534,7 +536,7 @@ impl Adapter {
     async fn maintain_inline(&self, until: Deadline, skipped: &AtomicBool) -> Result<Arc<WarmPool>, Error> {
         let shared = &self.shared;
         let interval = shared.config.health_check_interval;
-        let grace = refresh_grace(shared.config.max_age);
+        let grace = shared.refresh_grace;
         let _flight = shared.maintenance.lock().await;
         // Whatever made this invocation wait may have done the work already.
         let Some(mut pool) = shared.current() else {
@@ -568,7 +570,7 @@ impl Adapter {
                 bump(&shared.counters.health_checks_failed);
                 shared.counters.failed_now();
                 tracing::warn!(%error, kind = ?error.kind(), duration_ms = millis(started.elapsed()), "health check failed; rebuilding the pool");
-                self.rebuild(pool, until).await
+                self.rebuild(until).await
             }
         }
     }
@@ -685,12 +687,10 @@ impl Adapter {
     pub(crate) async fn failover(&self, generation: Option<u64>, until: Deadline) -> Result<(), Error> {
         let shared = &self.shared;
         let _flight = shared.maintenance.lock().await;
-        let Some(old) = shared.current().filter(|pool| Some(pool.generation()) == generation) else {
+        if shared.current().is_none_or(|pool| Some(pool.generation()) != generation) {
             return Ok(());
-        };
-        drop(shared.stop_background());
-        shared.install(None);
-        old.close();
+        }
+        shared.retire();
         let started = Instant::now();
         let new = Arc::new(shared.build_pool(1, until).await?);
         shared.install(Some(new));
@@ -703,13 +703,11 @@ impl Adapter {
         Ok(())
     }
 
-    /// Replaces a pool that failed its health check. Its connections are
-    /// closed whether or not a new pool can be built.
-    async fn rebuild(&self, old: Arc<WarmPool>, until: Deadline) -> Result<Arc<WarmPool>, Error> {
+    /// Replaces the pool in place, which failed its health check. Its
+    /// connections are closed whether or not a new pool can be built.
+    async fn rebuild(&self, until: Deadline) -> Result<Arc<WarmPool>, Error> {
         let shared = &self.shared;
-        drop(shared.stop_background());
-        shared.install(None);
-        old.close();
+        shared.retire();
         let started = Instant::now();
         let new = Arc::new(shared.build_pool(1, until).await?);
         shared.install(Some(new.clone()));
@@ -756,7 +754,7 @@ impl Shared {
     fn refresh_failed(&self, old: &WarmPool, error: &Error, refresh: Refresh) {
         bump(&self.counters.refresh_failures);
         self.counters.failed_now();
-        let retry_in = self.config.max_age / 10;
+        let retry_in = self.refresh_grace;
         old.postpone_expiry(Instant::now(), retry_in);
         tracing::warn!(
             %error,
@@ -769,6 +767,16 @@ impl Shared {
 
     fn background(&self) -> MutexGuard<'_, Option<Background>> {
         self.background.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes the pool in place out of use and closes it, and stops the
+    /// replacement being built for it, if any: before a rebuild, a failover
+    /// or a release of this environment's connections. Under `maintenance`.
+    fn retire(&self) {
+        drop(self.stop_background());
+        if let Some(pool) = self.install(None) {
+            pool.close();
+        }
     }
 
     /// Stops the background build, if one is running: cancelled at its next

@@ -107,8 +107,12 @@ impl Connection {
 
     /// Polls `work` until it completes (`Some` of its output) or `stop`
     /// comes (`None`), on this connection's kept timer; see [`KeptTimer`].
-    pub(crate) async fn within<F: Future>(&self, stop: Instant, work: Pin<&mut F>) -> Option<F::Output> {
-        self.timer.within(stop, work).await
+    pub(crate) fn within<'a, F: Future>(
+        &'a self,
+        stop: Instant,
+        work: Pin<&'a mut F>,
+    ) -> impl Future<Output = Option<F::Output>> + 'a {
+        self.timer.within(stop, work)
     }
 
     /// Runs `work`, which sends to the server, counted as in flight from

@@ -228,13 +228,13 @@ impl Emf {
         (state.growth, state.growth_before) = (0, 0);
     }
 
-    /// Writes to stdout the records due at `point`, if any.
     /// Whether records are written per invocation, naming it (its request
     /// and trace ids); an aggregated record names none.
     pub(crate) fn names_invocations(&self) -> bool {
         self.enabled && self.interval_ms == 0
     }
 
+    /// Writes to stdout the records due at `point`, if any.
     pub(crate) fn at(&self, counters: &Counters, point: Point<'_>) {
         let records = self.records_at(counters, point, SystemTime::now());
         if records.is_empty() {
@@ -258,7 +258,7 @@ impl Emf {
         }
         let now = epoch_millis(now);
         let mut state = self.lock();
-        let per_invocation = self.interval_ms == 0;
+        let per_invocation = self.names_invocations();
         let passed = |since: Option<u64>| {
             !per_invocation && since.is_some_and(|s| s / self.interval_ms != now / self.interval_ms)
         };
