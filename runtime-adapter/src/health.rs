@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use deadpool::managed::Object;
-
 use crate::error::{Error, Step};
 use crate::pool::WarmPool;
 
@@ -46,7 +44,7 @@ pub(crate) async fn check(pool: &WarmPool, timeout: Duration) -> Result<Checked,
         );
         return Ok(Checked::Busy);
     };
-    if Object::metrics(conn.object()).recycled.is_none() {
+    if conn.is_fresh() {
         tracing::debug!("health check satisfied by a freshly warmed connection");
         return Ok(Checked::Passed);
     }

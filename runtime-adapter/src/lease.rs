@@ -26,8 +26,8 @@
 use std::future::Future;
 use std::ops::Deref;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context as TaskContext, Poll, Waker};
 
 use deadpool::managed;
@@ -68,6 +68,8 @@ pub(crate) struct Connection {
     tls: MakeRustlsConnect,
     /// The timer that bounds its statements, kept between them.
     timer: KeptTimer,
+    /// Not yet released by a checkout: opened and warmed for this one.
+    fresh: bool,
 }
 
 impl Connection {
@@ -77,7 +79,21 @@ impl Connection {
         statements: Cache,
         tls: MakeRustlsConnect,
     ) -> Self {
-        Self { client, state: SessionState::default(), cancel_target, statements, tls, timer: KeptTimer::default() }
+        Self {
+            client,
+            state: SessionState::default(),
+            cancel_target,
+            statements,
+            tls,
+            timer: KeptTimer::default(),
+            fresh: true,
+        }
+    }
+
+    /// Whether the connection was opened and warmed for the checkout that
+    /// holds it (no checkout has released it yet).
+    pub(crate) fn is_fresh(&self) -> bool {
+        self.fresh
     }
 
     pub(crate) fn statements(&self) -> &Cache {
@@ -367,16 +383,15 @@ impl Drop for OpenTransaction<'_> {
 
 /// A connection checked out of a pool, for one invocation. Dropped, it goes
 /// back to the pool if its session is idle, and is closed otherwise.
-pub(crate) struct Lease<M: Keeper>(Option<managed::Object<M>>);
+pub(crate) struct Lease<M: Keeper> {
+    object: Option<managed::Object<M>>,
+    lane: Arc<Lane<M>>,
+}
 
 impl<M: Keeper> Lease<M> {
-    pub(crate) fn new(object: managed::Object<M>) -> Self {
-        Self(Some(object))
-    }
-
     pub(crate) fn object(&self) -> &managed::Object<M> {
         // Present until drop.
-        self.0.as_ref().unwrap_or_else(|| unreachable!("a checkout is emptied only when dropped"))
+        self.object.as_ref().unwrap_or_else(|| unreachable!("a checkout is emptied only when dropped"))
     }
 }
 
@@ -390,9 +405,16 @@ impl<M: Keeper> Deref for Lease<M> {
 
 impl<M: Keeper> Drop for Lease<M> {
     fn drop(&mut self) {
-        let Some(object) = self.0.take() else { return };
-        if object.state.is_idle() || object.client.is_closed() {
-            // Back to the pool; a closed one is discarded at the next checkout.
+        let Some(mut object) = self.object.take() else { return };
+        object.fresh = false;
+        let closed = object.client.is_closed();
+        if object.state.is_idle() && !object.state.is_raw() && !closed {
+            return self.lane.release(object);
+        }
+        self.lane.left();
+        if object.state.is_idle() || closed {
+            // Back to the pool, whose recycle rolls back what raw calls may
+            // have left open; a closed one is discarded at the next checkout.
             return drop(object);
         }
         let running = object.state.has_in_flight();
@@ -412,6 +434,107 @@ impl<M: Keeper> Drop for Lease<M> {
         match pool {
             Some(pool) => drop(pool.manager().track(cleanup)),
             None => drop(runtime.spawn(cleanup)),
+        }
+    }
+}
+
+/// A pool's fast lane: the connection of the last checkout released while
+/// no other was taken or waited for, kept out of the pool and handed to the
+/// next checkout as it is (a lock and an atomic), without deadpool's get and
+/// return (its semaphore, its slots' lock, its hooks and metrics). It is
+/// what sequential invocations, Lambda's usual case, take.
+///
+/// A connection is kept only while no other checkout is under way, so that
+/// none can wait in deadpool for a connection parked here: a release that
+/// finds another checkout active returns its connection to deadpool (where
+/// that checkout may be waiting), and one that kept its connection looks
+/// again after parking it, and returns it if a checkout started meanwhile
+/// (which may have missed it). Both looks are under the lock, which orders
+/// them with the checkout's count. Only a connection idle, not used raw
+/// (whose next checkout must roll back first, in deadpool's recycle) and
+/// open is kept; one found closed when taken is returned to deadpool, which
+/// replaces it.
+pub(crate) struct Lane<M: Keeper> {
+    /// Checkouts started and not yet released, waiting ones included.
+    active: AtomicUsize,
+    kept: Mutex<Option<managed::Object<M>>>,
+    /// The pool was closed: nothing is kept any more.
+    closed: AtomicBool,
+}
+
+impl<M: Keeper> Default for Lane<M> {
+    fn default() -> Self {
+        Self { active: AtomicUsize::new(0), kept: Mutex::new(None), closed: AtomicBool::new(false) }
+    }
+}
+
+impl<M: Keeper> Lane<M> {
+    /// Counts a checkout as started, until its lease is released or the
+    /// returned entry dropped.
+    pub(crate) fn enter(self: &Arc<Self>) -> Entry<M> {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        Entry(Some(self.clone()))
+    }
+
+    /// Empties the lane for good: the kept connection goes back to its
+    /// (closed) pool, which closes it.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        drop(self.kept().take());
+    }
+
+    fn kept(&self) -> MutexGuard<'_, Option<managed::Object<M>>> {
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn left(&self) {
+        self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Parks `object`, released idle, if no other checkout is under way;
+    /// returns it to the pool otherwise.
+    fn release(&self, object: managed::Object<M>) {
+        if self.active.fetch_sub(1, Ordering::AcqRel) != 1 || self.closed.load(Ordering::Acquire) {
+            return drop(object);
+        }
+        let earlier = self.kept().replace(object);
+        // A checkout that started after the count above and looked before
+        // the connection was parked waits in deadpool: give it back there.
+        // (The lock orders that look before this one.)
+        let missed = self.active.load(Ordering::Acquire) != 0 || self.closed.load(Ordering::Acquire);
+        let back = if missed { self.kept().take() } else { None };
+        drop((earlier, back));
+    }
+}
+
+/// A checkout under way on a [`Lane`]; dropped before it became a lease
+/// (failed, or its future dropped), it is counted out again.
+pub(crate) struct Entry<M: Keeper>(Option<Arc<Lane<M>>>);
+
+impl<M: Keeper> Entry<M> {
+    /// The parked connection, if there is one and it is still open.
+    pub(crate) fn kept(&self) -> Option<managed::Object<M>> {
+        let lane = self.0.as_ref()?;
+        let object = lane.kept().take()?;
+        if object.client.is_closed() {
+            // deadpool's recycle discards it and opens another.
+            drop(object);
+            return None;
+        }
+        Some(object)
+    }
+
+    /// The checkout's lease on `object`.
+    pub(crate) fn lease(mut self, object: managed::Object<M>) -> Lease<M> {
+        let lane = self.0.take().unwrap_or_else(|| unreachable!("an entry is emptied only here"));
+        Lease { object: Some(object), lane }
+    }
+}
+
+impl<M: Keeper> Drop for Entry<M> {
+    fn drop(&mut self) {
+        if let Some(lane) = &self.0 {
+            lane.left();
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::credentials::{self, Session};
 use crate::deadline::Deadline;
 use crate::error::{Error, Phase, Step};
-use crate::lease::{Connection, Keeper, Lease};
+use crate::lease::{Connection, Keeper, Lane, Lease};
 use crate::liveness::{Expiry, Liveness};
 use crate::statement::Statements;
 use crate::stats::{bump, Counters, WarmupTimings};
@@ -48,6 +48,8 @@ pub(crate) type Conn = Lease<WarmingManager>;
 /// A pool whose connections all passed both warmup phases.
 pub(crate) struct WarmPool {
     pool: Pool,
+    /// The connection kept between sequential checkouts.
+    lane: Arc<Lane<WarmingManager>>,
     /// The tasks driving this pool's connections; awaited on close so that
     /// each connection's Terminate has been written.
     tasks: TaskTracker,
@@ -110,8 +112,9 @@ impl WarmPool {
             .build()
             .map_err(|e| Error::Internal(format!("building the pool: {e}")))?;
 
-        let opened = try_join_all((0..config.pool_size).map(|_| checkout(&pool))).await;
-        let warm = Self { pool, tasks, expiry: Expiry::new(started, config.max_age) };
+        let lane = Arc::default();
+        let opened = try_join_all((0..config.pool_size).map(|_| checkout(&pool, &lane))).await;
+        let warm = Self { pool, lane, tasks, expiry: Expiry::new(started, config.max_age) };
         match opened {
             Ok(conns) => drop(conns),
             Err(e) => {
@@ -190,7 +193,7 @@ impl WarmPool {
 
     /// A warmed connection, waiting at most `DB_POOL_TIMEOUT_MS` for one.
     pub(crate) fn checkout(&self) -> impl Future<Output = Result<Conn, Error>> + Send + '_ {
-        checkout(&self.pool)
+        checkout(&self.pool, &self.lane)
     }
 
     /// A warmed connection within `bound`, or `None` if every connection
@@ -243,6 +246,7 @@ impl WarmPool {
     /// silent peer cannot hold up the invocation that replaced the pool.
     pub(crate) fn close(&self) {
         self.pool.close();
+        self.lane.close();
         self.tasks.close();
     }
 
@@ -259,16 +263,30 @@ impl WarmPool {
     }
 }
 
-async fn checkout(pool: &Pool) -> Result<Conn, Error> {
+/// A connection from the lane at once when one is kept there (the
+/// sequential case), from deadpool otherwise, on a boxed path.
+fn checkout<'a>(
+    pool: &'a Pool,
+    lane: &Arc<Lane<WarmingManager>>,
+) -> impl Future<Output = Result<Conn, Error>> + Send + 'a {
+    let entry = lane.enter();
+    if let Some(object) = entry.kept() {
+        return Either::Left(std::future::ready(Ok(entry.lease(object))));
+    }
+    Either::Right(Box::pin(async move { get(pool).await.map(|object| entry.lease(object)) }))
+}
+
+/// A connection from deadpool, waiting at most `DB_POOL_TIMEOUT_MS` for one.
+async fn get(pool: &Pool) -> Result<managed::Object<WarmingManager>, Error> {
     // A free slot first, taken without waiting (a semaphore `try_acquire`,
-    // no wait future or timer): what a warm invocation nearly always finds.
-    // Only when every slot is checked out does it wait, on a boxed path.
+    // no wait future or timer). Only when every slot is checked out does it
+    // wait.
     let now = Timeouts { wait: Some(Duration::ZERO), ..pool.timeouts() };
     let got = match pool.timeout_get(&now).await {
-        Err(PoolError::Timeout(TimeoutType::Wait)) => Box::pin(pool.get()).await,
+        Err(PoolError::Timeout(TimeoutType::Wait)) => pool.get().await,
         got => got,
     };
-    got.map(Conn::new).map_err(|e| match e {
+    got.map_err(|e| match e {
         PoolError::Backend(e) => e,
         PoolError::Timeout(TimeoutType::Wait) => {
             Error::Timeout { step: Step::PoolWait, after: pool.timeouts().wait.unwrap_or_default() }

@@ -5,6 +5,8 @@
 //! errors only; a full server is waited for once, within the deadline; a
 //! permanent checkout error is not retried.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use integration_tests::inproc::{adapter, context, try_adapter, wait_stats};
@@ -355,4 +357,135 @@ async fn the_sessions_are_closed_by_the_time_the_before_snapshot_hook_returns() 
     assert!(sessions(&pg, 1).await);
     lifecycle.snap_start().before_snapshot().await.expect("before snapshot");
     assert!(closed_while_frozen(&pg), "closed with nothing of the adapter run after the hook");
+}
+
+/// One handler's use of its `Db`, for the randomized checkout test: a
+/// statement, then the handle held over `hold` before it is released.
+async fn use_and_hold(adapter: &Adapter, hold: Duration) -> i32 {
+    let db = adapter.db(&context(Duration::from_secs(20))).await.unwrap_or_else(|e| panic!("checkout: {e}"));
+    let pid: i32 = db.query_one("SELECT pg_backend_pid()", &[]).await.expect("a round trip").get(0);
+    if hold.is_zero() {
+        tokio::task::yield_now().await;
+    } else {
+        tokio::time::sleep(hold).await;
+    }
+    pid
+}
+
+/// The pool's fast lane (a connection kept between sequential checkouts,
+/// out of deadpool) never leaves a checkout waiting for a connection parked
+/// there: invocations overlapping in a random interleaving, on two worker
+/// threads, each also running two checkouts at once (a handler's `join!`),
+/// all get a connection well within `DB_POOL_TIMEOUT_MS`, and the pool never
+/// opens more than its size. Then sequential invocations all run on one
+/// connection, the parked one. `LANE_SEED` repeats a run; the seed is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_checkouts_in_any_order_never_wait_for_the_kept_connection() {
+    /// Rounds of a release raced by a checkout, and the spread of their
+    /// offsets (spin-loop iterations after the racing checkout was let go).
+    const RACE_ROUNDS: u32 = 10_000;
+    const RACE_SPREAD: u32 = 1500;
+    let seed = std::env::var("LANE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("fast-lane checkout test: seed {seed} (LANE_SEED={seed} repeats it)");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let pg = Postgres::start().await;
+    for pool_size in [1_usize, 2] {
+        let size = pool_size.to_string();
+        let env =
+            [("DB_POOL_SIZE", size.as_str()), ("DB_POOL_TIMEOUT_MS", "2000"), ("AWS_LAMBDA_FUNCTION_NAME", "lane")];
+        let adapter = adapter(&pg.database_url(), &env, &[]).await;
+        let ctx = || context(Duration::from_secs(20));
+        let workers: Vec<_> = (0..6)
+            .map(|_| {
+                let plan: Vec<(Duration, Duration, bool)> = (0..30)
+                    .map(|_| {
+                        let mut hold = || Duration::from_micros(rng.choice([0, 0, 50, 300, 1500]).expect("non-empty"));
+                        let (first, second) = (hold(), hold());
+                        (first, second, rng.bool())
+                    })
+                    .collect();
+                let adapter = adapter.clone();
+                tokio::spawn(async move {
+                    for (first, second, both) in plan {
+                        if both {
+                            tokio::join!(use_and_hold(&adapter, first), use_and_hold(&adapter, second));
+                        } else {
+                            use_and_hold(&adapter, first).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        let started = Instant::now();
+        for worker in workers {
+            worker.await.unwrap_or_else(|e| panic!("seed {seed}, pool of {pool_size}: a worker failed: {e}"));
+        }
+        let took = started.elapsed();
+        eprintln!("pool of {pool_size}: 6 × 30 overlapping invocations in {took:?}");
+        assert!(took < Duration::from_secs(5), "seed {seed}, pool of {pool_size}: a checkout waited out its time");
+        let stats = adapter.stats();
+        assert_eq!(
+            stats.connect_successes, pool_size as u64,
+            "seed {seed}: the pool of {pool_size} opened only its own connections"
+        );
+
+        // Sequential invocations: all on one connection, the kept one.
+        let mut pids: Vec<i32> = Vec::new();
+        for _ in 0..20 {
+            pids.push(use_and_hold(&adapter, Duration::ZERO).await);
+        }
+        pids.dedup();
+        assert_eq!(
+            pids.len(),
+            1,
+            "seed {seed}, pool of {pool_size}: sequential invocations moved between connections: {pids:?}"
+        );
+        assert_eq!(pg.connection_count("lane").await, pool_size as i64, "seed {seed}: no session leaked or lost");
+
+        // A release and a checkout racing: one invocation holds the only
+        // connection (or one of two) and releases it while another's checkout
+        // starts, at offsets swept around it. A checkout that looked for the
+        // kept connection before it was parked, and then waited in deadpool,
+        // would wait out `DB_POOL_TIMEOUT_MS` here: nothing else comes to
+        // return it.
+        let released = Arc::new(AtomicBool::new(false));
+        let mut slowest = Duration::ZERO;
+        for round in 0..RACE_ROUNDS {
+            let holder = ctx();
+            let held: Vec<_> = futures_util::future::join_all((0..pool_size).map(|_| adapter.db(&holder))).await;
+            released.store(false, Ordering::SeqCst);
+            let other = {
+                let (adapter, released) = (adapter.clone(), released.clone());
+                tokio::spawn(async move {
+                    while !released.load(Ordering::SeqCst) {
+                        std::hint::spin_loop();
+                    }
+                    let racer = context(Duration::from_secs(20));
+                    let started = Instant::now();
+                    let db = adapter.db(&racer).await;
+                    (started.elapsed(), db.map(drop))
+                })
+            };
+            let offset = rng.u32(0..RACE_SPREAD);
+            released.store(true, Ordering::SeqCst);
+            for _ in 0..offset {
+                std::hint::spin_loop();
+            }
+            drop(held);
+            let (waited, got) = other.await.expect("the racing checkout");
+            got.unwrap_or_else(|e| panic!("seed {seed}, pool of {pool_size}, round {round}, offset {offset}: {e}"));
+            slowest = slowest.max(waited);
+        }
+        eprintln!("pool of {pool_size}: {RACE_ROUNDS} releases raced by a checkout, slowest checkout {slowest:?}");
+        assert!(
+            slowest < Duration::from_secs(1),
+            "seed {seed}, pool of {pool_size}: a checkout waited for a parked connection"
+        );
+
+        adapter.close().await;
+        assert!(
+            pg.wait_connection_count("lane", 0, Duration::from_secs(5)).await,
+            "seed {seed}, pool of {pool_size}: closing the adapter ends its sessions, the kept one too"
+        );
+    }
 }
