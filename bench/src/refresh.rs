@@ -14,17 +14,22 @@ use crate::contenders::{Contender, Running};
 use crate::summary::Summary;
 use crate::wire::CountingProxy;
 
-/// `DB_MAX_AGE_MS`: short, so that a run of seconds sees several refreshes.
-pub(crate) const MAX_AGE_MS: &str = "1000";
+/// `DB_MAX_AGE_MS`: short, so that a run of seconds sees tens of refreshes
+/// (a p50 of ten is a coin toss against a p99).
+pub(crate) const MAX_AGE_MS: &str = "250";
 /// `DB_HEALTH_CHECK_INTERVAL_MS` must be shorter than the maximum age; at the
 /// pace below a round trip succeeds every few milliseconds, so no check runs.
-const HEALTH_CHECK_INTERVAL_MS: &str = "900";
+const HEALTH_CHECK_INTERVAL_MS: &str = "200";
 const PACE: Duration = Duration::from_millis(5);
 
 #[derive(Debug)]
 pub(crate) struct RefreshResult {
     pub(crate) normal: Summary,
     pub(crate) refreshing: Summary,
+    /// The invocation after each refreshing one (when it did not refresh
+    /// too): where a build still running after its invocation answered
+    /// lands.
+    pub(crate) after: Summary,
     /// The new pools' warmups, as the adapter logged them.
     pub(crate) warmups: Vec<Warmup>,
     /// The adapter's own `duration_ms` of each refresh.
@@ -70,7 +75,9 @@ pub(crate) async fn run(pg: &Postgres, duration: Duration) -> RefreshResult {
     let last = proxy.counts();
     let mut normal = Vec::new();
     let mut refreshing = Vec::new();
+    let mut after = Vec::new();
     let mut timeline = Vec::new();
+    let mut previous_refreshed = false;
     for (k, &(at, latency, before)) in sent.iter().enumerate() {
         let next = sent.get(k + 1).map_or(last, |&(_, _, next)| next);
         let refreshed = next.since(before).connections > 0;
@@ -78,7 +85,11 @@ pub(crate) async fn run(pg: &Postgres, duration: Duration) -> RefreshResult {
             refreshing.push(latency);
         } else {
             normal.push(latency);
+            if previous_refreshed {
+                after.push(latency);
+            }
         }
+        previous_refreshed = refreshed;
         timeline.push(Point { at, latency, refreshed });
     }
     let output = instance.function.output();
@@ -88,6 +99,7 @@ pub(crate) async fn run(pg: &Postgres, duration: Duration) -> RefreshResult {
         waited: lines.iter().filter(|line| !is_true(line, "background")).count(),
         normal: Summary::of(&normal),
         refreshing: Summary::of(&refreshing),
+        after: Summary::of(&after),
         // The first warmup is INIT's.
         warmups: Warmup::parse_all(&output).into_iter().skip(1).collect(),
         durations_ms: refreshed_lines(&output).iter().filter_map(|line| field(line, "duration_ms")).collect(),
