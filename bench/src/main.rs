@@ -73,7 +73,7 @@ const FULL: Plan = Plan {
     warmup_rounds: 200,
     rounds: 3000,
     round_trip_invocations: 200,
-    cold_samples: 7,
+    cold_samples: 15,
     share_samples: 5,
     refresh_for: Duration::from_secs(10),
     concurrent_invocations: 5000,

@@ -77,7 +77,14 @@ impl Builder {
     ///
     /// The init failure, already reported to Lambda.
     pub async fn start(self) -> Result<Lifecycle, Error> {
-        let (init, ()) = tokio::join!(self.init(), shutdown::register_extension());
+        // A task of its own, so that on more than one core the extension's
+        // HTTP round trip runs beside the warmup rather than interleaved
+        // with it on one thread; INIT ends only once both did.
+        let registration = tokio::spawn(shutdown::register_extension());
+        let init = self.init().await;
+        if let Err(error) = registration.await {
+            tracing::warn!(%error, "registering the shutdown extension failed; Lambda will not send SIGTERM");
+        }
         let adapter = match init {
             Ok(adapter) => adapter,
             Err(error) => {

@@ -6,7 +6,7 @@
 //! change and one built after run interleaved in one run.
 //!
 //! ```sh
-//! warm-path [--rounds N] [--warmup N] [--pause-ms MS] [--pids FILE] [--exec-before CMD] [--exec-after CMD] LABEL=PATH[@KEY=VALUE]...
+//! warm-path [--rounds N] [--warmup N] [--pause-ms MS] [--pids FILE] [--exec-before CMD] [--exec-after CMD] [--cold N] LABEL=PATH[@KEY=VALUE]...
 //! warm-path old=/tmp/orders-old@DB_METRICS=off new=target/release/orders@DB_METRICS=off \
 //!           bare=target/release/bench-contender@BENCH_STRATEGY=bare
 //! ```
@@ -20,6 +20,9 @@
 //! `--exec-after CMD` run `sh -c CMD` (after the pids file is written) just
 //! before and just after the measured rounds: `callgrind_control -z` and
 //! `callgrind_control -d` for a function run under callgrind, say.
+//! `--cold N` measures cold starts instead: N new processes of each
+//! contender, interleaved, spawn → first `/next` poll (INIT) and spawn →
+//! first answer, with the invocation queued before the spawn.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,6 +38,18 @@ struct Spec {
     /// milliseconds; `600000` is cargo lambda's, which the adapter treats
     /// as no deadline), instead of now + 30 s.
     deadline_ms: Option<u64>,
+    /// `@URL_QUERY=Q`: `?Q` appended to the `DATABASE_URL` it is given
+    /// (`sslmode=disable`, say).
+    url_query: Option<String>,
+}
+
+impl Spec {
+    fn database_url(&self, url: &str) -> String {
+        match &self.url_query {
+            Some(query) => format!("{url}?{query}"),
+            None => url.to_owned(),
+        }
+    }
 }
 
 struct Plan {
@@ -44,12 +59,14 @@ struct Plan {
     pids: Option<PathBuf>,
     before: Option<String>,
     after: Option<String>,
+    /// `--cold N`: N cold starts of each contender instead of the warm rounds.
+    cold: usize,
     specs: Vec<Spec>,
 }
 
 fn usage(problem: &str) -> ! {
     eprintln!("warm-path: {problem}");
-    eprintln!("usage: warm-path [--rounds N] [--warmup N] [--pause-ms MS] [--pids FILE] [--exec-before CMD] [--exec-after CMD] LABEL=PATH[@KEY=VALUE]...");
+    eprintln!("usage: warm-path [--rounds N] [--warmup N] [--pause-ms MS] [--pids FILE] [--exec-before CMD] [--exec-after CMD] [--cold N] LABEL=PATH[@KEY=VALUE]...");
     std::process::exit(2)
 }
 
@@ -61,6 +78,7 @@ fn parse_args() -> Plan {
         pids: None,
         before: None,
         after: None,
+        cold: 0,
         specs: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -76,6 +94,7 @@ fn parse_args() -> Plan {
                 plan.before = Some(args.next().unwrap_or_else(|| usage("--exec-before needs a command")))
             }
             "--exec-after" => plan.after = Some(args.next().unwrap_or_else(|| usage("--exec-after needs a command"))),
+            "--cold" => plan.cold = number(args.next(), "--cold") as usize,
             "--pids" => plan.pids = Some(args.next().unwrap_or_else(|| usage("--pids needs a file")).into()),
             spec => {
                 let (label, rest) = spec.split_once('=').unwrap_or_else(|| usage(&format!("`{spec}`: LABEL=PATH")));
@@ -83,15 +102,18 @@ fn parse_args() -> Plan {
                 let program = PathBuf::from(parts.next().unwrap_or_default());
                 let mut env = Vec::new();
                 let mut deadline_ms = None;
+                let mut url_query = None;
                 for kv in parts {
                     let (k, v) = kv.split_once('=').unwrap_or_else(|| usage(&format!("`{kv}`: KEY=VALUE")));
                     if k == "DEADLINE_MS" {
                         deadline_ms = Some(number(Some(v.to_owned()), "DEADLINE_MS"));
+                    } else if k == "URL_QUERY" {
+                        url_query = Some(v.to_owned());
                     } else {
                         env.push((k.to_owned(), v.to_owned()));
                     }
                 }
-                plan.specs.push(Spec { label: label.to_owned(), program, env, deadline_ms });
+                plan.specs.push(Spec { label: label.to_owned(), program, env, deadline_ms, url_query });
             }
         }
     }
@@ -138,6 +160,9 @@ async fn main() {
     pg.apply_sql_as_app(MIGRATION).await;
     pg.apply_sql_as_app("INSERT INTO orders (item, quantity) VALUES ('coffee beans', 2)").await;
     let url = format!("postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/{APP_DATABASE}", pg.port());
+    if plan.cold > 0 {
+        return cold(&plan, &url).await;
+    }
 
     let mut running = Vec::new();
     for (i, spec) in plan.specs.iter().enumerate() {
@@ -145,7 +170,7 @@ async fn main() {
         let api = RuntimeApi::start_for(&name).await;
         let mut builder = Function::builder(&spec.program)
             .name(&name)
-            .env("DATABASE_URL", &url)
+            .env("DATABASE_URL", spec.database_url(&url))
             .log_file(std::env::temp_dir().join(format!("{name}.log")));
         for (k, v) in &spec.env {
             builder = builder.env(k, v);
@@ -205,6 +230,69 @@ async fn main() {
             ms(mean),
             cpu as f64 / n / 1000.0,
             slices as f64 / n,
+        );
+    }
+}
+
+/// `--cold N`: N cold starts of each contender, interleaved in a new random
+/// order each round, each a new process with the invocation already queued:
+/// spawn → first `/next` poll (INIT) and spawn → first answer, medians and
+/// the spread.
+async fn cold(plan: &Plan, url: &str) {
+    const STARTUP: Duration = Duration::from_secs(30);
+    let mut init = vec![Vec::new(); plan.specs.len()];
+    let mut first = vec![Vec::new(); plan.specs.len()];
+    let mut order: Vec<usize> = (0..plan.specs.len()).collect();
+    for round in 0..plan.cold {
+        fastrand::shuffle(&mut order);
+        for &i in &order {
+            let spec = &plan.specs[i];
+            let name = format!("warm-path-cold-{round}-{i}");
+            let api = RuntimeApi::start_for(&name).await;
+            let pending = api.enqueue(get_order("1"), InvokeOptions::default().timeout(STARTUP));
+            let mut builder = Function::builder(&spec.program)
+                .name(&name)
+                .env("DATABASE_URL", spec.database_url(url))
+                .log_file(std::env::temp_dir().join(format!("{name}.log")));
+            for (k, v) in &spec.env {
+                builder = builder.env(k, v);
+            }
+            let spawned = tokio::time::Instant::now();
+            let mut function = builder.spawn(&api);
+            let polled = async {
+                assert!(api.wait_next_polls(1, STARTUP).await, "{} never polled", spec.label);
+                spawned.elapsed()
+            };
+            let answered = async {
+                let invocation = pending.wait().await;
+                (spawned.elapsed(), invocation)
+            };
+            let (polled, (answered, invocation)) = tokio::join!(polled, answered);
+            let ok = matches!(&invocation.outcome, Outcome::Response(r) if r["statusCode"].as_i64() == Some(200));
+            assert!(ok, "{} did not answer 200: {:?}", spec.label, invocation.outcome);
+            init[i].push(polled);
+            first[i].push(answered);
+            function.kill();
+            function.wait_exit(Duration::from_secs(5)).await;
+        }
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("| contender | n | INIT p50 ms | INIT p10–p90 ms | first answer p50 ms | first answer p10–p90 ms |");
+    println!("|---|---|---|---|---|---|");
+    for (i, spec) in plan.specs.iter().enumerate() {
+        let (mut a, mut b) = (init[i].clone(), first[i].clone());
+        a.sort();
+        b.sort();
+        println!(
+            "| {} | {} | {:.3} | {:.3}–{:.3} | {:.3} | {:.3}–{:.3} |",
+            spec.label,
+            a.len(),
+            ms(percentile(&a, 0.5)),
+            ms(percentile(&a, 0.1)),
+            ms(percentile(&a, 0.9)),
+            ms(percentile(&b, 0.5)),
+            ms(percentile(&b, 0.1)),
+            ms(percentile(&b, 0.9)),
         );
     }
 }
