@@ -395,7 +395,8 @@ impl Results {
         );
         line(o, "| invocations | n | p50 ms | p99 ms | max ms |");
         line(o, "|---|---|---|---|---|");
-        let rows = [("normal", &r.normal), ("that refreshed the pool", &r.refreshing), ("the one after each", &r.after)];
+        let rows =
+            [("normal", &r.normal), ("that refreshed the pool", &r.refreshing), ("the one after each", &r.after)];
         for (what, s) in rows {
             line(o, &format!("| {what} | {} | {} | {} | {} |", s.n, ms(s.p50), ms(s.p99), ms(s.max)));
         }
