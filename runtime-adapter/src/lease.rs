@@ -454,21 +454,26 @@ impl<M: Keeper> Drop for Lease<M> {
 /// (whose next checkout must roll back first, in deadpool's recycle) and
 /// open is kept; one found closed when taken is returned to deadpool, which
 /// replaces it.
+///
+/// Only a pool of one connection (the default, for sequential invocations)
+/// has a lane: in a larger one the connection kept would always be the
+/// same, and the others would sit in deadpool unused, never checked, until
+/// a burst of concurrent invocations found them dropped by the server or
+/// the network. deadpool hands them out in turn.
 pub(crate) struct Lane<M: Keeper> {
     /// Checkouts started and not yet released, waiting ones included.
     active: AtomicUsize,
     kept: Mutex<Option<managed::Object<M>>>,
-    /// The pool was closed: nothing is kept any more.
+    /// Nothing is kept: the pool has more than one connection, or was closed.
     closed: AtomicBool,
 }
 
-impl<M: Keeper> Default for Lane<M> {
-    fn default() -> Self {
-        Self { active: AtomicUsize::new(0), kept: Mutex::new(None), closed: AtomicBool::new(false) }
-    }
-}
-
 impl<M: Keeper> Lane<M> {
+    /// The lane of a pool of `pool_size` connections.
+    pub(crate) fn new(pool_size: usize) -> Self {
+        Self { active: AtomicUsize::new(0), kept: Mutex::new(None), closed: AtomicBool::new(pool_size != 1) }
+    }
+
     /// Counts a checkout as started, until its lease is released or the
     /// returned entry dropped.
     pub(crate) fn enter(self: &Arc<Self>) -> Entry<M> {

@@ -48,7 +48,7 @@ pub(crate) type Conn = Lease<WarmingManager>;
 /// A pool whose connections all passed both warmup phases.
 pub(crate) struct WarmPool {
     pool: Pool,
-    /// The connection kept between sequential checkouts.
+    /// The connection kept between sequential checkouts (a pool of one).
     lane: Arc<Lane<WarmingManager>>,
     /// The tasks driving this pool's connections; awaited on close so that
     /// each connection's Terminate has been written.
@@ -112,7 +112,7 @@ impl WarmPool {
             .build()
             .map_err(|e| Error::Internal(format!("building the pool: {e}")))?;
 
-        let lane = Arc::default();
+        let lane = Arc::new(Lane::new(config.pool_size));
         let opened = try_join_all((0..config.pool_size).map(|_| checkout(&pool, &lane))).await;
         let warm = Self { pool, lane, tasks, expiry: Expiry::new(started, config.max_age) };
         match opened {
