@@ -50,6 +50,8 @@ impl Moto {
             .unwrap_or_else(|e| panic!("start {}: {e}; {INSTALL_HINT}", server.display()));
         let endpoint = format!("http://127.0.0.1:{port}");
         let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            // moto speaks plain HTTP; the SDK's default HTTPS client is not compiled.
+            .http_client(aws_smithy_http_client::Builder::new().build_http())
             .region(aws_config::Region::new(REGION))
             .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
                 ACCESS_KEY_ID,

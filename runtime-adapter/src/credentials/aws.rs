@@ -109,7 +109,24 @@ impl Aws {
 
     #[cfg_attr(not(feature = "secrets-manager"), allow(unused_variables))]
     async fn load_clients(&self, secrets: bool) -> AwsClients {
+        // The SDK's default HTTPS client (hyper, each client's connector
+        // settings and sleep, proxies from the environment), with rustls on
+        // ring, the crypto provider of the adapter's own connections, rather
+        // than the default's aws-lc-rs (see the workspace's `Cargo.toml`).
+        // Its trusted roots are the system's, loaded at first use.
+        let https = aws_smithy_http_client::Builder::new().build_with_connector_fn(|settings, components| {
+            use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+            let mut connector =
+                aws_smithy_http_client::ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::Ring));
+            connector.set_connector_settings(settings.cloned());
+            if let Some(components) = components {
+                connector.set_sleep_impl(components.sleep_impl());
+            }
+            connector.set_proxy_config(Some(aws_smithy_http_client::proxy::ProxyConfig::from_env()));
+            connector.build()
+        });
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(https)
             .timeout_config(aws_config::timeout::TimeoutConfig::builder().operation_timeout(self.timeout).build());
         if let Some(region) = &self.settings.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
