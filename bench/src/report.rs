@@ -389,8 +389,8 @@ impl Results {
             &format!(
                 "One adapter with `DB_MAX_AGE_MS={MAX_AGE_MS}` invoked every ~5 ms, connected through the counting \
                  proxy; the invocations that started the pool's replacement (a connection opened between it being \
-                 sent and the next one being sent) against the others, and the invocation after each of those \
-                 (among the normal ones).\n"
+                 sent and the next one being sent), the invocation after each of those, and the others \
+                 (normal).\n"
             ),
         );
         line(o, "| invocations | n | p50 ms | p99 ms | max ms |");
