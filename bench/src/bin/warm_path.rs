@@ -148,6 +148,10 @@ fn run(command: Option<&str>) {
     }
 }
 
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
     sorted[index.min(sorted.len() - 1)]
@@ -219,7 +223,6 @@ async fn main() {
         let mut sorted = samples[i].clone();
         sorted.sort();
         let mean = sorted.iter().sum::<Duration>() / sorted.len() as u32;
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!(
             "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} | {:.2} |",
             spec.label,
@@ -276,7 +279,6 @@ async fn cold(plan: &Plan, url: &str) {
             function.wait_exit(Duration::from_secs(5)).await;
         }
     }
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!("| contender | n | INIT p50 ms | INIT p10–p90 ms | first answer p50 ms | first answer p10–p90 ms |");
     println!("|---|---|---|---|---|---|");
     for (i, spec) in plan.specs.iter().enumerate() {
