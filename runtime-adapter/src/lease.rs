@@ -96,6 +96,13 @@ impl Connection {
         self.fresh
     }
 
+    /// Whether the next checkout may take it as it is: open, its session
+    /// idle, and no raw client used on it (whose leftovers deadpool's
+    /// recycle rolls back first).
+    pub(crate) fn reusable_as_is(&self) -> bool {
+        !self.client.is_closed() && self.state.is_idle() && !self.state.is_raw()
+    }
+
     pub(crate) fn statements(&self) -> &Cache {
         &self.statements
     }
@@ -407,12 +414,11 @@ impl<M: Keeper> Drop for Lease<M> {
     fn drop(&mut self) {
         let Some(mut object) = self.object.take() else { return };
         object.fresh = false;
-        let closed = object.client.is_closed();
-        if object.state.is_idle() && !object.state.is_raw() && !closed {
+        if object.reusable_as_is() {
             return self.lane.release(object);
         }
         self.lane.left();
-        if object.state.is_idle() || closed {
+        if object.state.is_idle() || object.client.is_closed() {
             // Back to the pool, whose recycle rolls back what raw calls may
             // have left open; a closed one is discarded at the next checkout.
             return drop(object);
@@ -521,7 +527,7 @@ impl<M: Keeper> Entry<M> {
     pub(crate) fn kept(&self) -> Option<managed::Object<M>> {
         let lane = self.0.as_ref()?;
         let object = lane.kept().take()?;
-        if object.client.is_closed() {
+        if !object.reusable_as_is() {
             // deadpool's recycle discards it and opens another.
             drop(object);
             return None;

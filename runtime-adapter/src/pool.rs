@@ -332,7 +332,7 @@ impl managed::Manager for WarmingManager {
     /// handed out at once (`RecyclingMethod::Fast` sends nothing); one that
     /// raw calls used is rolled back first, on a path boxed as `create`'s.
     fn recycle(&self, conn: &mut Connection, metrics: &Metrics) -> impl Future<Output = RecycleResult<Error>> + Send {
-        if !conn.is_closed() && conn.state().is_idle() && !conn.state().is_raw() {
+        if conn.reusable_as_is() {
             return Either::Left(std::future::ready(Ok(())));
         }
         Either::Right(Box::pin(self.recycle_checked(conn, metrics)))

@@ -494,3 +494,30 @@ async fn overlapping_checkouts_in_any_order_never_wait_for_the_kept_connection()
         );
     }
 }
+
+/// A handler that gives up on a checkout (a `timeout` around `db()`) while
+/// the pool's only connection is held elsewhere leaves nothing behind: the
+/// held connection, once released, serves the next invocations on the same
+/// session, none waits, and the server sees one session throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_given_up_while_it_waits_leaves_the_pool_as_it_was() {
+    let pg = Postgres::start().await;
+    let env = [("DB_POOL_TIMEOUT_MS", "5000"), ("AWS_LAMBDA_FUNCTION_NAME", "given-up")];
+    let adapter = adapter(&pg.database_url(), &env, &[]).await;
+    let held = adapter.db(&context(Duration::from_secs(20))).await.expect("the only connection");
+    let pid: i32 = held.query_one("SELECT pg_backend_pid()", &[]).await.expect("a round trip").get(0);
+
+    let context = context(Duration::from_secs(20));
+    let gave_up = tokio::time::timeout(Duration::from_millis(100), adapter.db(&context)).await;
+    assert!(gave_up.is_err(), "the checkout waited for the held connection");
+    drop(held);
+
+    for _ in 0..5 {
+        let started = Instant::now();
+        let next = use_and_hold(&adapter, Duration::ZERO).await;
+        assert!(started.elapsed() < Duration::from_secs(1), "a later invocation waited");
+        assert_eq!(next, pid, "later invocations run on the released session");
+    }
+    assert_eq!(pg.connection_count("given-up").await, 1, "one session, none opened or leaked");
+    assert_eq!(adapter.stats().connect_attempts, 1);
+}
