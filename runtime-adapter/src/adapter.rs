@@ -8,12 +8,16 @@
 //! maintenance lock while concurrent ones wait, then re-read the state and
 //! find nothing left to do. The replacement for age is built in the
 //! background, beside the pool in use, and no invocation waits for it
-//! unless it is still not built a grace later ([`refresh_grace`]).
+//! unless it is still not built a grace later ([`refresh_grace`]). Under
+//! [`Lifecycle::run`](crate::Lifecycle::run) it starts once the invocation
+//! that found the pool past its age has answered, and the environment is
+//! held thawed for it before the next `/next` ([`Adapter::after_answer`]).
 
 use futures_util::future::{self, BoxFuture, Either, Ready};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -46,6 +50,13 @@ const CLOSE_LOCK_WAIT: Duration = Duration::from_millis(100);
 /// How long closing waits for a replacement that was being built in the
 /// background to close its connections, beside the pool's own close.
 const CLOSE_BACKGROUND_WAIT: Duration = Duration::from_millis(300);
+
+/// The longest the environment is held after an answer for the replacement
+/// of a pool past its maximum age ([`Adapter::after_answer`]): a healthy
+/// build (connect, TLS, authentication, both warmup phases) takes a few
+/// milliseconds to tens of them, and a slower one goes on at the next thaw
+/// rather than keep the environment from taking invocations.
+const AFTER_ANSWER_WAIT: Duration = Duration::from_millis(250);
 
 /// Sets up an [`Adapter`]: the statements to prepare, then
 /// [`init`](Builder::init) or [`run`](Builder::run).
@@ -147,6 +158,9 @@ impl Builder {
                 maintenance: tokio::sync::Mutex::new(()),
                 background: Mutex::new(None),
                 background_ids: AtomicU64::new(0),
+                after_answer: AtomicBool::new(false),
+                refresh_wanted: AtomicBool::new(false),
+                built: Notify::new(),
             }),
         };
         let shared = &adapter.shared;
@@ -192,6 +206,15 @@ pub(crate) struct Shared {
     background: Mutex<Option<Background>>,
     /// Numbers background builds, so that a stopped one knows it was.
     background_ids: AtomicU64,
+    /// The runtime calls [`Adapter::after_answer`] after each answer (set by
+    /// [`Lifecycle::run`](crate::Lifecycle::run)): background builds start there, not
+    /// in the gate.
+    after_answer: AtomicBool,
+    /// The gate found the pool past its maximum age; the build starts after
+    /// the answer.
+    refresh_wanted: AtomicBool,
+    /// Woken when a background build has ended, put in place or not.
+    built: Notify,
 }
 
 /// [`Adapter::ready_pool`]'s future: the pool at once, or the slow path's.
@@ -512,7 +535,7 @@ impl Adapter {
             let now = Instant::now();
             if !pool.is_overdue(now, grace) {
                 if pool.is_expired(now) {
-                    self.refresh_in_background(&pool);
+                    self.refresh_soon(&pool);
                 }
                 if !shared.liveness.check_due(now, interval) {
                     skipped.store(true, Ordering::Relaxed);
@@ -548,7 +571,7 @@ impl Adapter {
         if pool.is_overdue(now, grace) {
             pool = self.refresh(pool, until).await;
         } else if pool.is_expired(now) {
-            self.refresh_in_background(&pool);
+            self.refresh_soon(&pool);
         }
         if !shared.liveness.check_due(Instant::now(), interval) {
             skipped.store(true, Ordering::Relaxed);
@@ -575,13 +598,82 @@ impl Adapter {
         }
     }
 
+    /// For a pool found past its maximum age (not its grace): its
+    /// replacement is built in the background, started after this
+    /// invocation's answer when the runtime calls
+    /// [`after_answer`](Self::after_answer), else at once.
+    fn refresh_soon(&self, pool: &WarmPool) {
+        let shared = &self.shared;
+        if shared.after_answer.load(Ordering::Relaxed) {
+            shared.refresh_wanted.store(true, Ordering::Relaxed);
+        } else {
+            self.refresh_in_background(pool);
+        }
+    }
+
+    /// From now on the runtime calls [`after_answer`](Self::after_answer)
+    /// after each invocation has answered.
+    pub(crate) fn answers_reported(&self) {
+        self.shared.after_answer.store(true, Ordering::Relaxed);
+    }
+
+    /// Called by the runtime once an invocation's answer has reached Lambda,
+    /// before it asks for the next: if the invocation found the pool past
+    /// its maximum age, starts building the replacement now, when it takes
+    /// no CPU from an invocation, and returns how to wait for it.
+    ///
+    /// Lambda freezes the environment only when the runtime asks for the
+    /// next invocation, and the caller already has the answer: waiting here
+    /// lets the build run to its end unfrozen, for the price of its few
+    /// milliseconds of billed duration once per maximum age. The wait is
+    /// bounded by [`AFTER_ANSWER_WAIT`], `DB_CONNECT_TIMEOUT_MS` and the
+    /// invocation's deadline (`deadline_ms`) less `DB_DEADLINE_MARGIN_MS`; a
+    /// build still running then goes on at the next thaw. Under Lambda Managed Instances
+    /// (`AWS_LAMBDA_MAX_CONCURRENCY` above 1) nothing is frozen and other
+    /// invocations are waiting for this worker: the build starts, unwaited.
+    pub(crate) fn after_answer(&self, deadline_ms: u64) -> Option<BoxFuture<'static, ()>> {
+        let shared = &self.shared;
+        if !shared.refresh_wanted.load(Ordering::Relaxed) || !shared.refresh_wanted.swap(false, Ordering::Relaxed) {
+            return None;
+        }
+        // Still the pool found past its age: not one a failed check or a
+        // failover put in place meanwhile.
+        let pool = shared.current().filter(|pool| pool.is_expired(Instant::now()))?;
+        let id = self.refresh_in_background(&pool)?;
+        if shared.config.max_concurrency.is_some_and(|c| c > 1) {
+            return None;
+        }
+        let until = deadline::until_ms(deadline_ms, shared.config.deadline_margin);
+        let bound = AFTER_ANSWER_WAIT.min(shared.config.connect_timeout);
+        let bound = until.instant().map_or(bound, |until| until.saturating_duration_since(Instant::now()).min(bound));
+        let shared = self.shared.clone();
+        Some(Box::pin(async move {
+            let built = shared.built.notified();
+            // Created before this look: an end after it wakes `built`.
+            if shared.background().as_ref().is_none_or(|b| b.id != id) {
+                return;
+            }
+            let started = Instant::now();
+            if tokio::time::timeout(bound, built).await.is_err() {
+                tracing::info!(
+                    wait_ms = millis(bound),
+                    "replacement not built in the wait after the answer; it goes on at the next thaw"
+                );
+            } else {
+                tracing::debug!(wait_ms = millis(started.elapsed()), "replacement built after the answer");
+            }
+        }))
+    }
+
     /// Starts building a replacement for `old`, past its maximum age, beside
     /// it, unless one is being built already; invocations go on using `old`
     /// meanwhile. The replacement is put in place once both warmup phases
     /// passed on all its connections.
     ///
+    /// Under [`Lifecycle::run`](crate::Lifecycle::run) this is called after the answer,
+    /// which waits for it a bounded while ([`after_answer`](Self::after_answer)).
     /// Nothing runs while Lambda has the environment frozen: a build not
-    /// finished when the invocation answers goes on at the next thaw. Its
+    /// finished then goes on at the next thaw. Its
     /// connect may then have timed out (its timer ran through the freeze) or
     /// been closed by the server (`authentication_timeout`): such failures
     /// are tried again, `DB_WARMUP_ATTEMPTS` in all, and not counted or
@@ -590,11 +682,13 @@ impl Adapter {
     /// synchronously once the pool is [`refresh_grace`] past its maximum
     /// age. Under Lambda Managed Instances environments are not frozen and
     /// the build simply runs.
-    fn refresh_in_background(&self, old: &WarmPool) {
+    ///
+    /// Returns the build's id, unless one was being built already.
+    fn refresh_in_background(&self, old: &WarmPool) -> Option<u64> {
         let shared = &self.shared;
         let mut background = shared.background();
         if background.is_some() {
-            return;
+            return None;
         }
         let id = shared.background_ids.fetch_add(1, Ordering::Relaxed);
         let replaces = old.generation();
@@ -606,6 +700,7 @@ impl Adapter {
         });
         tracing::debug!(generation = replaces, "pool past its maximum age; building a replacement in the background");
         *background = Some(Background { id, task, tasks });
+        Some(id)
     }
 
     /// The background build [`refresh_in_background`](Self::refresh_in_background) started.
@@ -649,6 +744,7 @@ impl Adapter {
             (Err(error), Some(old)) => shared.refresh_failed(&old, &error, refresh),
             (Err(_), None) => {}
         }
+        shared.built.notify_waiters();
     }
 
     /// Replaces a pool [`refresh_grace`] past its maximum age, the
@@ -784,6 +880,7 @@ impl Shared {
     fn stop_background(&self) -> Option<Background> {
         let background = self.background().take()?;
         background.task.abort();
+        self.built.notify_waiters();
         Some(background)
     }
 

@@ -80,7 +80,12 @@ impl Deadline {
 /// The instant by which database work for this invocation must stop
 /// (`margin` before its deadline), if the invocation has a real deadline.
 pub(crate) fn gate_until(context: &Context, margin: Duration) -> Deadline {
-    until(context.deadline, margin, SystemTime::now(), Instant::now())
+    until_ms(context.deadline, margin)
+}
+
+/// [`gate_until`] for a deadline of `deadline_ms` (epoch milliseconds).
+pub(crate) fn until_ms(deadline_ms: u64, margin: Duration) -> Deadline {
+    until(deadline_ms, margin, SystemTime::now(), Instant::now())
 }
 
 /// [`gate_until`] for a deadline of `deadline_ms` (epoch milliseconds), with

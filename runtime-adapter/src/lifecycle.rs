@@ -146,10 +146,89 @@ impl Lifecycle {
         S: Service<LambdaInvocation, Response = (), Error = BoxError> + Clone + Send + 'static,
         S::Future: Send,
     {
-        let runtime = runtime.register_snapstart_resource(self.snap_start()).layer(TracingLayer::new());
+        self.adapter.answers_reported();
+        let after_answer = AfterAnswerLayer { adapter: self.adapter.clone() };
+        let runtime =
+            runtime.register_snapstart_resource(self.snap_start()).layer(after_answer).layer(TracingLayer::new());
         // Boxed: the runtime's future type is deep enough to overflow the
         // compiler's query depth in the caller's `main`.
         Box::pin(runtime.run_concurrent()).await
+    }
+}
+
+/// Around lambda_runtime's own services, which post the answer: what the
+/// adapter does once an invocation has answered and before the runtime asks
+/// for the next one, Lambda freezing the environment only then (see
+/// [`Adapter::after_answer`]).
+#[derive(Debug, Clone)]
+struct AfterAnswerLayer {
+    adapter: Adapter,
+}
+
+impl<S> Layer<S> for AfterAnswerLayer {
+    type Service = AfterAnswerService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AfterAnswerService { inner, adapter: self.adapter.clone() }
+    }
+}
+
+/// A runtime's service wrapped in [`AfterAnswerLayer`].
+#[derive(Debug, Clone)]
+struct AfterAnswerService<S> {
+    inner: S,
+    adapter: Adapter,
+}
+
+impl<S> Service<LambdaInvocation> for AfterAnswerService<S>
+where
+    S: Service<LambdaInvocation, Response = (), Error = BoxError>,
+{
+    type Response = ();
+    type Error = BoxError;
+    type Future = AfterAnswer<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, invocation: LambdaInvocation) -> Self::Future {
+        let deadline_ms = invocation.context.deadline;
+        AfterAnswer { answered: self.inner.call(invocation), adapter: self.adapter.clone(), deadline_ms, after: None }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of an [`AfterAnswerService`]: the answer, then the work
+    /// after it, if any, then the answer's result.
+    struct AfterAnswer<F> {
+        #[pin]
+        answered: F,
+        adapter: Adapter,
+        deadline_ms: u64,
+        after: Option<(future::BoxFuture<'static, ()>, Result<(), BoxError>)>,
+    }
+}
+
+impl<F> Future for AfterAnswer<F>
+where
+    F: Future<Output = Result<(), BoxError>>,
+{
+    type Output = Result<(), BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if this.after.is_none() {
+            let result = std::task::ready!(this.answered.poll(cx));
+            match this.adapter.after_answer(*this.deadline_ms) {
+                None => return Poll::Ready(result),
+                Some(work) => *this.after = Some((work, result)),
+            }
+        }
+        let (work, _) = this.after.as_mut().expect("set above");
+        std::task::ready!(work.as_mut().poll(cx));
+        let (_, result) = this.after.take().expect("set above");
+        Poll::Ready(result)
     }
 }
 

@@ -3,7 +3,10 @@
 //! replacement, warmed, takes over and the old connection is closed cleanly.
 //! No invocation waits for it, unless it is not built a tenth of the maximum
 //! age later (the synchronous fallback); a build that a freeze cut is tried
-//! again, not reported.
+//! again, not reported. The build starts once the invocation that found the
+//! pool past its age has answered, and the runtime asks for the next
+//! invocation (when Lambda freezes the environment) only once it is in
+//! place, or a bounded wait later.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -74,6 +77,172 @@ async fn after_max_age_a_new_warmed_connection_replaces_the_old_one_which_closes
     assert!(closed.executes >= 1, "the old connection served until the replacement was ready");
     assert_eq!(closed.executes + fresh.executes, invocations, "each invocation ran once, on one of the two");
     assert_eq!(env.pg.backend_pids(FUNCTION_NAME).await, new);
+}
+
+/// Stops (`-STOP`, as Lambda freezes an environment) or resumes (`-CONT`)
+/// the process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let pid = pid.to_string();
+    assert!(Command::new("kill").args([signal, &pid]).status().expect("kill").success());
+}
+
+#[tokio::test]
+async fn the_invocation_past_the_max_age_answers_and_the_replacement_is_in_place_before_the_runtime_asks_for_more() {
+    let (env, proxy) =
+        orders_behind_proxy(postgres_watching_closes().await, "2000", "1500", Duration::from_secs(5)).await;
+    let old = env.pg.backend_pids(FUNCTION_NAME).await;
+    let mark = env.pg.log_mark();
+    // Invocations every 20 ms. After each answer, once the runtime has
+    // asked for the next invocation, the process is stopped at once, as
+    // Lambda freezes the environment then, and resumed, until one
+    // invocation was followed by the replacement's connect.
+    let pid = env.function.pid();
+    let give_up = Instant::now() + Duration::from_secs(6);
+    loop {
+        assert!(
+            Instant::now() < give_up,
+            "no replacement was started:
+{}",
+            env.function.output()
+        );
+        let (accepted, polls) = (proxy.accepted(), env.api.next_polls());
+        let served = env.api.invoke(get_order("1")).await;
+        assert_eq!(status(served.response()), 200, "{:?}", served.outcome);
+        assert!(env.api.wait_next_polls(polls + 1, Duration::from_secs(5)).await, "{}", env.function.output());
+        signal(pid, "-STOP");
+        if proxy.accepted() > accepted {
+            break;
+        }
+        signal(pid, "-CONT");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Frozen, the function sends and writes nothing: what its output and
+    // the server show now was done before it asked for the next invocation.
+    let refreshed = env.function.wait_for_output("pool refreshed", Duration::from_secs(3)).await;
+    assert!(
+        refreshed,
+        "the replacement was in place before the next poll:
+{}",
+        env.function.output()
+    );
+    let output = env.function.output();
+    let line = lines_with(&output, "pool refreshed").remove(0);
+    assert!(line.contains("background=true") && line.contains("attempts=1"), "{line}");
+    let log = Log::new(env.pg.log_since(mark));
+    let new: Vec<i32> = log.function_pids().into_iter().filter(|pid| !old.contains(pid)).collect();
+    assert_eq!(
+        new.len(),
+        1,
+        "one new connection:
+{}",
+        log.text()
+    );
+    let warmed = log.for_pid(new[0]).counts();
+    assert_eq!((warmed.connections, warmed.warmup_round_trips, warmed.parses), (1, 1, 2), "{}", log.text());
+    signal(pid, "-CONT");
+
+    // Thawed, the next invocation runs on the replacement, and the old
+    // session has closed cleanly.
+    let served = env.api.invoke(get_order("1")).await;
+    assert_eq!(status(served.response()), 200, "{:?}", served.outcome);
+    let closed_old = format!("[{}] {FUNCTION_NAME} LOG:  disconnection", old[0]);
+    assert!(env.pg.wait_for_log(mark, &closed_old, Duration::from_secs(5)).await, "{}", env.pg.log_since(mark));
+    assert_eq!(env.pg.backend_pids(FUNCTION_NAME).await, new);
+    assert_eq!(Log::new(env.pg.log_since(mark)).for_pid(old[0]).counts().unclean_closes, 0);
+    let output = env.function.output();
+    assert!(
+        lines_with(&output, "refresh failed").is_empty() && lines_with(&output, "connect failed").is_empty(),
+        "{output}"
+    );
+}
+
+#[tokio::test]
+async fn a_replacement_that_cannot_connect_holds_the_environment_after_the_answer_only_a_bounded_while() {
+    // The connect timeout (2 s) is far above the wait after the answer
+    // (250 ms): the runtime asks for the next invocation before it.
+    let connect_timeout = Duration::from_secs(2);
+    let (env, proxy) = orders_behind_proxy(postgres().await, "2000", "1500", connect_timeout).await;
+    proxy.black_hole_new(true);
+    let give_up = Instant::now() + Duration::from_secs(6);
+    let (answered, held) = loop {
+        assert!(
+            Instant::now() < give_up,
+            "no replacement was started:
+{}",
+            env.function.output()
+        );
+        let (accepted, polls) = (proxy.accepted(), env.api.next_polls());
+        let served = env.api.invoke(get_order("1")).await;
+        let answered = Instant::now();
+        assert_eq!(status(served.response()), 200, "{:?}", served.outcome);
+        assert!(env.api.wait_next_polls(polls + 1, connect_timeout * 2).await, "{}", env.function.output());
+        if proxy.accepted() > accepted {
+            break (served.latency, answered.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("measured: the invocation that started the replacement answered in {answered:?}; the next poll came {held:?} after");
+    assert!(answered < connect_timeout / 2, "the answer did not wait for the connect: {answered:?}");
+    assert!(held < connect_timeout, "the next poll came before the connect timed out: {held:?}");
+    let output = env.function.output();
+    assert_eq!(lines_with(&output, "replacement not built in the wait after the answer").len(), 1, "{output}");
+
+    // The build goes on meanwhile: its silent connect times out and the
+    // next attempt, answered, puts the replacement in place.
+    proxy.black_hole_new(false);
+    assert!(env.function.wait_for_output("pool refreshed", connect_timeout * 3).await, "{}", env.function.output());
+    let output = env.function.output();
+    let line = lines_with(&output, "pool refreshed").remove(0);
+    assert!(line.contains("background=true") && line.contains("attempts=2"), "{line}");
+    assert!(lines_with(&output, "refresh failed").is_empty(), "{output}");
+    let served = env.api.invoke(get_order("1")).await;
+    assert_eq!(status(served.response()), 200, "{:?}", served.outcome);
+    proxy.release_silenced();
+}
+
+#[tokio::test]
+async fn under_managed_instances_the_replacement_is_not_waited_for_after_the_answer() {
+    // Several invocations at once, never frozen: the worker that answered
+    // goes back to taking invocations while the build runs.
+    let connect_timeout = Duration::from_secs(2);
+    let pg = postgres().await;
+    pg.apply_sql_as_app(integration_tests::orders::MIGRATION).await;
+    let settings = [
+        ("DB_MAX_AGE_MS", "2000"),
+        ("DB_HEALTH_CHECK_INTERVAL_MS", "1500"),
+        ("DB_CONNECT_TIMEOUT_MS", "2000"),
+        ("AWS_LAMBDA_MAX_CONCURRENCY", "2"),
+    ];
+    let (env, proxy) = OrdersEnv::start_behind_proxy(ORDERS_BIN, pg, &settings).await;
+    assert_eq!(status(env.api.invoke(post_valid_order("tea", 1)).await.response()), 201);
+    proxy.black_hole_new(true);
+    let give_up = Instant::now() + Duration::from_secs(6);
+    loop {
+        assert!(
+            Instant::now() < give_up,
+            "no replacement was started:
+{}",
+            env.function.output()
+        );
+        let accepted = proxy.accepted();
+        let served = env.api.invoke(get_order("1")).await;
+        assert_eq!(status(served.response()), 200, "{:?}", served.outcome);
+        // Both workers back at `/next` while the connect is still silent.
+        assert!(env.api.wait_waiting_polls(2, connect_timeout / 2).await, "{}", env.function.output());
+        if proxy.accepted() > accepted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(env.api.wait_waiting_polls(2, connect_timeout / 2).await, "{}", env.function.output());
+    assert!(lines_with(&env.function.output(), "pool refreshed").is_empty(), "the connect is still silent");
+    proxy.black_hole_new(false);
+    assert!(env.function.wait_for_output("pool refreshed", connect_timeout * 3).await, "{}", env.function.output());
+    // Seconds after the answer: a wait would have ended, and said so, by now.
+    let output = env.function.output();
+    assert!(lines_with(&output, "in the wait after the answer").is_empty(), "no worker waited:\n{output}");
+    proxy.release_silenced();
 }
 
 /// The function's log lines that contain `needle`.
