@@ -40,6 +40,11 @@ pub(crate) struct RefreshResult {
     pub(crate) waited: usize,
     /// Every invocation in order (for the picture).
     pub(crate) timeline: Vec<Point>,
+    /// From each answer reaching the Runtime API to the function's next
+    /// `/next` poll (when Lambda would freeze it, and could send it the next
+    /// invocation): after normal invocations and after refreshing ones.
+    pub(crate) held_normal: Summary,
+    pub(crate) held_refreshing: Summary,
 }
 
 /// One invocation of the refresh run.
@@ -73,6 +78,11 @@ pub(crate) async fn run(pg: &Postgres, duration: Duration) -> RefreshResult {
         tokio::time::sleep(PACE).await;
     }
     let last = proxy.counts();
+    // The run's own invocations are the last completions the API saw.
+    let times = instance.api.times();
+    let held = times.held_after_completions();
+    let held = &held[held.len() - sent.len()..];
+    let (mut held_normal, mut held_refreshing) = (Vec::new(), Vec::new());
     let mut normal = Vec::new();
     let mut refreshing = Vec::new();
     let mut after = Vec::new();
@@ -81,6 +91,9 @@ pub(crate) async fn run(pg: &Postgres, duration: Duration) -> RefreshResult {
     for (k, &(at, latency, before)) in sent.iter().enumerate() {
         let next = sent.get(k + 1).map_or(last, |&(_, _, next)| next);
         let refreshed = next.since(before).connections > 0;
+        if let Some(held) = held[k] {
+            if refreshed { &mut held_refreshing } else { &mut held_normal }.push(held);
+        }
         if refreshed {
             refreshing.push(latency);
         } else if previous_refreshed {
@@ -103,6 +116,8 @@ pub(crate) async fn run(pg: &Postgres, duration: Duration) -> RefreshResult {
         warmups: Warmup::parse_all(&output).into_iter().skip(1).collect(),
         durations_ms: refreshed_lines(&output).iter().filter_map(|line| field(line, "duration_ms")).collect(),
         timeline,
+        held_normal: Summary::of(&held_normal),
+        held_refreshing: Summary::of(&held_refreshing),
     }
 }
 

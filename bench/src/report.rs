@@ -407,6 +407,21 @@ impl Results {
                 r.background, r.waited
             ),
         );
+        line(
+            o,
+            &format!(
+                "\nFrom the answer reaching the Runtime API to the function's next `/next` poll (when Lambda would \
+                 freeze the environment, and could hand it another invocation), p50 / p99: after normal invocations \
+                 {} / {} ms (n {}), after refreshing ones {} / {} ms (n {}). An invocation sent meanwhile waits in the \
+                 emulator's queue (the row after each); Lambda would give it to another environment.",
+                ms(r.held_normal.p50),
+                ms(r.held_normal.p99),
+                r.held_normal.n,
+                ms(r.held_refreshing.p50),
+                ms(r.held_refreshing.p99),
+                r.held_refreshing.n
+            ),
+        );
         if !r.warmups.is_empty() {
             let m = |f: fn(&Warmup) -> f64| median(&r.warmups.iter().map(f).collect::<Vec<_>>());
             line(

@@ -49,4 +49,4 @@ pub mod worker;
 pub use function::{bin_path, Function, FunctionBuilder};
 pub use postgres::{free_port, Postgres, PostgresBuilder, APP_DATABASE, APP_PASSWORD, APP_USER};
 pub use proxy::FaultProxy;
-pub use runtime_api::{InitError, Invocation, InvokeOptions, Outcome, PendingInvocation, RuntimeApi};
+pub use runtime_api::{InitError, Invocation, InvokeOptions, Outcome, PendingInvocation, RuntimeApi, Times};

@@ -287,6 +287,30 @@ struct State {
     /// Restores granted by the test; each `/restore/next` poll takes one.
     restores: watch::Sender<usize>,
     rejected: Mutex<Vec<String>>,
+    /// When each `/next` poll and each completion (response or error) arrived.
+    times: Mutex<Times>,
+}
+
+/// See [`RuntimeApi::times`].
+#[derive(Debug, Clone, Default)]
+pub struct Times {
+    /// When each `GET /invocation/next` arrived, in order.
+    pub polls: Vec<std::time::Instant>,
+    /// When each completion (`/response` or `/error`) arrived, in order.
+    pub completions: Vec<std::time::Instant>,
+}
+
+impl Times {
+    /// For each completion, how long until the next `/next` poll arrived
+    /// (one worker): how long the runtime went on working after the answer
+    /// before it asked for more, which is when Lambda freezes an
+    /// environment. `None` for a completion no poll followed yet.
+    pub fn held_after_completions(&self) -> Vec<Option<Duration>> {
+        self.completions
+            .iter()
+            .map(|&done| self.polls.iter().find(|&&poll| poll >= done).map(|&poll| poll - done))
+            .collect()
+    }
 }
 
 /// Aborts the server (and with it every connection task) when the last handle drops.
@@ -337,6 +361,7 @@ impl RuntimeApi {
             restore_errors: Mutex::new(Vec::new()),
             restores: watch::Sender::new(0),
             rejected: Mutex::new(Vec::new()),
+            times: Mutex::new(Times::default()),
         });
         let server = tokio::spawn(serve(listener, state.clone()));
         RuntimeApi { addr, state, _server: Arc::new(ServerGuard(server)) }
@@ -414,6 +439,11 @@ impl RuntimeApi {
     /// Number of invocations completed (response or error) so far.
     pub fn completed(&self) -> usize {
         self.state.counters.borrow().completed
+    }
+
+    /// When `/next` polls and completions arrived so far.
+    pub fn times(&self) -> Times {
+        lock(&self.state.times).clone()
     }
 
     /// Wait until at least `n` `/next` polls arrived; false on timeout.
@@ -571,6 +601,7 @@ struct WaitingPoll<'a>(&'a State);
 
 impl<'a> WaitingPoll<'a> {
     fn new(state: &'a State) -> Self {
+        lock(&state.times).polls.push(std::time::Instant::now());
         state.counters.send_modify(|c| {
             c.next_polls += 1;
             c.waiting_polls += 1;
@@ -644,6 +675,7 @@ async fn complete(state: &State, id: String, is_error: bool, req: Request<Incomi
     match sender {
         Ok(sender) => {
             // The invoker may have given up (timeout); the completion still counts.
+            lock(&state.times).completions.push(std::time::Instant::now());
             let _ = sender.send(outcome);
             state.counters.send_modify(|c| c.completed += 1);
             accepted()
