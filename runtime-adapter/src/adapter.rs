@@ -644,8 +644,7 @@ impl Adapter {
             return None;
         }
         let until = deadline::until_ms(deadline_ms, shared.config.deadline_margin);
-        let bound = AFTER_ANSWER_WAIT.min(shared.config.connect_timeout);
-        let bound = until.instant().map_or(bound, |until| until.saturating_duration_since(Instant::now()).min(bound));
+        let bound = after_answer_wait(shared.config.connect_timeout, until, Instant::now());
         let shared = self.shared.clone();
         Some(Box::pin(async move {
             let built = shared.built.notified();
@@ -899,10 +898,36 @@ impl Shared {
     }
 }
 
+/// How long [`Adapter::after_answer`] waits at `now` for a build: at most
+/// [`AFTER_ANSWER_WAIT`] and `connect_timeout`, and never past `until`.
+fn after_answer_wait(connect_timeout: Duration, until: Deadline, now: Instant) -> Duration {
+    let bound = AFTER_ANSWER_WAIT.min(connect_timeout);
+    until.instant().map_or(bound, |until| until.saturating_duration_since(now).min(bound))
+}
+
 /// How far past its maximum age a pool may go on serving while its
 /// replacement is built in the background: a tenth of the maximum age
 /// (30 s at the default 5 min). Past it, the next invocation refreshes
 /// synchronously.
 fn refresh_grace(max_age: Duration) -> Duration {
     max_age / 10
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_after_an_answer_is_the_shortest_of_its_bound_the_connect_timeout_and_the_time_left() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        let wait = |connect_ms, until| after_answer_wait(ms(connect_ms), until, now);
+        assert_eq!(wait(5_000, Deadline::NONE), AFTER_ANSWER_WAIT);
+        assert_eq!(wait(100, Deadline::NONE), ms(100));
+        assert_eq!(wait(5_000, Deadline::at(now + ms(80))), ms(80));
+        assert_eq!(wait(60, Deadline::at(now + ms(80))), ms(60));
+        assert_eq!(wait(5_000, Deadline::at(now + ms(10_000))), AFTER_ANSWER_WAIT);
+        assert_eq!(wait(5_000, Deadline::at(now)), Duration::ZERO, "the deadline less its margin has come");
+        assert_eq!(wait(5_000, Deadline::at(now.checked_sub(ms(5)).unwrap_or(now))), Duration::ZERO);
+    }
 }

@@ -184,7 +184,8 @@ async fn a_replacement_that_cannot_connect_holds_the_environment_after_the_answe
     };
     eprintln!("measured: the invocation that started the replacement answered in {answered:?}; the next poll came {held:?} after");
     assert!(answered < connect_timeout / 2, "the answer did not wait for the connect: {answered:?}");
-    assert!(held < connect_timeout, "the next poll came before the connect timed out: {held:?}");
+    // 250 ms, with room for a loaded machine; far from the connect timeout.
+    assert!(held < connect_timeout / 2, "the next poll came long before the connect timed out: {held:?}");
     let output = env.function.output();
     assert_eq!(lines_with(&output, "replacement not built in the wait after the answer").len(), 1, "{output}");
 
