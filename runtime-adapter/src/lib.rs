@@ -44,8 +44,9 @@
 //!   errors posted to the Runtime API, the answer to a panic.
 //! - `lifecycle`: [`Builder::start`], [`Lifecycle`] and [`LifecycleLayer`]:
 //!   the whole lifecycle (gate, metrics, shutdown, SnapStart, init errors,
-//!   error types, panics) for any Lambda service, `lambda_http`'s included.
-//!   `Builder::run` is built on it.
+//!   error types, panics) for any Lambda service, `lambda_http`'s included,
+//!   and what follows an answer before the runtime asks for the next
+//!   invocation (a max-age replacement built). `Builder::run` is built on it.
 //! - `axum` (feature `axum`): [`Db`] as an axum extractor (the gate runs when
 //!   a handler asks for one), and [`Error`] as a response that fails the
 //!   invocation with its `errorType`.

@@ -134,6 +134,12 @@ impl Lifecycle {
     /// `AWS_LAMBDA_MAX_CONCURRENCY` above 1 that many invocations share the
     /// pool.
     ///
+    /// Around the runtime's own services, which post each answer, it adds
+    /// what follows an answer: the replacement for a pool past its maximum
+    /// age is built then, and the runtime asks Lambda for the next
+    /// invocation (when Lambda freezes the environment) once it is in
+    /// place, or after a bounded wait (see the `adapter` module).
+    ///
     /// The service given to the runtime should be wrapped in
     /// [`Lifecycle::layer`]; without it no metrics are written and panics
     /// keep lambda_runtime's own error type.
