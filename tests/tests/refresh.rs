@@ -97,20 +97,13 @@ async fn the_invocation_past_the_max_age_answers_and_the_replacement_is_in_place
     // Lambda freezes the environment then, and resumed, until one
     // invocation was followed by the replacement's connect.
     let pid = env.function.pid();
+    // The count before each invocation: the build must have connected
+    // before the runtime asked for more.
     let give_up = Instant::now() + Duration::from_secs(6);
     loop {
-        assert!(
-            Instant::now() < give_up,
-            "no replacement was started:
-{}",
-            env.function.output()
-        );
-        let (accepted, polls) = (proxy.accepted(), env.api.next_polls());
-        let served = env.api.invoke(get_order("1")).await;
-        assert_eq!(status(served.response()), 200, "{:?}", served.outcome);
-        assert!(env.api.wait_next_polls(polls + 1, Duration::from_secs(5)).await, "{}", env.function.output());
+        let step = invoke_until_idle(&env, &proxy, 1, proxy.accepted(), give_up).await;
         signal(pid, "-STOP");
-        if proxy.accepted() > accepted {
+        if step.connected {
             break;
         }
         signal(pid, "-CONT");
@@ -120,24 +113,13 @@ async fn the_invocation_past_the_max_age_answers_and_the_replacement_is_in_place
     // Frozen, the function sends and writes nothing: what its output and
     // the server show now was done before it asked for the next invocation.
     let refreshed = env.function.wait_for_output("pool refreshed", Duration::from_secs(3)).await;
-    assert!(
-        refreshed,
-        "the replacement was in place before the next poll:
-{}",
-        env.function.output()
-    );
+    assert!(refreshed, "the replacement was in place before the next poll:\n{}", env.function.output());
     let output = env.function.output();
     let line = lines_with(&output, "pool refreshed").remove(0);
     assert!(line.contains("background=true") && line.contains("attempts=1"), "{line}");
     let log = Log::new(env.pg.log_since(mark));
     let new: Vec<i32> = log.function_pids().into_iter().filter(|pid| !old.contains(pid)).collect();
-    assert_eq!(
-        new.len(),
-        1,
-        "one new connection:
-{}",
-        log.text()
-    );
+    assert_eq!(new.len(), 1, "one new connection:\n{}", log.text());
     let warmed = log.for_pid(new[0]).counts();
     assert_eq!((warmed.connections, warmed.warmup_round_trips, warmed.parses), (1, 1, 2), "{}", log.text());
     signal(pid, "-CONT");
@@ -165,20 +147,10 @@ async fn a_replacement_that_cannot_connect_holds_the_environment_after_the_answe
     let (env, proxy) = orders_behind_proxy(postgres().await, "2000", "1500", connect_timeout).await;
     proxy.black_hole_new(true);
     let give_up = Instant::now() + Duration::from_secs(6);
-    let (answered, held) = loop {
-        assert!(
-            Instant::now() < give_up,
-            "no replacement was started:
-{}",
-            env.function.output()
-        );
-        let (accepted, polls) = (proxy.accepted(), env.api.next_polls());
-        let served = env.api.invoke(get_order("1")).await;
-        let answered = Instant::now();
-        assert_eq!(status(served.response()), 200, "{:?}", served.outcome);
-        assert!(env.api.wait_next_polls(polls + 1, connect_timeout * 2).await, "{}", env.function.output());
-        if proxy.accepted() > accepted {
-            break (served.latency, answered.elapsed());
+    let Idle { latency: answered, held, .. } = loop {
+        let step = invoke_until_idle(&env, &proxy, 1, proxy.accepted(), give_up).await;
+        if step.connected {
+            break step;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
@@ -218,24 +190,14 @@ async fn under_managed_instances_the_replacement_is_not_waited_for_after_the_ans
     let (env, proxy) = OrdersEnv::start_behind_proxy(ORDERS_BIN, pg, &settings).await;
     assert_eq!(status(env.api.invoke(post_valid_order("tea", 1)).await.response()), 201);
     proxy.black_hole_new(true);
-    let give_up = Instant::now() + Duration::from_secs(6);
-    loop {
-        assert!(
-            Instant::now() < give_up,
-            "no replacement was started:
-{}",
-            env.function.output()
-        );
-        let accepted = proxy.accepted();
-        let served = env.api.invoke(get_order("1")).await;
-        assert_eq!(status(served.response()), 200, "{:?}", served.outcome);
-        // Both workers back at `/next` while the connect is still silent.
-        assert!(env.api.wait_waiting_polls(2, connect_timeout / 2).await, "{}", env.function.output());
-        if proxy.accepted() > accepted {
-            break;
-        }
+    // Both workers back at `/next` after each answer. The count before the
+    // first invocation: a build not waited for may connect only after the
+    // invocation that started it was looked at.
+    let (accepted, give_up) = (proxy.accepted(), Instant::now() + Duration::from_secs(6));
+    while !invoke_until_idle(&env, &proxy, 2, accepted, give_up).await.connected {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // And while the connect is still silent.
     assert!(env.api.wait_waiting_polls(2, connect_timeout / 2).await, "{}", env.function.output());
     assert!(lines_with(&env.function.output(), "pool refreshed").is_empty(), "the connect is still silent");
     proxy.black_hole_new(false);
@@ -244,6 +206,37 @@ async fn under_managed_instances_the_replacement_is_not_waited_for_after_the_ans
     let output = env.function.output();
     assert!(lines_with(&output, "in the wait after the answer").is_empty(), "no worker waited:\n{output}");
     proxy.release_silenced();
+}
+
+/// What [`invoke_until_idle`] saw.
+struct Idle {
+    /// The invocation's, enqueue to answer.
+    latency: Duration,
+    /// From the answer (as the test saw it) until every worker was back.
+    held: Duration,
+    /// The proxy has accepted a connection since the count given: the
+    /// replacement's build.
+    connected: bool,
+}
+
+/// Sends `GET /orders/1`, which must succeed, and waits until all `workers`
+/// of the function's runtime are back at `/next`, as Lambda waits before it
+/// freezes the environment. `accepted`: the proxy's count to compare with.
+/// Fails the test past `give_up`.
+async fn invoke_until_idle(
+    env: &OrdersEnv,
+    proxy: &FaultProxy,
+    workers: usize,
+    accepted: usize,
+    give_up: Instant,
+) -> Idle {
+    assert!(Instant::now() < give_up, "no replacement was started:\n{}", env.function.output());
+    let served = env.api.invoke(get_order("1")).await;
+    let answered = Instant::now();
+    assert_eq!(status(served.response()), 200, "{:?}", served.outcome);
+    let idle = env.api.wait_waiting_polls(workers, Duration::from_secs(5)).await;
+    assert!(idle, "the runtime is back at /next within 5 s:\n{}", env.function.output());
+    Idle { latency: served.latency, held: answered.elapsed(), connected: proxy.accepted() > accepted }
 }
 
 /// The function's log lines that contain `needle`.
