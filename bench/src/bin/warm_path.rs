@@ -6,7 +6,7 @@
 //! change and one built after run interleaved in one run.
 //!
 //! ```sh
-//! warm-path [--rounds N] [--warmup N] [--pause-ms MS] [--pids FILE] [--exec-before CMD] [--exec-after CMD] [--cold N] LABEL=PATH[@KEY=VALUE]...
+//! warm-path [--rounds N] [--warmup N] [--pause-ms MS] [--pids FILE] [--exec-before CMD] [--exec-after CMD] [--cold N] [--freeze] LABEL=PATH[@KEY=VALUE]...
 //! warm-path old=/tmp/orders-old@DB_METRICS=off new=target/release/orders@DB_METRICS=off \
 //!           bare=target/release/bench-contender@BENCH_STRATEGY=bare
 //! ```
@@ -23,6 +23,12 @@
 //! `--cold N` measures cold starts instead: N new processes of each
 //! contender, interleaved, spawn → first `/next` poll (INIT) and spawn →
 //! first answer, with the invocation queued before the spawn.
+//! `--freeze` treats each function as Lambda treats an environment: after
+//! an answer it is sent nothing until it has polled `/next` again, and it
+//! is stopped (`SIGSTOP`) from that poll until its next invocation
+//! (`SIGCONT`). Then a second table gives, per contender, how long it went
+//! on after each answer before that poll, and the log lines `pool
+//! refreshed` it wrote (with `@DB_MAX_AGE_MS=250`, say, to see refreshes).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,12 +67,15 @@ struct Plan {
     after: Option<String>,
     /// `--cold N`: N cold starts of each contender instead of the warm rounds.
     cold: usize,
+    /// `--freeze`: each function stopped from its `/next` poll until its
+    /// next invocation, as Lambda freezes an environment.
+    freeze: bool,
     specs: Vec<Spec>,
 }
 
 fn usage(problem: &str) -> ! {
     eprintln!("warm-path: {problem}");
-    eprintln!("usage: warm-path [--rounds N] [--warmup N] [--pause-ms MS] [--pids FILE] [--exec-before CMD] [--exec-after CMD] [--cold N] LABEL=PATH[@KEY=VALUE]...");
+    eprintln!("usage: warm-path [--rounds N] [--warmup N] [--pause-ms MS] [--pids FILE] [--exec-before CMD] [--exec-after CMD] [--cold N] [--freeze] LABEL=PATH[@KEY=VALUE]...");
     std::process::exit(2)
 }
 
@@ -79,6 +88,7 @@ fn parse_args() -> Plan {
         before: None,
         after: None,
         cold: 0,
+        freeze: false,
         specs: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -95,6 +105,7 @@ fn parse_args() -> Plan {
             }
             "--exec-after" => plan.after = Some(args.next().unwrap_or_else(|| usage("--exec-after needs a command"))),
             "--cold" => plan.cold = number(args.next(), "--cold") as usize,
+            "--freeze" => plan.freeze = true,
             "--pids" => plan.pids = Some(args.next().unwrap_or_else(|| usage("--pids needs a file")).into()),
             spec => {
                 let (label, rest) = spec.split_once('=').unwrap_or_else(|| usage(&format!("`{spec}`: LABEL=PATH")));
@@ -204,9 +215,18 @@ async fn main() {
                 Some(ms) => InvokeOptions::default().deadline_ms(ms),
                 None => InvokeOptions::default(),
             };
-            let invocation = running[i].0.invoke_with(event.clone(), options).await;
+            let (api, function) = &running[i];
+            if plan.freeze {
+                signal(function.pid(), "-CONT");
+            }
+            let invocation = api.invoke_with(event.clone(), options).await;
             let ok = matches!(&invocation.outcome, Outcome::Response(r) if r["statusCode"].as_i64() == Some(200));
             assert!(ok, "{} did not answer 200: {:?}", plan.specs[i].label, invocation.outcome);
+            if plan.freeze {
+                let polled = api.wait_waiting_polls(1, Duration::from_secs(10)).await;
+                assert!(polled, "{} did not poll /next again within 10 s", plan.specs[i].label);
+                signal(function.pid(), "-STOP");
+            }
             if round >= plan.warmup {
                 samples[i].push(invocation.latency);
             }
@@ -214,9 +234,14 @@ async fn main() {
         }
     }
     run(plan.after.as_deref());
+    if plan.freeze {
+        for (_, function) in &running {
+            signal(function.pid(), "-CONT");
+        }
+    }
     let n = plan.rounds as f64;
-    println!("| contender | n | p50 ms | p95 ms | p99 ms | mean ms | function CPU µs | slices |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| contender | n | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | mean ms | function CPU µs | slices |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (i, spec) in plan.specs.iter().enumerate() {
         let (cpu, slices) = cpu_of(running[i].1.pid());
         let (cpu, slices) = (cpu - before[i].0, slices - before[i].1);
@@ -224,17 +249,53 @@ async fn main() {
         sorted.sort();
         let mean = sorted.iter().sum::<Duration>() / sorted.len() as u32;
         println!(
-            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} | {:.2} |",
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} | {:.2} |",
             spec.label,
             sorted.len(),
             ms(percentile(&sorted, 0.5)),
             ms(percentile(&sorted, 0.95)),
             ms(percentile(&sorted, 0.99)),
+            ms(percentile(&sorted, 0.999)),
+            ms(percentile(&sorted, 1.0)),
             ms(mean),
             cpu as f64 / n / 1000.0,
             slices as f64 / n,
         );
     }
+    if plan.freeze {
+        after_answers(&plan, &running);
+    }
+}
+
+/// `--freeze`: per contender, how long it went on after each answer before
+/// it polled `/next` (when Lambda would freeze it), and its `pool
+/// refreshed` lines.
+fn after_answers(plan: &Plan, running: &[(RuntimeApi, Function)]) {
+    println!();
+    println!(
+        "| contender | answers | answer → next poll p50 ms | p99 ms | max ms | over 1 ms | `pool refreshed` lines |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (spec, (api, function)) in plan.specs.iter().zip(running) {
+        let mut held: Vec<Duration> = api.times().held_after_completions().into_iter().flatten().collect();
+        held.sort();
+        let over = held.iter().filter(|d| **d > Duration::from_millis(1)).count();
+        let refreshed = function.output().lines().filter(|line| line.contains("pool refreshed")).count();
+        println!(
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {over} | {refreshed} |",
+            spec.label,
+            held.len(),
+            ms(percentile(&held, 0.5)),
+            ms(percentile(&held, 0.99)),
+            ms(percentile(&held, 1.0)),
+        );
+    }
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`) to the process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill").args([signal, &pid.to_string()]).status();
+    assert!(status.as_ref().is_ok_and(|s| s.success()), "kill {signal} {pid}: {status:?}");
 }
 
 /// `--cold N`: N cold starts of each contender, interleaved in a new random
