@@ -645,6 +645,10 @@ impl Adapter {
         }
         let until = deadline::until_ms(deadline_ms, shared.config.deadline_margin);
         let bound = after_answer_wait(shared.config.connect_timeout, until, Instant::now());
+        if bound.is_zero() {
+            // The deadline less its margin has come: no time to wait.
+            return None;
+        }
         let shared = self.shared.clone();
         Some(Box::pin(async move {
             let built = shared.built.notified();
