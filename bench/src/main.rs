@@ -146,7 +146,9 @@ async fn main() {
     progress(&format!("cold starts on Lambda-sized CPU shares: {} samples each", plan.share_samples));
     let cold_on_shares = cold::run_on_shares(&pg, plan.share_samples).await;
     progress("refresh cost");
-    let refresh = refresh::run(&pg, plan.refresh_for).await;
+    let refresh = refresh::run(&pg, plan.refresh_for, refresh::Between::Running).await;
+    progress("refresh cost, frozen between invocations");
+    let refresh_frozen = refresh::run(&pg, plan.refresh_for, refresh::Between::Frozen).await;
     progress("connection budget");
     let budget = budget::run(&pg).await;
     progress("concurrency");
@@ -164,6 +166,7 @@ async fn main() {
         cold,
         cold_on_shares,
         refresh,
+        refresh_frozen,
         budget,
         concurrency,
         binaries,

@@ -3,7 +3,9 @@
 //! the others. It connects through the counting proxy ([`crate::wire`]),
 //! which tells which invocation opened a connection without reading the
 //! function's growing output after each one; the hop it adds is in both
-//! kinds of invocation and in the connect the target is stated in.
+//! kinds of invocation and in the connect the target is stated in. Run
+//! twice: with the function left running between invocations, and frozen
+//! between them as Lambda freezes an environment ([`Between`]).
 
 use std::time::{Duration, Instant};
 
@@ -59,7 +61,20 @@ pub(crate) struct Point {
     pub(crate) refreshed: bool,
 }
 
-pub(crate) async fn run(pg: &Postgres, duration: Duration) -> RefreshResult {
+/// How the run treats the function between invocations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Between {
+    /// Left running; the next invocation sent [`PACE`] after the answer,
+    /// whether or not the function has asked for it (the queue's wait is in
+    /// its latency).
+    Running,
+    /// As Lambda treats an environment: sent nothing until it has polled
+    /// `/next`, and stopped (`SIGSTOP`) from that poll, for [`PACE`], until
+    /// its next invocation (`SIGCONT`).
+    Frozen,
+}
+
+pub(crate) async fn run(pg: &Postgres, duration: Duration, between: Between) -> RefreshResult {
     let env = [("DB_MAX_AGE_MS", MAX_AGE_MS), ("DB_HEALTH_CHECK_INTERVAL_MS", HEALTH_CHECK_INTERVAL_MS)];
     let proxy = CountingProxy::start(pg.port()).await;
     let mut instance = Running::start(Contender::Adapter, pg, Some(proxy.port()), "refresh", &env).await;
@@ -70,12 +85,21 @@ pub(crate) async fn run(pg: &Postgres, duration: Duration) -> RefreshResult {
     // being sent and the next one being sent.
     let mut sent = Vec::new();
     let started = Instant::now();
+    let pid = instance.function.pid();
     while started.elapsed() < duration {
         let before = proxy.counts();
         let at = started.elapsed();
         let invocation = instance.invoke().await;
         sent.push((at, invocation.latency, before));
-        tokio::time::sleep(PACE).await;
+        if between == Between::Frozen {
+            let polled = instance.api.wait_waiting_polls(1, Duration::from_secs(10)).await;
+            assert!(polled, "the refresh run's function did not poll /next again within 10 s");
+            signal(pid, "-STOP");
+            tokio::time::sleep(PACE).await;
+            signal(pid, "-CONT");
+        } else {
+            tokio::time::sleep(PACE).await;
+        }
     }
     let last = proxy.counts();
     // The run's own invocations are the last completions the API saw.
@@ -119,6 +143,12 @@ pub(crate) async fn run(pg: &Postgres, duration: Duration) -> RefreshResult {
         held_normal: Summary::of(&held_normal),
         held_refreshing: Summary::of(&held_refreshing),
     }
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`) to the process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill").args([signal, &pid.to_string()]).status();
+    assert!(status.as_ref().is_ok_and(|s| s.success()), "kill {signal} {pid}: {status:?}");
 }
 
 /// Whether `key` is `true` on a log line, in text or JSON.

@@ -28,6 +28,8 @@ pub(crate) struct Results {
     /// Cold starts on Lambda-sized CPU shares, or why they could not run.
     pub(crate) cold_on_shares: Result<Vec<QuotaResult>, String>,
     pub(crate) refresh: RefreshResult,
+    /// The same run with the function frozen between invocations.
+    pub(crate) refresh_frozen: RefreshResult,
     pub(crate) budget: Budget,
     pub(crate) concurrency: Vec<ConcurrencyResult>,
     pub(crate) binaries: Vec<BinarySize>,
@@ -393,20 +395,7 @@ impl Results {
                  (normal).\n"
             ),
         );
-        line(o, "| invocations | n | p50 ms | p99 ms | max ms |");
-        line(o, "|---|---|---|---|---|");
-        let rows =
-            [("normal", &r.normal), ("that refreshed the pool", &r.refreshing), ("the one after each", &r.after)];
-        for (what, s) in rows {
-            line(o, &format!("| {what} | {} | {} | {} | {} |", s.n, ms(s.p50), ms(s.p99), ms(s.max)));
-        }
-        line(
-            o,
-            &format!(
-                "\nRefreshes built in the background: {}; with an invocation waiting (the fallback past the grace): {}.",
-                r.background, r.waited
-            ),
-        );
+        refresh_rows(o, r);
         line(
             o,
             &format!(
@@ -438,6 +427,27 @@ impl Results {
                 ),
             );
         }
+        let f = &self.refresh_frozen;
+        line(o, "\n### Refresh cost, frozen between invocations\n");
+        line(
+            o,
+            "The same run with the function treated as Lambda treats an environment: sent nothing until it has \
+             polled `/next` again, and stopped (`SIGSTOP`) from that poll for the ~5 ms pause, until its next \
+             invocation (`SIGCONT`). Work the function leaves running after it asks for more goes on only while \
+             later invocations run.\n",
+        );
+        refresh_rows(o, f);
+        line(
+            o,
+            &format!(
+                "\nFrom the answer to the next `/next` poll, p50 / p99: after normal invocations {} / {} ms, after \
+                 refreshing ones {} / {} ms.",
+                ms(f.held_normal.p50),
+                ms(f.held_normal.p99),
+                ms(f.held_refreshing.p50),
+                ms(f.held_refreshing.p99),
+            ),
+        );
         line(o, "");
     }
 
@@ -556,4 +566,21 @@ fn yes(met: bool) -> &'static str {
 
 fn line(out: &mut String, text: &str) {
     let _ = writeln!(out, "{text}");
+}
+
+/// A refresh run's table and its count of refreshes by kind.
+fn refresh_rows(o: &mut String, r: &RefreshResult) {
+    line(o, "| invocations | n | p50 ms | p99 ms | max ms |");
+    line(o, "|---|---|---|---|---|");
+    let rows = [("normal", &r.normal), ("that refreshed the pool", &r.refreshing), ("the one after each", &r.after)];
+    for (what, s) in rows {
+        line(o, &format!("| {what} | {} | {} | {} | {} |", s.n, ms(s.p50), ms(s.p99), ms(s.max)));
+    }
+    line(
+        o,
+        &format!(
+            "\nRefreshes built in the background: {}; with an invocation waiting (the fallback past the grace): {}.",
+            r.background, r.waited
+        ),
+    );
 }
