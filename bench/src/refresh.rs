@@ -85,7 +85,6 @@ pub(crate) async fn run(pg: &Postgres, duration: Duration, between: Between) -> 
     // being sent and the next one being sent.
     let mut sent = Vec::new();
     let started = Instant::now();
-    let pid = instance.function.pid();
     while started.elapsed() < duration {
         let before = proxy.counts();
         let at = started.elapsed();
@@ -94,9 +93,9 @@ pub(crate) async fn run(pg: &Postgres, duration: Duration, between: Between) -> 
         if between == Between::Frozen {
             let polled = instance.api.wait_waiting_polls(1, Duration::from_secs(10)).await;
             assert!(polled, "the refresh run's function did not poll /next again within 10 s");
-            signal(pid, "-STOP");
+            instance.function.freeze();
             tokio::time::sleep(PACE).await;
-            signal(pid, "-CONT");
+            instance.function.thaw();
         } else {
             tokio::time::sleep(PACE).await;
         }
@@ -143,12 +142,6 @@ pub(crate) async fn run(pg: &Postgres, duration: Duration, between: Between) -> 
         held_normal: Summary::of(&held_normal),
         held_refreshing: Summary::of(&held_refreshing),
     }
-}
-
-/// Sends `signal` (`-STOP`, `-CONT`) to the process `pid`.
-fn signal(pid: u32, signal: &str) {
-    let status = std::process::Command::new("kill").args([signal, &pid.to_string()]).status();
-    assert!(status.as_ref().is_ok_and(|s| s.success()), "kill {signal} {pid}: {status:?}");
 }
 
 /// Whether `key` is `true` on a log line, in text or JSON.

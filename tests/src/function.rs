@@ -250,6 +250,22 @@ impl Function {
         self.pid
     }
 
+    /// Stops the process (`SIGSTOP`), as Lambda freezes an environment once
+    /// it has asked for the next invocation. Panics if the signal cannot be sent.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a process [`freeze`](Self::freeze) stopped (`SIGCONT`).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill").args([signal, &self.pid.to_string()]).status();
+        assert!(status.as_ref().is_ok_and(|s| s.success()), "kill {signal} {}: {status:?}", self.pid);
+    }
+
     /// Everything captured so far, stdout and stderr interleaved in arrival order.
     pub fn output(&self) -> String {
         self.output.lock().all.clone()

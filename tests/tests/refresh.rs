@@ -8,7 +8,6 @@
 //! invocation (when Lambda freezes the environment) only once it is in
 //! place, or a bounded wait later.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use integration_tests::orders::{
@@ -79,13 +78,6 @@ async fn after_max_age_a_new_warmed_connection_replaces_the_old_one_which_closes
     assert_eq!(env.pg.backend_pids(FUNCTION_NAME).await, new);
 }
 
-/// Stops (`-STOP`, as Lambda freezes an environment) or resumes (`-CONT`)
-/// the process `pid`.
-fn signal(pid: u32, signal: &str) {
-    let pid = pid.to_string();
-    assert!(Command::new("kill").args([signal, &pid]).status().expect("kill").success());
-}
-
 #[tokio::test]
 async fn the_invocation_past_the_max_age_answers_and_the_replacement_is_in_place_before_the_runtime_asks_for_more() {
     let (env, proxy) =
@@ -96,17 +88,16 @@ async fn the_invocation_past_the_max_age_answers_and_the_replacement_is_in_place
     // asked for the next invocation, the process is stopped at once, as
     // Lambda freezes the environment then, and resumed, until one
     // invocation was followed by the replacement's connect.
-    let pid = env.function.pid();
     // The count before each invocation: the build must have connected
     // before the runtime asked for more.
     let give_up = Instant::now() + Duration::from_secs(6);
     loop {
         let step = invoke_until_idle(&env, &proxy, 1, proxy.accepted(), give_up).await;
-        signal(pid, "-STOP");
+        env.function.freeze();
         if step.connected {
             break;
         }
-        signal(pid, "-CONT");
+        env.function.thaw();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -122,7 +113,7 @@ async fn the_invocation_past_the_max_age_answers_and_the_replacement_is_in_place
     assert_eq!(new.len(), 1, "one new connection:\n{}", log.text());
     let warmed = log.for_pid(new[0]).counts();
     assert_eq!((warmed.connections, warmed.warmup_round_trips, warmed.parses), (1, 1, 2), "{}", log.text());
-    signal(pid, "-CONT");
+    env.function.thaw();
 
     // Thawed, the next invocation runs on the replacement, and the old
     // session has closed cleanly.
@@ -340,11 +331,10 @@ async fn a_background_build_cut_by_a_freeze_is_tried_again_at_the_thaw_and_not_r
     // the grace and refresh synchronously, the other test's case).
     proxy.black_hole_new(true);
     invoke_until_a_connect(&env, &proxy, Duration::from_secs(4)).await;
-    let pid = env.function.pid().to_string();
-    assert!(Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
+    env.function.freeze();
     tokio::time::sleep(connect_timeout * 2).await;
     proxy.black_hole_new(false);
-    assert!(Command::new("kill").args(["-CONT", &pid]).status().expect("kill").success());
+    env.function.thaw();
 
     // Thawed: the cut attempt times out at once and is tried again.
     assert!(env.function.wait_for_output("pool refreshed", Duration::from_secs(5)).await, "{}", env.function.output());

@@ -217,7 +217,7 @@ async fn main() {
             };
             let (api, function) = &running[i];
             if plan.freeze {
-                signal(function.pid(), "-CONT");
+                function.thaw();
             }
             let invocation = api.invoke_with(event.clone(), options).await;
             let ok = matches!(&invocation.outcome, Outcome::Response(r) if r["statusCode"].as_i64() == Some(200));
@@ -225,7 +225,7 @@ async fn main() {
             if plan.freeze {
                 let polled = api.wait_waiting_polls(1, Duration::from_secs(10)).await;
                 assert!(polled, "{} did not poll /next again within 10 s", plan.specs[i].label);
-                signal(function.pid(), "-STOP");
+                function.freeze();
             }
             if round >= plan.warmup {
                 samples[i].push(invocation.latency);
@@ -236,7 +236,7 @@ async fn main() {
     run(plan.after.as_deref());
     if plan.freeze {
         for (_, function) in &running {
-            signal(function.pid(), "-CONT");
+            function.thaw();
         }
     }
     let n = plan.rounds as f64;
@@ -290,12 +290,6 @@ fn after_answers(plan: &Plan, running: &[(RuntimeApi, Function)]) {
             ms(percentile(&held, 1.0)),
         );
     }
-}
-
-/// Sends `signal` (`-STOP`, `-CONT`) to the process `pid`.
-fn signal(pid: u32, signal: &str) {
-    let status = std::process::Command::new("kill").args([signal, &pid.to_string()]).status();
-    assert!(status.as_ref().is_ok_and(|s| s.success()), "kill {signal} {pid}: {status:?}");
 }
 
 /// `--cold N`: N cold starts of each contender, interleaved in a new random
