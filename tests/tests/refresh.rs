@@ -131,6 +131,61 @@ async fn the_invocation_past_the_max_age_answers_and_the_replacement_is_in_place
 }
 
 #[tokio::test]
+async fn a_handler_that_panics_in_the_invocation_past_the_max_age_still_gets_the_replacement_built_before_the_next_poll(
+) {
+    use integration_tests::orders::STARTUP;
+    use integration_tests::{bin_path, Function, RuntimeApi};
+    use serde_json::json;
+
+    let pg = postgres().await;
+    let proxy = FaultProxy::for_postgres(&pg).await;
+    let api = RuntimeApi::start_for(FUNCTION_NAME).await;
+    let function = Function::builder(bin_path("panicking-handler"))
+        .name(FUNCTION_NAME)
+        .env("DATABASE_URL", proxy.url_for(&pg.database_url()))
+        .env("DB_MAX_AGE_MS", "2000")
+        .env("DB_HEALTH_CHECK_INTERVAL_MS", "1500")
+        .spawn(&api);
+    assert!(api.wait_next_polls(1, STARTUP).await, "never reached the runtime loop:\n{}", function.output());
+    let old = pg.backend_pids(FUNCTION_NAME).await;
+    assert_eq!(old.len(), 1);
+
+    // Every invocation passes the gate, then panics. After each answer the
+    // process is stopped at its next poll, as Lambda freezes it, until an
+    // invocation was followed by the replacement's connect (the proxy's
+    // count before each invocation: it must come before that poll).
+    let give_up = Instant::now() + Duration::from_secs(6);
+    loop {
+        assert!(Instant::now() < give_up, "no replacement was started:\n{}", function.output());
+        let accepted = proxy.accepted();
+        let panicked = api.invoke(json!({ "panic": "order 42 has no customer" })).await;
+        assert_eq!(panicked.outcome.error_type(), Some("RuntimeAdapter.HandlerPanicked"), "{:?}", panicked.outcome);
+        assert!(api.wait_waiting_polls(1, Duration::from_secs(5)).await, "{}", function.output());
+        function.freeze();
+        if proxy.accepted() > accepted {
+            break;
+        }
+        function.thaw();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Still frozen: the replacement was put in place before the poll, the
+    // panic notwithstanding.
+    let refreshed = function.wait_for_output("pool refreshed", Duration::from_secs(3)).await;
+    assert!(refreshed, "the replacement was in place before the next poll:\n{}", function.output());
+    let line = lines_with(&function.output(), "pool refreshed").remove(0);
+    assert!(line.contains("background=true") && line.contains("attempts=1"), "{line}");
+    function.thaw();
+
+    // The next invocation is served by the replacement alone.
+    let served = api.invoke(json!({})).await;
+    assert_eq!(served.response(), &json!({ "one": 1 }), "{:?}", served.outcome);
+    assert!(pg.wait_connection_count(FUNCTION_NAME, 1, Duration::from_secs(5)).await, "the old session closed");
+    let now = pg.backend_pids(FUNCTION_NAME).await;
+    assert!(now.len() == 1 && now[0] != old[0], "the replacement's session only: {old:?} then {now:?}");
+}
+
+#[tokio::test]
 async fn a_replacement_that_cannot_connect_holds_the_environment_after_the_answer_only_a_bounded_while() {
     // The connect timeout (2 s) is far above the wait after the answer
     // (250 ms): the runtime asks for the next invocation before it.
