@@ -91,9 +91,7 @@ pub(crate) async fn run(pg: &Postgres, duration: Duration, between: Between) -> 
         let invocation = instance.invoke().await;
         sent.push((at, invocation.latency, before));
         if between == Between::Frozen {
-            let polled = instance.api.wait_waiting_polls(1, Duration::from_secs(10)).await;
-            assert!(polled, "the refresh run's function did not poll /next again within 10 s");
-            instance.function.freeze();
+            instance.function.freeze_at_next_poll(&instance.api).await;
             tokio::time::sleep(PACE).await;
             instance.function.thaw();
         } else {

@@ -256,6 +256,15 @@ impl Function {
         self.signal("-STOP");
     }
 
+    /// Waits until the function, one invocation at a time, is back at
+    /// `/next` on `api` (within 10 s, else panics with its output), then
+    /// [`freeze`](Self::freeze)s it: what Lambda does after each invocation.
+    pub async fn freeze_at_next_poll(&self, api: &RuntimeApi) {
+        let polled = api.wait_waiting_polls(1, Duration::from_secs(10)).await;
+        assert!(polled, "the function did not poll /next again within 10 s:\n{}", self.output());
+        self.freeze();
+    }
+
     /// Resumes a process [`freeze`](Self::freeze) stopped (`SIGCONT`).
     pub fn thaw(&self) {
         self.signal("-CONT");

@@ -308,7 +308,11 @@ impl Times {
     pub fn held_after_completions(&self) -> Vec<Option<Duration>> {
         self.completions
             .iter()
-            .map(|&done| self.polls.iter().find(|&&poll| poll >= done).map(|&poll| poll - done))
+            .map(|&done| {
+                // Both in arrival order: the first poll at or after `done`.
+                let next = self.polls.partition_point(|&poll| poll < done);
+                self.polls.get(next).map(|&poll| poll - done)
+            })
             .collect()
     }
 }

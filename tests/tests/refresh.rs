@@ -160,8 +160,7 @@ async fn a_handler_that_panics_in_the_invocation_past_the_max_age_still_gets_the
         let accepted = proxy.accepted();
         let panicked = api.invoke(json!({ "panic": "order 42 has no customer" })).await;
         assert_eq!(panicked.outcome.error_type(), Some("RuntimeAdapter.HandlerPanicked"), "{:?}", panicked.outcome);
-        assert!(api.wait_waiting_polls(1, Duration::from_secs(5)).await, "{}", function.output());
-        function.freeze();
+        function.freeze_at_next_poll(&api).await;
         if proxy.accepted() > accepted {
             break;
         }

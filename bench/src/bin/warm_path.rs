@@ -223,9 +223,7 @@ async fn main() {
             let ok = matches!(&invocation.outcome, Outcome::Response(r) if r["statusCode"].as_i64() == Some(200));
             assert!(ok, "{} did not answer 200: {:?}", plan.specs[i].label, invocation.outcome);
             if plan.freeze {
-                let polled = api.wait_waiting_polls(1, Duration::from_secs(10)).await;
-                assert!(polled, "{} did not poll /next again within 10 s", plan.specs[i].label);
-                function.freeze();
+                function.freeze_at_next_poll(api).await;
             }
             if round >= plan.warmup {
                 samples[i].push(invocation.latency);
