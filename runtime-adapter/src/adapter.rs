@@ -16,7 +16,7 @@
 use futures_util::future::{self, BoxFuture, Either, Ready};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -413,9 +413,18 @@ impl Adapter {
         self.shared.emf.names_invocations()
     }
 
-    /// Writes the EMF records due at `point`, if any (see `metrics`).
+    /// Writes the EMF records due at `point`, if any (see `metrics`). At the
+    /// end of an invocation under [`Lifecycle::run`](crate::Lifecycle::run),
+    /// what is due is taken now and written after the answer
+    /// ([`after_answer`](Self::after_answer)).
     pub(crate) fn flush_metrics(&self, point: Point<'_>) {
-        self.shared.emf.at(&self.shared.counters, point);
+        let shared = &self.shared;
+        match point {
+            Point::End(invocation) if shared.after_answer.load(Ordering::Relaxed) => {
+                shared.emf.defer_end(&shared.counters, invocation, SystemTime::now());
+            }
+            _ => shared.emf.at(&shared.counters, point),
+        }
     }
 
     /// A retry loop's pacing, within `until`.
@@ -618,9 +627,10 @@ impl Adapter {
     }
 
     /// Called by the runtime once an invocation's answer has reached Lambda,
-    /// before it asks for the next: if the invocation found the pool past
-    /// its maximum age, starts building the replacement now, when it takes
-    /// no CPU from an invocation, and returns how to wait for it.
+    /// before it asks for the next: writes the metrics records taken at the
+    /// end of invocations (see `metrics`), and, if the invocation found the
+    /// pool past its maximum age, starts building the replacement now, when
+    /// it takes no CPU from an invocation, and returns how to wait for it.
     ///
     /// Lambda freezes the environment only when the runtime asks for the
     /// next invocation, and the caller already has the answer: waiting here
@@ -633,6 +643,7 @@ impl Adapter {
     /// invocations are waiting for this worker: the build starts, unwaited.
     pub(crate) fn after_answer(&self, deadline_ms: u64) -> Option<BoxFuture<'static, ()>> {
         let shared = &self.shared;
+        shared.emf.write_deferred();
         if !shared.refresh_wanted.load(Ordering::Relaxed) || !shared.refresh_wanted.swap(false, Ordering::Relaxed) {
             return None;
         }

@@ -10,8 +10,9 @@
 //! Around each invocation ([`LifecycleLayer`], a tower layer): the handler's
 //! panic is caught and answered as [`HANDLER_PANICKED`](crate::HANDLER_PANICKED), its error becomes a
 //! [`Diagnostic`] (keeping the adapter's `RuntimeAdapter.*` types), and the
-//! EMF record due, if any, is written before the handler and after it,
-//! before the answer (see `metrics`).
+//! EMF record due, if any, is written before the handler and taken after it,
+//! before the answer (see `metrics`): written then, or after the answer under
+//! [`Lifecycle::run`].
 //!
 //! The layer wraps two kinds of services:
 //! - `Service<LambdaEvent<T>>`, as [`Builder::run`] does;
@@ -135,9 +136,10 @@ impl Lifecycle {
     /// pool.
     ///
     /// Around the runtime's own services, which post each answer, it adds
-    /// what follows an answer: the replacement for a pool past its maximum
-    /// age is built then, and the runtime asks Lambda for the next
-    /// invocation (when Lambda freezes the environment) once it is in
+    /// what follows an answer: the metrics record due, if any, is written
+    /// then rather than before the answer; the replacement for a pool past
+    /// its maximum age is built then, and the runtime asks Lambda for the
+    /// next invocation (when Lambda freezes the environment) once it is in
     /// place, or after a bounded wait (see the `adapter` module).
     ///
     /// The service given to the runtime should be wrapped in
@@ -434,7 +436,8 @@ where
         };
         // After the handler, so a record holds the invocation's statements;
         // before the answer, which may freeze the process: the last point at
-        // which a record due now can be written.
+        // which a record due now can be taken. Under `Lifecycle::run` it is
+        // written after the answer, before the next `/next`.
         this.adapter.flush_metrics(Point::End(metrics::Invocation {
             request_id: &this.record.request_id,
             xray_trace_id: this.record.xray_trace_id.as_deref(),

@@ -22,12 +22,17 @@
 //!   earlier window: it is written before the handler adds to it, stamped
 //!   with its own time (after an idle gap, the previous invocations' record is
 //!   not stamped with the next one's time);
-//! - **at the end of an invocation**, before its answer (which may freeze the
-//!   process): when the window of the oldest pending activity has passed, or
-//!   when a duration metric would pass 100 distinct values (EMF's limit per
-//!   metric and record) if the next invocation added as many as the largest
-//!   number one added recently. A single invocation that adds more is split
-//!   across several records, none over 100 values per metric;
+//! - **at the end of an invocation**: when the window of the oldest pending
+//!   activity has passed, or when a duration metric would pass 100 distinct
+//!   values (EMF's limit per metric and record) if the next invocation added
+//!   as many as the largest number one added recently. A single invocation
+//!   that adds more is split across several records, none over 100 values
+//!   per metric. What is due is taken then; under
+//!   [`Lifecycle::run`](crate::Lifecycle::run) it is written after the
+//!   answer, before the runtime asks for the next invocation (when Lambda
+//!   freezes the process), so no invocation waits for a record's text and
+//!   write ([`Emf::defer_end`], [`Emf::write_deferred`]); otherwise before
+//!   the answer, the last point at which a frozen process is known to run;
 //! - **at SIGTERM** (the shutdown extension makes Lambda send it): all that
 //!   is pending, so nothing is lost when the environment ends;
 //! - **before a SnapStart snapshot**: nothing may stay pending, or every
@@ -54,7 +59,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -158,6 +163,9 @@ pub(crate) struct Emf {
     /// The counters' declarations, in a record's first part.
     declared_counts: String,
     state: Mutex<State>,
+    /// Whether [`State::deferred`] may hold records: read without the lock
+    /// after every answer, written under it.
+    has_deferred: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -177,6 +185,27 @@ struct State {
     /// invocations, since the previous record, and before it.
     growth: usize,
     growth_before: usize,
+    /// Records taken at the end of an invocation, to be written after its
+    /// answer ([`Emf::defer_end`]).
+    deferred: Vec<Deferred>,
+}
+
+/// A record taken at the end of an invocation and not written yet.
+#[derive(Debug)]
+struct Deferred {
+    taken: Taken,
+    /// The invocation it names (`DB_METRICS_INTERVAL_MS=0`): request id and
+    /// trace id.
+    invocation: Option<(String, Option<String>)>,
+}
+
+impl Deferred {
+    fn invocation(&self) -> Option<Invocation<'_>> {
+        self.invocation.as_ref().map(|(request_id, xray_trace_id)| Invocation {
+            request_id: request_id.as_str(),
+            xray_trace_id: xray_trace_id.as_deref(),
+        })
+    }
 }
 
 /// What one flush took from the counters, to be written.
@@ -211,7 +240,9 @@ impl Emf {
                 seen: [0; DURATIONS.len()],
                 growth: 0,
                 growth_before: 0,
+                deferred: Vec::new(),
             }),
+            has_deferred: AtomicBool::new(false),
         }
     }
 
@@ -226,6 +257,8 @@ impl Emf {
         state.invocations = 0;
         state.seen = [0; DURATIONS.len()];
         (state.growth, state.growth_before) = (0, 0);
+        state.deferred.clear();
+        self.has_deferred.store(false, Ordering::Relaxed);
     }
 
     /// Whether records are written per invocation, naming it (its request
@@ -236,28 +269,77 @@ impl Emf {
 
     /// Writes to stdout the records due at `point`, if any.
     pub(crate) fn at(&self, counters: &Counters, point: Point<'_>) {
-        let records = self.records_at(counters, point, SystemTime::now());
-        if records.is_empty() {
+        write(self.records_at(counters, point, SystemTime::now()));
+    }
+
+    /// At the end of an invocation whose answer is still to be sent: takes
+    /// what is due at `now`, as [`at`](Self::at) would, and keeps it for
+    /// [`write_deferred`](Self::write_deferred) after the answer. Taken
+    /// here, under the same lock, so that each count and value is in exactly
+    /// one record whoever writes it; a record kept is written at SIGTERM if
+    /// no answer comes first.
+    pub(crate) fn defer_end(&self, counters: &Counters, invocation: Invocation<'_>, now: SystemTime) {
+        if !self.enabled {
             return;
         }
-        let mut text = String::with_capacity(records.iter().map(|r| r.len() + 1).sum());
-        for record in records {
-            text.push_str(&record);
-            text.push('\n');
-        }
-        // One write under stdout's lock: log lines cannot interleave with it.
-        if let Err(error) = std::io::stdout().lock().write_all(text.as_bytes()) {
-            tracing::warn!(%error, "could not write the metrics record");
+        let mut state = self.lock();
+        if let Some(taken) = self.take_at(&mut state, counters, Point::End(invocation), epoch_millis(now)) {
+            let invocation = self
+                .names_invocations()
+                .then(|| (invocation.request_id.to_owned(), invocation.xray_trace_id.map(str::to_owned)));
+            state.deferred.push(Deferred { taken, invocation });
+            self.has_deferred.store(true, Ordering::Relaxed);
         }
     }
 
-    /// The records (JSON objects) due at `point`, `now`: usually none.
+    /// Writes to stdout the records [`defer_end`](Self::defer_end) kept, if
+    /// any: after an answer.
+    pub(crate) fn write_deferred(&self) {
+        if self.has_deferred.load(Ordering::Relaxed) {
+            write(self.deferred_records());
+        }
+    }
+
+    /// The records [`defer_end`](Self::defer_end) kept, taken.
+    fn deferred_records(&self) -> Vec<String> {
+        let deferred = {
+            let mut state = self.lock();
+            self.has_deferred.store(false, Ordering::Relaxed);
+            std::mem::take(&mut state.deferred)
+        };
+        deferred.iter().flat_map(|d| self.render(&d.taken, d.invocation())).collect()
+    }
+
+    /// The records (JSON objects) due at `point`, `now`: usually none. At
+    /// [`Point::Shutdown`], those [`defer_end`](Self::defer_end) kept first.
     pub(crate) fn records_at(&self, counters: &Counters, point: Point<'_>, now: SystemTime) -> Vec<String> {
         if !self.enabled {
             return Vec::new();
         }
-        let now = epoch_millis(now);
         let mut state = self.lock();
+        let deferred = match point {
+            Point::Shutdown => {
+                self.has_deferred.store(false, Ordering::Relaxed);
+                std::mem::take(&mut state.deferred)
+            }
+            _ => Vec::new(),
+        };
+        let taken = self.take_at(&mut state, counters, point, epoch_millis(now));
+        drop(state);
+        let invocation = match point {
+            Point::End(invocation) if self.names_invocations() => Some(invocation),
+            _ => None,
+        };
+        let mut records: Vec<String> = deferred.iter().flat_map(|d| self.render(&d.taken, d.invocation())).collect();
+        if let Some(taken) = taken {
+            records.extend(self.render(&taken, invocation));
+        }
+        records
+    }
+
+    /// What is due at `point`, at `now` (ms since the epoch), taken from the
+    /// counters: usually nothing. Under the state's lock (`state`).
+    fn take_at(&self, state: &mut State, counters: &Counters, point: Point<'_>, now: u64) -> Option<Taken> {
         let per_invocation = self.names_invocations();
         let passed = |since: Option<u64>| {
             !per_invocation && since.is_some_and(|s| s / self.interval_ms != now / self.interval_ms)
@@ -266,7 +348,7 @@ impl Emf {
             Point::Start => passed(state.since),
             Point::End(_) => {
                 state.invocations += 1;
-                let due = per_invocation || passed(state.since) || Self::values_due(&mut state, counters);
+                let due = per_invocation || passed(state.since) || Self::values_due(state, counters);
                 state.since.get_or_insert(now);
                 due
             }
@@ -276,24 +358,18 @@ impl Emf {
             if let Point::Start = point {
                 state.since.get_or_insert(now);
             }
-            return Vec::new();
+            return None;
         }
         // Taken under the state's lock: two flushes at once must each take
         // a disjoint share, or a count read by one and stored after the
         // other's later read would be written twice.
-        let taken = Self::take(&mut state, counters, now);
+        let taken = Self::take(state, counters, now);
         if let Point::Start = point {
             // The invocation starting now opens the next record.
             state.since = Some(now);
         }
-        drop(state);
-        let invocation = match point {
-            Point::End(invocation) if per_invocation => Some(invocation),
-            _ => None,
-        };
-        taken.map(|taken| self.render(&taken, invocation)).unwrap_or_default()
+        taken
     }
-
     /// Whether a duration would pass [`MAX_VALUES`] if the next invocation
     /// added as many distinct values as the most one added recently.
     fn values_due(state: &mut State, counters: &Counters) -> bool {
@@ -419,6 +495,22 @@ impl Emf {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Writes `records` to stdout, one per line, in one write under stdout's
+/// lock: log lines cannot interleave with them.
+fn write(records: Vec<String>) {
+    if records.is_empty() {
+        return;
+    }
+    let mut text = String::with_capacity(records.iter().map(|r| r.len() + 1).sum());
+    for record in records {
+        text.push_str(&record);
+        text.push('\n');
+    }
+    if let Err(error) = std::io::stdout().lock().write_all(text.as_bytes()) {
+        tracing::warn!(%error, "could not write the metrics record");
     }
 }
 
@@ -640,6 +732,26 @@ mod tests {
 
     #[test]
     fn concurrent_invocations_report_every_count_and_value_exactly_once() {
+        concurrent_invocations(None);
+    }
+
+    /// As above, with the records due at an invocation's end taken then and
+    /// written after its answer (`Lifecycle::run`), by whichever invocation
+    /// answers next, or at SIGTERM: `EMF_SEED` (printed) picks, for each
+    /// answer, whether it writes what was kept.
+    #[test]
+    fn records_kept_for_after_the_answer_are_each_written_exactly_once() {
+        let seed = std::env::var("EMF_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() % 1_000_003)
+                .unwrap_or(1)
+        });
+        eprintln!("EMF_SEED={seed}");
+        concurrent_invocations(Some(seed));
+    }
+
+    /// THREADS × ROUNDS invocations on as many threads; with `deferred`, its
+    /// seed.
+    fn concurrent_invocations(deferred: Option<u64>) {
         const THREADS: u64 = 4;
         const ROUNDS: u64 = 5_000;
         let counters = Counters::default();
@@ -650,11 +762,26 @@ mod tests {
             for thread in 0..THREADS {
                 let (counters, emf, records) = (&counters, &emf, &records);
                 scope.spawn(move || {
+                    // xorshift64, one stream per thread.
+                    let mut state = deferred.map(|seed| (seed + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ thread);
                     for round in 0..ROUNDS {
                         let written = emf.records_at(counters, Point::Start, SystemTime::now());
                         bump(&counters.connect_attempts);
                         counters.query_took(Duration::from_micros(thread * ROUNDS + round));
-                        let mut more = emf.records_at(counters, Point::End(INVOCATION), SystemTime::now());
+                        let mut more = match state.as_mut() {
+                            None => emf.records_at(counters, Point::End(INVOCATION), SystemTime::now()),
+                            Some(state) => {
+                                emf.defer_end(counters, INVOCATION, SystemTime::now());
+                                *state ^= *state << 13;
+                                *state ^= *state >> 7;
+                                *state ^= *state << 17;
+                                if *state % 2 == 0 {
+                                    emf.deferred_records()
+                                } else {
+                                    Vec::new()
+                                }
+                            }
+                        };
                         more.extend(written);
                         records.lock().expect("lock").extend(more);
                     }
@@ -672,6 +799,54 @@ mod tests {
         assert_eq!(sum(&records, "ColdStart"), 1);
         assert_eq!(values.len() as u64, THREADS * ROUNDS, "each distinct value once");
         assert!(values.iter().all(|(_, n)| *n == 1));
+    }
+
+    #[test]
+    fn a_record_kept_at_an_end_is_the_one_written_there_and_sigterm_writes_it_first() {
+        let scenario = |emf: &Emf, counters: &Counters, keep: bool| {
+            let mut records = Vec::new();
+            for i in 0..120 {
+                let t = 0.1 + f64::from(i) * 0.01;
+                records.extend(emf.records_at(counters, Point::Start, at(t)));
+                counters.query_took(Duration::from_micros(1000 + u64::try_from(i).expect("small")));
+                if keep {
+                    emf.defer_end(counters, INVOCATION, at(t + 0.005));
+                    if i % 7 != 0 {
+                        records.extend(emf.deferred_records());
+                    }
+                } else {
+                    records.extend(emf.records_at(counters, Point::End(INVOCATION), at(t + 0.005)));
+                }
+            }
+            records.extend(emf.records_at(counters, Point::Shutdown, at(2.0)));
+            records
+        };
+        let (counters, emf) = minute_windows();
+        let written = scenario(&emf, &counters, false);
+        let (counters, emf) = minute_windows();
+        let kept = scenario(&emf, &counters, true);
+        assert!(written.len() > 1, "the values limit wrote a record before SIGTERM: {written:?}");
+        assert_eq!(kept, written, "the same records, in the same order");
+
+        // Per-invocation records keep the invocation's ids.
+        let counters = Counters::default();
+        let emf = emf_every(Duration::ZERO);
+        emf.defer_end(&counters, INVOCATION, at(10.1));
+        emf.defer_end(&counters, Invocation { request_id: "r-2", xray_trace_id: None }, at(10.2));
+        bump(&counters.connect_attempts);
+        let records: Vec<Value> =
+            emf.records_at(&counters, Point::Shutdown, at(11.0)).iter().map(|r| parse(r)).collect();
+        let ids: Vec<&Value> = records.iter().map(|r| &r["function_request_id"]).collect();
+        assert_eq!(ids, [&json!("r-1"), &json!("r-2"), &Value::Null], "kept first, then SIGTERM's: {records:?}");
+        assert_eq!(records[0]["xray_trace_id"], "Root=1");
+        assert_eq!(records[2]["ConnectAttempts"], 1);
+
+        // A snapshot drops what is kept with the rest of INIT's activity.
+        let counters = Counters::default();
+        let emf = emf_every(Duration::ZERO);
+        emf.defer_end(&counters, INVOCATION, at(1.0));
+        emf.rebase(&counters);
+        assert!(emf.deferred_records().is_empty());
     }
 
     #[test]

@@ -130,9 +130,16 @@ async fn with_an_interval_of_zero_each_invocation_has_its_own_record() {
     for event in [post_valid_order("tea", 1), get_order("1"), get_order("2")] {
         let done = env.api.invoke(event).await;
         assert!(matches!(status(done.response()), 201 | 200 | 404), "{:?}", done.outcome);
+        // Written after the answer, before the runtime asks for the next
+        // invocation: on stdout while the process is stopped at that poll,
+        // as Lambda freezes it.
+        env.function.freeze_at_next_poll(&env.api).await;
+        let needle = format!(r#""function_request_id":"{}""#, done.request_id);
+        let written = env.function.wait_for_output(&needle, Duration::from_secs(5)).await;
+        env.function.thaw();
+        assert!(written, "the record of {} before the next poll:\n{}", done.request_id, env.function.output());
         request_ids.push(done.request_id);
     }
-    // Written before each answer: already on stdout.
     let records = emf_records(&env.function.output());
     assert_eq!(records.len(), request_ids.len(), "one record per invocation");
     for (record, request_id) in records.iter().zip(&request_ids) {
