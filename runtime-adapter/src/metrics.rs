@@ -282,8 +282,18 @@ impl Emf {
         if !self.enabled {
             return;
         }
+        let now = epoch_millis(now);
         let mut state = self.lock();
-        if let Some(taken) = self.take_at(&mut state, counters, Point::End(invocation), epoch_millis(now)) {
+        if self.due(&mut state, counters, Point::End(invocation), now) {
+            self.keep(state, counters, invocation, now);
+        }
+    }
+
+    /// [`defer_end`](Self::defer_end) once a record is due.
+    #[cold]
+    #[inline(never)]
+    fn keep(&self, mut state: MutexGuard<'_, State>, counters: &Counters, invocation: Invocation<'_>, now: u64) {
+        if let Some(taken) = Self::take_due(&mut state, counters, Point::End(invocation), now) {
             let invocation = self
                 .names_invocations()
                 .then(|| (invocation.request_id.to_owned(), invocation.xray_trace_id.map(str::to_owned)));
@@ -301,6 +311,8 @@ impl Emf {
     }
 
     /// The records [`defer_end`](Self::defer_end) kept, taken.
+    #[cold]
+    #[inline(never)]
     fn deferred_records(&self) -> Vec<String> {
         let deferred = {
             let mut state = self.lock();
@@ -316,7 +328,24 @@ impl Emf {
         if !self.enabled {
             return Vec::new();
         }
+        let now = epoch_millis(now);
         let mut state = self.lock();
+        if !self.due(&mut state, counters, point, now) {
+            return Vec::new();
+        }
+        self.due_records(state, counters, point, now)
+    }
+
+    /// [`records_at`](Self::records_at) once records are due.
+    #[cold]
+    #[inline(never)]
+    fn due_records(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        counters: &Counters,
+        point: Point<'_>,
+        now: u64,
+    ) -> Vec<String> {
         let deferred = match point {
             Point::Shutdown => {
                 self.has_deferred.store(false, Ordering::Relaxed);
@@ -324,7 +353,7 @@ impl Emf {
             }
             _ => Vec::new(),
         };
-        let taken = self.take_at(&mut state, counters, point, epoch_millis(now));
+        let taken = Self::take_due(&mut state, counters, point, now);
         drop(state);
         let invocation = match point {
             Point::End(invocation) if self.names_invocations() => Some(invocation),
@@ -337,15 +366,21 @@ impl Emf {
         records
     }
 
-    /// What is due at `point`, at `now` (ms since the epoch), taken from the
-    /// counters: usually nothing. Under the state's lock (`state`).
-    fn take_at(&self, state: &mut State, counters: &Counters, point: Point<'_>, now: u64) -> Option<Taken> {
+    /// Whether a record is due at `point`, at `now` (ms since the epoch),
+    /// noting the point in `state` (the state's lock held): usually not.
+    fn due(&self, state: &mut State, counters: &Counters, point: Point<'_>, now: u64) -> bool {
         let per_invocation = self.names_invocations();
         let passed = |since: Option<u64>| {
             !per_invocation && since.is_some_and(|s| s / self.interval_ms != now / self.interval_ms)
         };
-        let due = match point {
-            Point::Start => passed(state.since),
+        match point {
+            Point::Start => {
+                let due = passed(state.since);
+                if !due {
+                    state.since.get_or_insert(now);
+                }
+                due
+            }
             Point::End(_) => {
                 state.invocations += 1;
                 let due = per_invocation || passed(state.since) || Self::values_due(state, counters);
@@ -353,16 +388,14 @@ impl Emf {
                 due
             }
             Point::Shutdown => true,
-        };
-        if !due {
-            if let Point::Start = point {
-                state.since.get_or_insert(now);
-            }
-            return None;
         }
-        // Taken under the state's lock: two flushes at once must each take
-        // a disjoint share, or a count read by one and stored after the
-        // other's later read would be written twice.
+    }
+
+    /// What is due at `point`, taken from the counters (the state's lock
+    /// held): two flushes at once must each take a disjoint share, or a
+    /// count read by one and stored after the other's later read would be
+    /// written twice.
+    fn take_due(state: &mut State, counters: &Counters, point: Point<'_>, now: u64) -> Option<Taken> {
         let taken = Self::take(state, counters, now);
         if let Point::Start = point {
             // The invocation starting now opens the next record.
@@ -370,6 +403,7 @@ impl Emf {
         }
         taken
     }
+
     /// Whether a duration would pass [`MAX_VALUES`] if the next invocation
     /// added as many distinct values as the most one added recently.
     fn values_due(state: &mut State, counters: &Counters) -> bool {
