@@ -53,7 +53,8 @@
 //! - `stats`: counters, percentiles in fixed memory, and their [`Stats`]
 //!   snapshot.
 //! - `metrics`: CloudWatch EMF records, aggregated over a window and written
-//!   at the start or end of an invocation or at SIGTERM, never by a timer.
+//!   at the start or end of an invocation (after its answer, under
+//!   [`Lifecycle::run`]) or at SIGTERM, never by a timer.
 //! - `random`: the environment's jitter source, reseeded after a SnapStart
 //!   restore.
 //! - `snapstart`: the pool released before a SnapStart snapshot and re-warmed
