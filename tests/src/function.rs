@@ -292,8 +292,13 @@ impl Function {
 
     /// Wait until the output contains `needle`; false on timeout.
     pub async fn wait_for_output(&self, needle: &str, timeout: Duration) -> bool {
+        self.wait_for_output_where(timeout, |output| output.contains(needle)).await
+    }
+
+    /// Wait until `ready` holds of the output so far; false on timeout.
+    pub async fn wait_for_output_where(&self, timeout: Duration, ready: impl Fn(&str) -> bool) -> bool {
         let mut lines = self.output.lines.subscribe();
-        let found = lines.wait_for(|_| self.output.lock().all.contains(needle));
+        let found = lines.wait_for(|_| ready(&self.output.lock().all));
         // `Err` only if the sender is gone, which cannot happen while `self` exists.
         let result = tokio::time::timeout(timeout, found).await;
         matches!(result, Ok(Ok(_)))

@@ -205,6 +205,20 @@ pub struct OrdersEnv {
 }
 
 impl OrdersEnv {
+    /// The EMF records on the function's stdout, at least `n`, once it has
+    /// asked for its next invocation after the last answer: a record due at
+    /// an invocation's end is written after the answer and before that
+    /// poll (when Lambda would freeze the process).
+    pub async fn emf_records_after_answers(&self, n: usize) -> Vec<Value> {
+        let polled = self.api.wait_waiting_polls(1, Duration::from_secs(10)).await;
+        assert!(polled, "the function did not poll /next again:\n{}", self.function.output());
+        let written =
+            self.function.wait_for_output_where(Duration::from_secs(5), |output| emf_records(output).len() >= n).await;
+        let records = emf_records(&self.function.output());
+        assert!(written, "{n} EMF records expected, {} on stdout:\n{}", records.len(), self.function.output());
+        records
+    }
+
     /// Starts everything with the migration applied and `env` given to the
     /// function, then waits until the function polls for its first event
     /// (its INIT, warmup included, is over).

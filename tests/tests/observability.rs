@@ -162,7 +162,8 @@ async fn a_passed_window_is_written_by_the_next_invocation_not_by_a_timer() {
     assert_eq!(status(env.api.invoke(post_valid_order("tea", 1)).await.response()), 201);
     // Usually nothing yet (INIT alone if it fell in an earlier second than
     // the invocation's start; INIT and the invocation if its end fell in
-    // the next second).
+    // the next second, written after the answer and before the next poll).
+    assert!(env.api.wait_waiting_polls(1, Duration::from_secs(10)).await, "{}", env.function.output());
     let early = emf_records(&env.function.output()).len();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(emf_records(&env.function.output()).len(), early, "nothing written while idle");

@@ -123,11 +123,8 @@ async fn the_emf_records_are_the_same_as_orders() {
         plain.api.invoke(event.clone()).await;
         axum.api.invoke(event.clone()).await;
     }
-    let records = |env: &OrdersEnv| {
-        let output = env.function.output();
-        emf_records(&output)
-    };
-    let (expected, got) = (records(&plain), records(&axum));
+    let expected = plain.emf_records_after_answers(script.len()).await;
+    let got = axum.emf_records_after_answers(script.len()).await;
     assert_eq!(expected.len(), script.len(), "one record per invocation from orders");
     assert_eq!(got.len(), script.len(), "one record per invocation from orders-axum");
     for (i, (expected, got)) in expected.iter().zip(&got).enumerate() {
@@ -164,7 +161,7 @@ async fn a_handler_without_a_db_never_runs_the_gate() {
     }
     let quiet = Log::new(env.pg.log_since(mark));
     assert_eq!(quiet.counts(), Counts::default(), "nothing reached the server:\n{}", quiet.text());
-    let records = emf_records(&env.function.output());
+    let records = env.emf_records_after_answers(no_database.len()).await;
     assert_eq!(records.len(), no_database.len(), "each invocation still has its record");
     for record in &records {
         assert!(record.get("CheckoutWait").is_none(), "no checkout: {record}");

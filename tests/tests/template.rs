@@ -21,15 +21,10 @@ use serde_norway::Value;
 /// the names the dashboard and the alarms must use, taken from what the code
 /// emits rather than from a list copied by hand.
 async fn emitted_metric_names() -> BTreeSet<String> {
-    // A record per invocation, so that one is written before the answer.
+    // A record per invocation, so that one is written after the answer.
     let env = OrdersEnv::start(&[("DB_METRICS_INTERVAL_MS", "0")]).await;
     assert_eq!(status(env.api.invoke(post_valid_order("tea", 1)).await.response()), 201);
-    let output = env.function.output();
-    let record = output
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find(|v| v.get("_aws").is_some())
-        .unwrap_or_else(|| panic!("an EMF record on stdout:\n{output}"));
+    let record = env.emf_records_after_answers(1).await.swap_remove(0);
     let declared: BTreeSet<String> = record["_aws"]["CloudWatchMetrics"][0]["Metrics"]
         .as_array()
         .expect("declared metrics")
