@@ -852,15 +852,17 @@ mod tests {
                     records.extend(emf.records_at(counters, Point::End(INVOCATION), at(t + 0.005)));
                 }
             }
+            let before_sigterm = records.len();
             records.extend(emf.records_at(counters, Point::Shutdown, at(2.0)));
-            records
+            (records, before_sigterm)
         };
         let (counters, emf) = minute_windows();
-        let written = scenario(&emf, &counters, false);
+        let (written, written_early) = scenario(&emf, &counters, false);
         let (counters, emf) = minute_windows();
-        let kept = scenario(&emf, &counters, true);
-        assert!(written.len() > 1, "the values limit wrote a record before SIGTERM: {written:?}");
+        let (kept, kept_early) = scenario(&emf, &counters, true);
+        assert!(written_early > 0, "the values limit wrote a record before SIGTERM: {written:?}");
         assert_eq!(kept, written, "the same records, in the same order");
+        assert_eq!(kept_early, written_early, "written after the next answer, not left for SIGTERM");
 
         // Per-invocation records keep the invocation's ids.
         let counters = Counters::default();
