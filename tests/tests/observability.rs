@@ -7,13 +7,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use integration_tests::orders::STARTUP;
 use integration_tests::orders::{
     check_emf_record, emf_bytes, emf_duration, emf_records, emf_sum, emf_values, get_order, post_valid_order,
     postgres_watching_closes, status, OrdersEnv, FUNCTION_NAME, ORDERS_BIN,
 };
 use integration_tests::server_log::Log;
-use integration_tests::InvokeOptions;
-use serde_json::Value;
+use integration_tests::{bin_path, Function, InvokeOptions, RuntimeApi};
+use serde_json::{json, Value};
 use tokio::time::Instant;
 
 /// The sum of a counter over the records that carry counters (those with
@@ -123,6 +124,19 @@ async fn emf_records_are_well_formed_and_agree_with_the_server() {
     assert_eq!(sum(&records, "PoolRebuilds") + sum(&records, "PoolExhausted") + sum(&records, "RetryAttempts"), 0);
 }
 
+/// Waits until `function` is back at `/next` after the answer to
+/// `request_id`, stops it there as Lambda freezes it, and checks that the
+/// invocation's own record (`DB_METRICS_INTERVAL_MS=0`) is on stdout while
+/// it is stopped: written after the answer, before the runtime asked for
+/// more. Then lets it go on.
+async fn record_before_the_next_poll(function: &Function, api: &RuntimeApi, request_id: &str) {
+    function.freeze_at_next_poll(api).await;
+    let needle = format!(r#""function_request_id":"{request_id}""#);
+    let written = function.wait_for_output(&needle, Duration::from_secs(5)).await;
+    function.thaw();
+    assert!(written, "the record of {request_id} before the next poll:\n{}", function.output());
+}
+
 #[tokio::test]
 async fn with_an_interval_of_zero_each_invocation_has_its_own_record() {
     let env = OrdersEnv::start(&[("DB_METRICS_INTERVAL_MS", "0")]).await;
@@ -130,14 +144,7 @@ async fn with_an_interval_of_zero_each_invocation_has_its_own_record() {
     for event in [post_valid_order("tea", 1), get_order("1"), get_order("2")] {
         let done = env.api.invoke(event).await;
         assert!(matches!(status(done.response()), 201 | 200 | 404), "{:?}", done.outcome);
-        // Written after the answer, before the runtime asks for the next
-        // invocation: on stdout while the process is stopped at that poll,
-        // as Lambda freezes it.
-        env.function.freeze_at_next_poll(&env.api).await;
-        let needle = format!(r#""function_request_id":"{}""#, done.request_id);
-        let written = env.function.wait_for_output(&needle, Duration::from_secs(5)).await;
-        env.function.thaw();
-        assert!(written, "the record of {} before the next poll:\n{}", done.request_id, env.function.output());
+        record_before_the_next_poll(&env.function, &env.api, &done.request_id).await;
         request_ids.push(done.request_id);
     }
     let records = emf_records(&env.function.output());
@@ -150,6 +157,39 @@ async fn with_an_interval_of_zero_each_invocation_has_its_own_record() {
     }
     assert_eq!(records[0]["ColdStart"], 1);
     assert_eq!(sum(&records, "ColdStart"), 1);
+}
+
+/// A handler that panics after the gate: Lambda receives the panic's error
+/// type, and the invocation still has its record, with its checkout, before
+/// the next poll; so does the one after it, which runs a statement.
+#[tokio::test]
+async fn a_handler_that_panics_still_has_its_record_written_before_the_next_poll() {
+    let pg = integration_tests::orders::postgres().await;
+    let api = RuntimeApi::start_for(FUNCTION_NAME).await;
+    let function = Function::builder(bin_path("panicking-handler"))
+        .name(FUNCTION_NAME)
+        .env("DATABASE_URL", pg.database_url())
+        .env("DB_METRICS_INTERVAL_MS", "0")
+        .spawn(&api);
+    assert!(api.wait_next_polls(1, STARTUP).await, "never reached the runtime loop:\n{}", function.output());
+    let events = [json!({ "panic": "order 42 has no customer" }), json!({}), json!({ "panic_static": true })];
+    let mut request_ids = Vec::new();
+    for event in events {
+        let panics = event.get("panic").is_some() || event.get("panic_static").is_some();
+        let done = api.invoke(event).await;
+        let expected = panics.then_some(runtime_adapter::HANDLER_PANICKED);
+        assert_eq!(done.outcome.error_type(), expected, "{:?}", done.outcome);
+        record_before_the_next_poll(&function, &api, &done.request_id).await;
+        request_ids.push(done.request_id);
+    }
+    let records = emf_records(&function.output());
+    assert_eq!(records.len(), request_ids.len(), "one record per invocation");
+    for ((record, request_id), statements) in records.iter().zip(&request_ids).zip([0, 1, 0]) {
+        check_emf_record(record, "RuntimeAdapter");
+        assert_eq!(record["function_request_id"], request_id.as_str(), "{record}");
+        assert_eq!(emf_duration(std::slice::from_ref(record), "CheckoutWait").0, 1, "the gate ran: {record}");
+        assert_eq!(emf_duration(std::slice::from_ref(record), "QueryDuration").0, statements, "{record}");
+    }
 }
 
 /// No timer writes a record (a frozen environment would run none): a
