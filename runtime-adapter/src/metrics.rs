@@ -257,8 +257,7 @@ impl Emf {
         state.invocations = 0;
         state.seen = [0; DURATIONS.len()];
         (state.growth, state.growth_before) = (0, 0);
-        state.deferred.clear();
-        self.has_deferred.store(false, Ordering::Relaxed);
+        drop(self.take_deferred(&mut state));
     }
 
     /// Whether records are written per invocation, naming it (its request
@@ -314,11 +313,17 @@ impl Emf {
     #[cold]
     #[inline(never)]
     fn deferred_records(&self) -> Vec<String> {
-        let deferred = {
-            let mut state = self.lock();
-            self.has_deferred.store(false, Ordering::Relaxed);
-            std::mem::take(&mut state.deferred)
-        };
+        let deferred = self.take_deferred(&mut self.lock());
+        self.render_deferred(&deferred)
+    }
+
+    /// The kept records, taken out of `state` (the state's lock held).
+    fn take_deferred(&self, state: &mut State) -> Vec<Deferred> {
+        self.has_deferred.store(false, Ordering::Relaxed);
+        std::mem::take(&mut state.deferred)
+    }
+
+    fn render_deferred(&self, deferred: &[Deferred]) -> Vec<String> {
         deferred.iter().flat_map(|d| self.render(&d.taken, d.invocation())).collect()
     }
 
@@ -347,10 +352,7 @@ impl Emf {
         now: u64,
     ) -> Vec<String> {
         let deferred = match point {
-            Point::Shutdown => {
-                self.has_deferred.store(false, Ordering::Relaxed);
-                std::mem::take(&mut state.deferred)
-            }
+            Point::Shutdown => self.take_deferred(&mut state),
             _ => Vec::new(),
         };
         let taken = Self::take_due(&mut state, counters, point, now);
@@ -359,7 +361,7 @@ impl Emf {
             Point::End(invocation) if self.names_invocations() => Some(invocation),
             _ => None,
         };
-        let mut records: Vec<String> = deferred.iter().flat_map(|d| self.render(&d.taken, d.invocation())).collect();
+        let mut records = self.render_deferred(&deferred);
         if let Some(taken) = taken {
             records.extend(self.render(&taken, invocation));
         }
