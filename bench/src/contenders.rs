@@ -27,6 +27,10 @@ pub(crate) enum Contender {
     /// lambda_http under the lifecycle layer (cold starts only).
     AdapterAxum,
     Bare,
+    /// The bare client on `#[tokio::main]`'s multi-thread runtime, as
+    /// lambda_runtime's examples write `main`; every other contender runs on
+    /// `runtime_adapter::tokio_runtime`'s (one thread here).
+    BareMultiThread,
     DeadpoolVerified,
     CheckEveryRequest,
     ConnectPerInvocation,
@@ -51,10 +55,12 @@ impl Contender {
         all
     }
 
-    /// Compared on warm invocations: the strategies, and the adapter without metrics.
+    /// Compared on warm invocations: the strategies, the adapter without
+    /// metrics, and the bare client on a multi-thread runtime.
     pub(crate) fn warm() -> Vec<Self> {
         let mut all = Self::strategies();
         all.insert(1, Self::AdapterMetricsOff);
+        all.insert(3, Self::BareMultiThread);
         all
     }
 
@@ -62,14 +68,15 @@ impl Contender {
     pub(crate) fn cold() -> Vec<Self> {
         let mut all = Self::strategies();
         all.insert(1, Self::AdapterAxum);
-        all.insert(3, Self::FixedSleep);
+        all.insert(3, Self::BareMultiThread);
+        all.insert(4, Self::FixedSleep);
         all
     }
 
     /// Compared on cold starts under Lambda-sized CPU shares: the adapter,
     /// the lower bound and sqlx defaults (issue 18).
     pub(crate) fn cold_on_shares() -> Vec<Self> {
-        let mut all = vec![Self::Adapter, Self::Bare];
+        let mut all = vec![Self::Adapter, Self::Bare, Self::BareMultiThread];
         if cfg!(feature = "sqlx") {
             all.push(Self::Sqlx);
         }
@@ -82,6 +89,7 @@ impl Contender {
             Self::AdapterMetricsOff => "runtime-adapter, `DB_METRICS=off`",
             Self::AdapterAxum => "runtime-adapter, axum (`orders-axum`)",
             Self::Bare => "bare tokio-postgres client",
+            Self::BareMultiThread => "bare client, `#[tokio::main]` (multi-thread)",
             Self::DeadpoolVerified => "deadpool-postgres `Verified`",
             Self::CheckEveryRequest => "`SELECT 1` before every request",
             Self::ConnectPerInvocation => "connect per invocation",
@@ -94,7 +102,7 @@ impl Contender {
     fn strategy(self) -> Option<&'static str> {
         match self {
             Self::Adapter | Self::AdapterMetricsOff | Self::AdapterAxum => None,
-            Self::Bare => Some("bare"),
+            Self::Bare | Self::BareMultiThread => Some("bare"),
             Self::DeadpoolVerified => Some("deadpool-verified"),
             Self::CheckEveryRequest => Some("check-every-request"),
             Self::ConnectPerInvocation => Some("connect-per-invocation"),
@@ -108,6 +116,7 @@ impl Contender {
             Self::Adapter => "adapter",
             Self::AdapterMetricsOff => "adapter-metrics-off",
             Self::AdapterAxum => "adapter-axum",
+            Self::BareMultiThread => "bare-multi-thread",
             other => other.strategy().unwrap_or("adapter"),
         }
     }
@@ -130,6 +139,9 @@ impl Contender {
         }
         if self == Self::AdapterMetricsOff {
             builder = builder.env("DB_METRICS", "off");
+        }
+        if self == Self::BareMultiThread {
+            builder = builder.env("BENCH_RUNTIME", "multi-thread");
         }
         builder
     }

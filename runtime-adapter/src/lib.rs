@@ -39,7 +39,8 @@
 //! - `lru`: the bounded, least-recently-used statement caches.
 //! - `retry`: backoff with full jitter, bounded by attempts and deadline.
 //! - `runtime`: [`Builder::run`], the short path for a `LambdaEvent`
-//!   handler.
+//!   handler, and [`tokio_runtime`], the runtime that fits the environment
+//!   (one thread unless Lambda runs several invocations at once).
 //! - `report`: what Lambda receives when INIT or a handler fails: init
 //!   errors posted to the Runtime API, the answer to a panic.
 //! - `lifecycle`: [`Builder::start`], [`Lifecycle`] and [`LifecycleLayer`]:
@@ -100,6 +101,7 @@ pub use db::{Db, Idempotent, RawClient};
 pub use error::{ConfigError, CredentialsStep, Error, ErrorKind, Phase, Step};
 pub use lifecycle::{Lifecycle, LifecycleFuture, LifecycleLayer, LifecycleService, ResponseBody, LAYER_MISSING};
 pub use report::{report_init_error, HANDLER_PANICKED};
+pub use runtime::tokio_runtime;
 pub use stats::{Percentiles, Stats, WarmupTimings};
 pub use tls::{SslMode, Tls, TlsCheck, TlsError};
 pub use transaction::Tx;

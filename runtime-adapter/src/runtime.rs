@@ -11,6 +11,7 @@
 
 use std::fmt::Debug;
 use std::future::Future;
+use std::io;
 
 use futures_util::future::{self, Either};
 use futures_util::{FutureExt as _, Stream, TryFutureExt as _};
@@ -80,5 +81,99 @@ impl Builder {
         });
         let service = lifecycle.layer().layer(handler);
         lifecycle.run(lambda_runtime::Runtime::new(service)).await
+    }
+}
+
+/// The tokio runtime that fits a Lambda execution environment, for `main` to
+/// run the adapter on (in place of `#[tokio::main]`):
+///
+/// ```no_run
+/// # async fn handle(_: runtime_adapter::Db, _: runtime_adapter::LambdaEvent<serde_json::Value>)
+/// #     -> Result<serde_json::Value, runtime_adapter::Error> { unimplemented!() }
+/// use runtime_adapter::Adapter;
+///
+/// fn main() -> Result<(), lambda_runtime::Error> {
+///     lambda_runtime::tracing::init_default_subscriber();
+///     runtime_adapter::tokio_runtime()?.block_on(Adapter::builder().run(handle))
+/// }
+/// ```
+///
+/// - **One invocation at a time** (`AWS_LAMBDA_MAX_CONCURRENCY` unset or 1,
+///   as on-demand Lambda, SnapStart and `cargo lambda watch` run a
+///   function): a current-thread runtime. The handler, the connection's
+///   task and the Runtime API client then run on the thread that polls
+///   `/next`, and an invocation is not handed between worker threads.
+///   `#[tokio::main]`'s multi-thread runtime woke threads about 18 times
+///   per warm invocation against about 4, and cost the same function about
+///   240 µs more CPU and 0.14 ms more latency (BENCHMARKS.md, "The
+///   runtime's flavor"). Lambda below 1,769 MB gives less than one vCPU,
+///   so a second worker has no CPU of its own to run on.
+/// - **Several at once** (`AWS_LAMBDA_MAX_CONCURRENCY` above 1, Lambda
+///   Managed Instances): a multi-thread runtime, one worker per CPU, so
+///   that concurrent invocations run in parallel.
+///
+/// Both have I/O and time enabled. A value that is not a number is left to
+/// [`Builder::init`] (through [`Builder::run`]), which fails INIT with a
+/// message that names the variable; the runtime for it is the
+/// current-thread one.
+///
+/// The adapter runs on any tokio runtime: `#[tokio::main]` works too, at
+/// the cost above.
+///
+/// # Errors
+///
+/// The operating system's error when the runtime cannot be built (no file
+/// descriptor or thread left for its driver or workers).
+pub fn tokio_runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio_runtime_for(std::env::var("AWS_LAMBDA_MAX_CONCURRENCY").ok().as_deref())
+}
+
+/// [`tokio_runtime`] for a value of `AWS_LAMBDA_MAX_CONCURRENCY`.
+fn tokio_runtime_for(max_concurrency: Option<&str>) -> io::Result<tokio::runtime::Runtime> {
+    let mut builder = if runs_several_at_once(max_concurrency) {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build()
+}
+
+/// Whether `AWS_LAMBDA_MAX_CONCURRENCY`'s value lets Lambda run more than one
+/// invocation at once.
+fn runs_several_at_once(max_concurrency: Option<&str>) -> bool {
+    max_concurrency.and_then(|value| value.trim().parse::<usize>().ok()).is_some_and(|n| n > 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs_several_at_once;
+
+    #[test]
+    fn only_a_concurrency_above_one_gets_worker_threads() {
+        for (value, several) in [
+            (None, false),
+            (Some("1"), false),
+            (Some("0"), false),
+            (Some("2"), true),
+            (Some(" 16 "), true),
+            (Some("-4"), false),
+            (Some("eight"), false),
+            (Some(""), false),
+        ] {
+            assert_eq!(runs_several_at_once(value), several, "AWS_LAMBDA_MAX_CONCURRENCY={value:?}");
+        }
+    }
+
+    #[test]
+    fn the_runtime_for_one_invocation_at_a_time_runs_tasks_on_the_calling_thread() {
+        // Built the way `tokio_runtime` builds it without the variable: a task
+        // spawned on it runs on the thread that blocks on it.
+        let runtime = super::tokio_runtime_for(None).expect("a runtime");
+        let caller = std::thread::current().id();
+        let spawned_on = runtime.block_on(async { tokio::spawn(async { std::thread::current().id() }).await });
+        assert_eq!(spawned_on.expect("the task ran"), caller);
+        let several = super::tokio_runtime_for(Some("4")).expect("a runtime");
+        let spawned_on = several.block_on(async { tokio::spawn(async { std::thread::current().id() }).await });
+        assert_ne!(spawned_on.expect("the task ran"), caller, "a multi-thread runtime runs tasks on its workers");
     }
 }

@@ -250,6 +250,18 @@ impl Function {
         self.pid
     }
 
+    /// How many of the process's threads tokio runs as workers: tokio names
+    /// them (its blocking pool's too) `tokio-rt-worker`; a current-thread
+    /// runtime runs on the main thread and has none until something blocks.
+    pub fn tokio_worker_threads(&self) -> usize {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid))
+            .unwrap_or_else(|e| panic!("the threads of process {}: {e}", self.pid));
+        tasks
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim_end() == "tokio-rt-worker")
+            .count()
+    }
+
     /// Stops the process (`SIGSTOP`), as Lambda freezes an environment once
     /// it has asked for the next invocation. Panics if the signal cannot be sent.
     pub fn freeze(&self) {

@@ -23,12 +23,27 @@ async fn a_database_outage_inside_the_handler_keeps_the_adapters_error_type() {
 
 #[tokio::test]
 async fn a_panic_in_the_handler_is_reported_readably_and_the_environment_keeps_serving() {
+    // On the runtime `runtime_adapter::tokio_runtime` builds (one thread).
+    panics_are_reported_readably_and_the_environment_keeps_serving(None).await;
+}
+
+#[tokio::test]
+async fn on_a_multi_thread_runtime_a_panic_is_reported_the_same_way() {
+    // On `#[tokio::main]`'s runtime, as a user who keeps it has.
+    panics_are_reported_readably_and_the_environment_keeps_serving(Some("multi-thread")).await;
+}
+
+/// Two panics (a `String` payload, then a `&str` one), then a normal
+/// invocation, on the runtime `PANICKING_HANDLER_RUNTIME` names.
+async fn panics_are_reported_readably_and_the_environment_keeps_serving(runtime: Option<&str>) {
     let pg = postgres().await;
     let api = RuntimeApi::start_for(FUNCTION_NAME).await;
-    let function = Function::builder(bin_path("panicking-handler"))
-        .name(FUNCTION_NAME)
-        .env("DATABASE_URL", pg.database_url())
-        .spawn(&api);
+    let mut function =
+        Function::builder(bin_path("panicking-handler")).name(FUNCTION_NAME).env("DATABASE_URL", pg.database_url());
+    if let Some(runtime) = runtime {
+        function = function.env("PANICKING_HANDLER_RUNTIME", runtime);
+    }
+    let function = function.spawn(&api);
     assert!(api.wait_next_polls(1, STARTUP).await, "never reached the runtime loop:\n{}", function.output());
 
     let panicked = api.invoke(json!({ "panic": "order 42 has no customer" })).await;
@@ -43,4 +58,12 @@ async fn a_panic_in_the_handler_is_reported_readably_and_the_environment_keeps_s
     let served = api.invoke(json!({})).await;
     assert_eq!(served.response(), &json!({ "one": 1 }), "{:?}", served.outcome);
     assert_eq!(pg.connection_count(FUNCTION_NAME).await, 1, "one pooled connection, not a leak");
+
+    // And it ran on the runtime asked for: a current-thread runtime has no
+    // worker, and nothing here spawned a blocking thread.
+    let workers = function.tokio_worker_threads();
+    match runtime {
+        None => assert_eq!(workers, 0, "tokio_runtime without AWS_LAMBDA_MAX_CONCURRENCY runs on the main thread"),
+        Some(_) => assert!(workers >= 1, "a multi-thread runtime has worker threads"),
+    }
 }

@@ -90,6 +90,9 @@ async fn fifty_concurrent_invocations_after_the_interval_run_exactly_one_check()
     ])
     .await;
     assert!(env.api.wait_waiting_polls(concurrency, Duration::from_secs(10)).await, "all workers poll");
+    // `orders` runs on `runtime_adapter::tokio_runtime`: with several
+    // invocations at once, a multi-thread runtime, so that they run in parallel.
+    assert!(env.function.tokio_worker_threads() >= 1, "Lambda Managed Instances get worker threads");
     assert_eq!(status(env.api.invoke(post_valid_order("tea", 1)).await.response()), 201);
     tokio::time::sleep(Duration::from_millis(2100)).await;
 

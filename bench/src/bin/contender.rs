@@ -21,7 +21,11 @@
 //!
 //! Every strategy runs under `lambda_runtime::run_concurrent`, like the
 //! adapter, so `AWS_LAMBDA_MAX_CONCURRENCY` means the same to all; the pools
-//! are then sized to it. Connections carry `application_name` =
+//! are then sized to it. And on the runtime the adapter's examples run on,
+//! `runtime_adapter::tokio_runtime` (one thread unless that variable is
+//! above 1), so that the libraries are compared, not runtimes; with
+//! `BENCH_RUNTIME=multi-thread`, on `#[tokio::main]`'s runtime instead, the
+//! one lambda_runtime's examples use. Connections carry `application_name` =
 //! `AWS_LAMBDA_FUNCTION_NAME`, as the adapter's do.
 
 use std::sync::Arc;
@@ -45,9 +49,18 @@ const DEFAULT_FIXED_SLEEP: Duration = Duration::from_millis(2500);
 /// The seed's pool: five connections per environment.
 const DEFAULT_SEED_POOL: usize = 5;
 
-#[tokio::main]
-async fn main() -> Result<(), Error> {
+fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
+    let runtime = match std::env::var("BENCH_RUNTIME").as_deref() {
+        // What `#[tokio::main]` builds.
+        Ok("multi-thread") => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
+        Ok(other) => return Err(format!("BENCH_RUNTIME: unknown runtime `{other}` (multi-thread or unset)").into()),
+        Err(_) => runtime_adapter::tokio_runtime()?,
+    };
+    runtime.block_on(serve())
+}
+
+async fn serve() -> Result<(), Error> {
     let strategy = Arc::new(Strategy::init().await?);
     lambda_runtime::run_concurrent(service_fn(move |event: LambdaEvent<ApiGatewayV2httpRequest>| {
         let strategy = strategy.clone();

@@ -33,10 +33,14 @@ use lambda_http::tower::Layer as _;
 use runtime_adapter::{Adapter, Db, Error};
 use serde_json::json;
 
-#[tokio::main]
-async fn main() -> Result<(), lambda_http::Error> {
+fn main() -> Result<(), lambda_http::Error> {
     // Honours AWS_LAMBDA_LOG_FORMAT and AWS_LAMBDA_LOG_LEVEL.
     lambda_http::tracing::init_default_subscriber();
+    // One thread unless Lambda runs several invocations at once.
+    runtime_adapter::tokio_runtime()?.block_on(serve())
+}
+
+async fn serve() -> Result<(), lambda_http::Error> {
     // INIT: the pool warmed (or the init error reported), graceful shutdown installed.
     let lifecycle = Adapter::builder().statement(GET_ORDER).statement(INSERT_ORDER).start().await?;
     // Each invocation: metrics, panics, the adapter's error types, the `Db` extractor.

@@ -37,11 +37,11 @@ use tracing::{info, warn};
 const INSERT_ORDER: &str = "INSERT INTO orders (message_id, item, quantity) VALUES ($1, $2, $3) \
                             ON CONFLICT (message_id) DO NOTHING";
 
-#[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
+fn main() -> Result<(), lambda_runtime::Error> {
     // Honours AWS_LAMBDA_LOG_FORMAT and AWS_LAMBDA_LOG_LEVEL.
     lambda_runtime::tracing::init_default_subscriber();
-    Adapter::builder().statement(INSERT_ORDER).run(handle).await
+    // One thread unless Lambda runs several invocations at once.
+    runtime_adapter::tokio_runtime()?.block_on(Adapter::builder().statement(INSERT_ORDER).run(handle))
 }
 
 /// What became of one record.

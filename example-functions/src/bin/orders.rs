@@ -21,11 +21,12 @@ use runtime_adapter::{Adapter, Db, Error, LambdaEvent};
 use serde::Serialize;
 use serde_json::json;
 
-#[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
+fn main() -> Result<(), lambda_runtime::Error> {
     // Honours AWS_LAMBDA_LOG_FORMAT and AWS_LAMBDA_LOG_LEVEL.
     lambda_runtime::tracing::init_default_subscriber();
-    Adapter::builder().statement(GET_ORDER).statement(INSERT_ORDER).run(handle).await
+    // One thread unless Lambda runs several invocations at once.
+    runtime_adapter::tokio_runtime()?
+        .block_on(Adapter::builder().statement(GET_ORDER).statement(INSERT_ORDER).run(handle))
 }
 
 async fn handle(db: Db, event: LambdaEvent<ApiGatewayV2httpRequest>) -> Result<ApiGatewayV2httpResponse, Error> {

@@ -6,16 +6,24 @@
 //! Events: `{"panic": "..."}` panics with that message (a `String`
 //! payload); `{"panic_static": true}` panics with a string literal (a
 //! `&str` payload); anything else answers `{"one": 1}` from the database.
+//!
+//! It runs on `runtime_adapter::tokio_runtime`'s runtime, or with
+//! `PANICKING_HANDLER_RUNTIME=multi-thread` on the one `#[tokio::main]`
+//! builds: a panic must read the same on both.
 
 use runtime_adapter::{Adapter, Db, LambdaEvent};
 use serde_json::{json, Value};
 
 const SELECT_ONE: &str = "SELECT 1::int4 AS one";
 
-#[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
+fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    Adapter::builder().statement(SELECT_ONE).run(handle).await
+    let runtime = match std::env::var("PANICKING_HANDLER_RUNTIME").as_deref() {
+        Ok("multi-thread") => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
+        Ok(other) => return Err(format!("PANICKING_HANDLER_RUNTIME: unknown runtime `{other}`").into()),
+        Err(_) => runtime_adapter::tokio_runtime()?,
+    };
+    runtime.block_on(Adapter::builder().statement(SELECT_ONE).run(handle))
 }
 
 async fn handle(db: Db, event: LambdaEvent<Value>) -> Result<Value, runtime_adapter::Error> {
