@@ -103,11 +103,11 @@ impl Builder {
 ///   function): a current-thread runtime. The handler, the connection's
 ///   task and the Runtime API client then run on the thread that polls
 ///   `/next`, and an invocation is not handed between worker threads.
-///   `#[tokio::main]`'s multi-thread runtime woke threads about 18 times
-///   per warm invocation against about 4, and cost the same function about
-///   240 µs more CPU and 0.14 ms more latency (BENCHMARKS.md, "The
-///   runtime's flavor"). Lambda below 1,769 MB gives less than one vCPU,
-///   so a second worker has no CPU of its own to run on.
+///   `#[tokio::main]`'s multi-thread runtime put threads on a CPU about 19
+///   times per warm invocation against about 4, and cost the same function
+///   about 245 µs more CPU and 0.15 ms more latency (BENCHMARKS.md, "The
+///   runtime's flavor (sixth pass)"). Lambda below 1,769 MB gives less than
+///   one vCPU, so a second worker has no CPU of its own to run on.
 /// - **Several at once** (`AWS_LAMBDA_MAX_CONCURRENCY` above 1, Lambda
 ///   Managed Instances): a multi-thread runtime, one worker per CPU, so
 ///   that concurrent invocations run in parallel.
