@@ -117,6 +117,12 @@ impl Builder {
 /// message that names the variable; the runtime for it is the
 /// current-thread one.
 ///
+/// On one thread, a handler that blocks it (synchronous I/O, a long
+/// computation, `std::thread::sleep`) stops everything else until it
+/// returns: the connection's task, the cancel at the deadline, the SIGTERM
+/// handler that writes the last metrics. Run such work with
+/// `tokio::task::spawn_blocking`, as on any tokio runtime.
+///
 /// The adapter runs on any tokio runtime: `#[tokio::main]` works too, at
 /// the cost above.
 ///
