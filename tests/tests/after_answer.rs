@@ -76,7 +76,12 @@ async fn the_replacement_is_built_between_the_answer_and_the_next_poll_which_it_
     proxy.black_hole_new(true);
     let completion = invoke_until_a_build(api, proxy).await;
     let held = api.times().held_after_completions()[completion].expect("a poll after the answer");
-    assert!(held < AFTER_ANSWER_WAIT / 2, "Managed Instances: the poll after the answer was held {held:?}");
+    // A wait would hold it the whole bound; anything shorter is the runtime's
+    // own time to ask, however loaded the machine.
+    assert!(
+        held < AFTER_ANSWER_WAIT - Duration::from_millis(20),
+        "Managed Instances: the poll after the answer was held {held:?}"
+    );
     let stats = adapter.stats();
     assert_eq!((stats.refreshes_max_age, stats.refresh_waits), (0, 0), "{stats:?}");
     function.stop().await;
