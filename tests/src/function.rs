@@ -159,17 +159,8 @@ impl FunctionBuilder {
                 cmd.env_remove(&key);
             }
         }
-        let defaults = [
-            ("AWS_LAMBDA_RUNTIME_API", api.addr()),
-            ("AWS_LAMBDA_FUNCTION_NAME", self.name.clone()),
-            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128".to_owned()),
-            ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
-            ("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{}", self.name)),
-            ("AWS_LAMBDA_LOG_STREAM_NAME", "2024/01/01/[$LATEST]00000000000000000000000000000000".to_owned()),
-            ("AWS_LAMBDA_LOG_LEVEL", "info".to_owned()),
-            ("RUST_LOG", "info".to_owned()),
-        ];
-        for (key, value) in defaults {
+        let logging = [("AWS_LAMBDA_LOG_LEVEL", "info".to_owned()), ("RUST_LOG", "info".to_owned())];
+        for (key, value) in api.lambda_env(&self.name).into_iter().chain(logging) {
             cmd.env(key, value);
         }
         for (key, value) in &self.env {
@@ -272,9 +263,16 @@ impl Function {
     /// `/next` on `api` (within 10 s, else panics with its output), then
     /// [`freeze`](Self::freeze)s it: what Lambda does after each invocation.
     pub async fn freeze_at_next_poll(&self, api: &RuntimeApi) {
+        self.wait_back_at_next(api).await;
+        self.freeze();
+    }
+
+    /// Waits until the function, one invocation at a time, is back at
+    /// `/next` on `api` (within 10 s, else panics with its output): what it
+    /// does after an answer is done by then.
+    pub async fn wait_back_at_next(&self, api: &RuntimeApi) {
         let polled = api.wait_waiting_polls(1, Duration::from_secs(10)).await;
         assert!(polled, "the function did not poll /next again within 10 s:\n{}", self.output());
-        self.freeze();
     }
 
     /// Resumes a process [`freeze`](Self::freeze) stopped (`SIGCONT`).

@@ -210,8 +210,7 @@ impl OrdersEnv {
     /// an invocation's end is written after the answer and before that
     /// poll (when Lambda would freeze the process).
     pub async fn emf_records_after_answers(&self, n: usize) -> Vec<Value> {
-        let polled = self.api.wait_waiting_polls(1, Duration::from_secs(10)).await;
-        assert!(polled, "the function did not poll /next again:\n{}", self.function.output());
+        self.function.wait_back_at_next(&self.api).await;
         let written =
             self.function.wait_for_output_where(Duration::from_secs(5), |output| emf_records(output).len() >= n).await;
         let records = emf_records(&self.function.output());

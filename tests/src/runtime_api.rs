@@ -376,6 +376,20 @@ impl RuntimeApi {
         self.addr.to_string()
     }
 
+    /// The variables Lambda gives function `name` served by this API, which
+    /// `lambda_runtime` reads at `Runtime::new`: the address, the name, and
+    /// the function's memory, version and log group and stream.
+    pub fn lambda_env(&self, name: &str) -> [(&'static str, String); 6] {
+        [
+            ("AWS_LAMBDA_RUNTIME_API", self.addr()),
+            ("AWS_LAMBDA_FUNCTION_NAME", name.to_owned()),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128".to_owned()),
+            ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
+            ("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{name}")),
+            ("AWS_LAMBDA_LOG_STREAM_NAME", "2024/01/01/[$LATEST]00000000000000000000000000000000".to_owned()),
+        ]
+    }
+
     /// Invoke with `payload` and wait (up to 60 s, else panic) for the outcome.
     pub async fn invoke(&self, payload: Value) -> Invocation {
         self.invoke_with(payload, InvokeOptions::default()).await

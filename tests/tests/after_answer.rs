@@ -38,7 +38,7 @@ async fn the_replacement_is_built_between_the_answer_and_the_next_poll_which_it_
     // watch` runs a function (1): the runtime asks for more once the
     // replacement is in place, or once the wait is over.
     for max_concurrency in [None, Some("1")] {
-        let function = Function::start(&pg, max_concurrency).await;
+        let function = InProcess::start(&pg, max_concurrency).await;
         let (api, proxy, adapter) = (&function.api, &function.proxy, &function.adapter);
 
         // Past the maximum age: the invocation answers from the old pool,
@@ -71,7 +71,7 @@ async fn the_replacement_is_built_between_the_answer_and_the_next_poll_which_it_
     // invocations would be waiting for this worker: the build starts after
     // the answer, unwaited. (The adapter is configured for 2 at once; the
     // loop runs one worker, so that each answer has one poll after it.)
-    let function = Function::start(&pg, Some("2")).await;
+    let function = InProcess::start(&pg, Some("2")).await;
     let (api, proxy, adapter) = (&function.api, &function.proxy, &function.adapter);
     proxy.black_hole_new(true);
     let completion = invoke_until_a_build(api, proxy).await;
@@ -89,14 +89,14 @@ async fn the_replacement_is_built_between_the_answer_and_the_next_poll_which_it_
 
 /// A function run in this process: its Runtime API, the proxy in front of
 /// its database, its adapter and its Lambda loop.
-struct Function {
+struct InProcess {
     api: RuntimeApi,
     proxy: FaultProxy,
     adapter: Adapter,
     runtime: JoinHandle<Result<(), lambda_runtime::Error>>,
 }
 
-impl Function {
+impl InProcess {
     /// The adapter's INIT through a new proxy to `pg`, with
     /// `AWS_LAMBDA_MAX_CONCURRENCY` in its configuration as given, and the
     /// Lambda loop started and polling.
@@ -155,14 +155,7 @@ async fn invoke_until_a_build(api: &RuntimeApi, proxy: &FaultProxy) -> usize {
 /// The adapter's INIT for `database_url`, with the Lambda loop's
 /// environment pointing at `api`.
 async fn start(api: &RuntimeApi, database_url: &str, max_concurrency: Option<&str>) -> Lifecycle {
-    for (name, value) in [
-        ("AWS_LAMBDA_RUNTIME_API", api.addr()),
-        ("AWS_LAMBDA_FUNCTION_NAME", FUNCTION_NAME.to_owned()),
-        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128".to_owned()),
-        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
-        ("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{FUNCTION_NAME}")),
-        ("AWS_LAMBDA_LOG_STREAM_NAME", "2024/01/01/[$LATEST]00000000000000000000000000000000".to_owned()),
-    ] {
+    for (name, value) in api.lambda_env(FUNCTION_NAME) {
         // The only test of this binary, which starts one loop at a time.
         std::env::set_var(name, value);
     }
