@@ -45,11 +45,21 @@ async fn the_replacement_is_built_between_the_answer_and_the_next_poll_which_it_
         // and the replacement is in place when the runtime asks for more.
         // The test and the loop share this thread: nothing of the loop runs
         // between the poll and this look at the counters.
+        let first = pg.backend_pids(FUNCTION_NAME).await;
         invoke_until_a_build(api, proxy).await;
         let stats = adapter.stats();
         assert_eq!(stats.refreshes_max_age, 1, "{max_concurrency:?}: in place before the next poll: {stats:?}");
         assert_eq!(stats.refresh_waits, 0, "{max_concurrency:?}: no invocation waited for it: {stats:?}");
         assert_eq!(proxy.accepted(), 2, "the first pool's connection and its replacement's");
+        // The server's view: a new session serves the function, and the
+        // first pool's is closed.
+        assert!(
+            pg.wait_connection_count(FUNCTION_NAME, 1, Duration::from_secs(5)).await,
+            "{max_concurrency:?}: one session left: {:?}",
+            pg.backend_pids(FUNCTION_NAME).await
+        );
+        let now = pg.backend_pids(FUNCTION_NAME).await;
+        assert!(now.iter().all(|pid| !first.contains(pid)), "{max_concurrency:?}: {first:?} then {now:?}");
 
         // Past it again, with every new connection swallowed: the build
         // cannot finish, and the runtime asks for more once the wait is
@@ -65,6 +75,11 @@ async fn the_replacement_is_built_between_the_answer_and_the_next_poll_which_it_
         assert_eq!(stats.refreshes_max_age, 1, "{max_concurrency:?}: the swallowed build did not finish: {stats:?}");
         assert_eq!(stats.refresh_waits, 0, "{max_concurrency:?}: no invocation waited for it: {stats:?}");
         function.stop().await;
+        assert!(
+            pg.wait_connection_count(FUNCTION_NAME, 0, Duration::from_secs(5)).await,
+            "{max_concurrency:?}: sessions left open after the pool closed: {:?}",
+            pg.backend_pids(FUNCTION_NAME).await
+        );
     }
 
     // Under Lambda Managed Instances nothing is frozen, and other
