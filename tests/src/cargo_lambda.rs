@@ -38,8 +38,23 @@ const INVOKE_TIMEOUT: Duration = Duration::from_secs(300);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// How long dropping a [`Watch`] waits for the killed watcher to be reaped.
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
-/// Inherited variables with these prefixes are not passed to the watcher.
-const SCRUBBED_PREFIXES: [&str; 3] = ["DB_", "DATABASE_URL", "AWS_LAMBDA_"];
+/// Inherited variables with these prefixes are not passed to the watcher:
+/// the function's own settings (the test gives those), and what cargo sets
+/// for the test binary it runs (the test package's manifest directory, name
+/// and version, ...), which a user's shell does not have. ring's build script
+/// declares `rerun-if-env-changed` on several of the latter, so with them the
+/// watcher's `cargo run` would rebuild ring and what depends on it, and the
+/// next build would rebuild them back.
+const SCRUBBED_PREFIXES: [&str; 8] = [
+    "DB_",
+    "DATABASE_URL",
+    "AWS_LAMBDA_",
+    "CARGO_MANIFEST_",
+    "CARGO_PKG_",
+    "CARGO_CRATE_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+];
 
 /// The examples' features for `cargo run` under `cargo lambda watch`: those
 /// the workspace build of the tests gave the binaries (`scripts/test`), so

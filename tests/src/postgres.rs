@@ -10,6 +10,10 @@
 //! (timestamp, backend pid, application_name), so tests can attribute log lines to
 //! connections; [`Postgres::log_mark`]/[`Postgres::log_since`] give a cursor into the log.
 //!
+//! The data directory is a copy of a template cluster that initdb made once (with the
+//! `app` role and database): copying it costs about 60 ms, initdb and creating the role
+//! and database about 1 s of CPU per server (see [`template_cluster`]).
+//!
 //! When the tests run as root the server binaries run as the `postgres` OS user (initdb
 //! refuses root). Dropping a [`Postgres`] stops the server immediately and deletes the
 //! directory, also when the test panicked.
@@ -78,7 +82,7 @@ impl PostgresBuilder {
         self
     }
 
-    /// Create the cluster, start the server and create the `app` role and database.
+    /// Create the cluster (a copy of the template), with the `app` role and database, and start the server.
     ///
     /// Panics (with the server log tail) if any step fails or the server is not
     /// accepting connections within 30 s.
@@ -139,16 +143,9 @@ impl Postgres {
         let run_as = run_as();
         let bin_dir = pg_bin_dir();
         let dir = tempfile::Builder::new().prefix("pg-it-").tempdir().expect("create temp dir for postgres");
-        let pwfile = dir.path().join("pwfile");
-        fs::write(&pwfile, SUPERUSER_PASSWORD).expect("write postgres password file");
         let log_path = dir.path().join("server.log");
         fs::write(&log_path, "").expect("create postgres server.log");
-        if let Some(user) = run_as {
-            for path in [dir.path(), pwfile.as_path()] {
-                std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid))
-                    .unwrap_or_else(|e| panic!("chown {} to postgres: {e}", path.display()));
-            }
-        }
+        chown_to_server_user(dir.path(), run_as);
 
         let mut pg = Postgres {
             port: settings.port.unwrap_or_else(free_port),
@@ -162,26 +159,11 @@ impl Postgres {
             dir,
         };
 
-        let mut initdb = pg.command("initdb");
-        initdb
-            .arg("-D")
-            .arg(&pg.data_dir)
-            // Passwords over TCP (what the code under test uses); the harness's own
-            // connections use the private unix socket without one, which is much faster
-            // than SCRAM in an unoptimized test build.
-            .arg("--auth-host=scram-sha-256")
-            .arg("--auth-local=trust")
-            .arg(format!("--username={SUPERUSER}"))
-            .arg(format!("--pwfile={}", pwfile.display()))
-            .args(["--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"]);
-        let out = tokio::process::Command::from(initdb).output().await.expect("run initdb");
-        assert!(
-            out.status.success(),
-            "initdb failed ({}):\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // Blocking work (the first server of the process may build the template).
+        let (from_bin, to) = (pg.bin_dir.clone(), pg.data_dir.clone());
+        if let Err(e) = tokio::task::spawn_blocking(move || copy_template(&from_bin, run_as, &to)).await {
+            std::panic::resume_unwind(e.into_panic());
+        }
 
         let mut attempt = 1;
         loop {
@@ -197,22 +179,7 @@ impl Postgres {
                 Err(err) => pg.fail_start(err),
             }
         }
-        pg.create_app_role().await;
         pg
-    }
-
-    async fn create_app_role(&self) {
-        let client = self.superuser().await;
-        // Keep the password out of the statement log.
-        for sql in [
-            "SET log_statement = 'none'".to_owned(),
-            format!("CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"),
-            format!("CREATE DATABASE {APP_DATABASE} OWNER {APP_USER}"),
-        ] {
-            if let Err(e) = client.batch_execute(&sql).await {
-                panic!("postgres setup failed: {}\n{}", error_text(&e), self.log_tail());
-            }
-        }
     }
 
     /// TCP port the server listens on (127.0.0.1).
@@ -619,10 +586,8 @@ impl Postgres {
     /// A command for a PostgreSQL binary, run as the `postgres` OS user when we are root.
     fn command(&self, binary: &str) -> Command {
         let mut cmd = Command::new(self.bin_dir.join(binary));
-        cmd.current_dir(self.dir.path()).env_remove("PGDATA").env_remove("PGPORT").env_remove("PGHOST");
-        if let Some(user) = self.run_as {
-            cmd.uid(user.uid).gid(user.gid);
-        }
+        cmd.current_dir(self.dir.path());
+        as_server_user(&mut cmd, self.run_as);
         cmd
     }
 
@@ -718,13 +683,159 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// The `postgres` OS user when running as root, else `None` (run as ourselves).
-pub(crate) fn run_as() -> Option<RunAs> {
-    let euid = fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or_else(|_| {
+/// Run `cmd` as the OS user the server binaries run as (see [`run_as`]), with no
+/// inherited `PGDATA`, `PGPORT` or `PGHOST`.
+fn as_server_user(cmd: &mut Command, run_as: Option<RunAs>) {
+    cmd.env_remove("PGDATA").env_remove("PGPORT").env_remove("PGHOST");
+    if let Some(user) = run_as {
+        cmd.uid(user.uid).gid(user.gid);
+    }
+}
+
+fn chown_to_server_user(path: &Path, run_as: Option<RunAs>) {
+    if let Some(user) = run_as {
+        std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid))
+            .unwrap_or_else(|e| panic!("chown {} to postgres: {e}", path.display()));
+    }
+}
+
+/// initdb's arguments for every cluster (after `-D` and `--pwfile`).
+const INITDB_ARGS: &[&str] = &[
+    // Passwords over TCP (what the code under test uses); the harness's own
+    // connections use the private unix socket without one, which is much faster
+    // than SCRAM in an unoptimized test build.
+    "--auth-host=scram-sha-256",
+    "--auth-local=trust",
+    "--encoding=UTF8",
+    "--locale=C",
+    "--no-sync",
+    "--no-instructions",
+];
+
+/// Copy the template cluster (see [`template_cluster`]) to `to`, a new data directory.
+fn copy_template(bin_dir: &Path, run_as: Option<RunAs>, to: &Path) {
+    let template = template_cluster(bin_dir, run_as);
+    let mut cp = Command::new("cp");
+    cp.arg("-a").arg(template.join("data")).arg(to);
+    as_server_user(&mut cp, run_as);
+    let out = cp.output().expect("run cp");
+    assert!(
+        out.status.success(),
+        "copying the template cluster {} to {} failed ({}): {}",
+        template.display(),
+        to.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The cluster every server starts from: what initdb made, with the `app` role and
+/// database added. A server's data directory is a copy of it (`cp -a`, about 60 ms,
+/// against about 1 s for initdb and the role and database per server).
+///
+/// Built once per recipe, PostgreSQL build and OS user, then shared by every test
+/// process: `$TMPDIR/pg-it-template-<hash>` (about 40 MB, left for the next run).
+/// A process builds it in a directory of its own and renames that into place, so a
+/// process sees either no template or a whole one; when two build it at once, the
+/// one that renames first wins and the other deletes its own.
+fn template_cluster(bin_dir: &Path, run_as: Option<RunAs>) -> PathBuf {
+    use std::hash::{Hash as _, Hasher as _};
+    // This process's servers wait while the first one builds it.
+    static BUILDING: Mutex<()> = Mutex::new(());
+
+    let sql = format!(
+        "CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}';\nCREATE DATABASE {APP_DATABASE} OWNER {APP_USER};\n"
+    );
+    let postgres = fs::metadata(bin_dir.join("postgres"))
+        .unwrap_or_else(|e| panic!("{}: {e}", bin_dir.join("postgres").display()));
+    // The user the template belongs to: the server's (root runs the binaries as
+    // `postgres`), else ours. Another user's template is not readable.
+    let owner = run_as.map_or_else(euid, |user| user.uid);
+    let mut key = std::hash::DefaultHasher::new();
+    (INITDB_ARGS, SUPERUSER, SUPERUSER_PASSWORD, &sql, bin_dir, postgres.len(), postgres.mtime(), owner).hash(&mut key);
+    let name = format!("pg-it-template-{:016x}", key.finish());
+    let template = std::env::temp_dir().join(&name);
+
+    let _building = BUILDING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if template.join("data").is_dir() {
+        let found = fs::metadata(&template).map(|m| m.uid()).ok();
+        assert_eq!(
+            found,
+            Some(owner),
+            "{} belongs to another user (uid {found:?}, expected {owner}): delete it",
+            template.display()
+        );
+        return template;
+    }
+    let staging = tempfile::Builder::new()
+        .prefix(&format!("{name}.building-"))
+        .tempdir()
+        .expect("create temp dir for the template cluster");
+    chown_to_server_user(staging.path(), run_as);
+    let pwfile = staging.path().join("pwfile");
+    fs::write(&pwfile, SUPERUSER_PASSWORD).expect("write postgres password file");
+    chown_to_server_user(&pwfile, run_as);
+    let data = staging.path().join("data");
+
+    let mut initdb = Command::new(bin_dir.join("initdb"));
+    initdb
+        .arg("-D")
+        .arg(&data)
+        .arg(format!("--username={SUPERUSER}"))
+        .arg(format!("--pwfile={}", pwfile.display()))
+        .args(INITDB_ARGS)
+        .current_dir(staging.path());
+    as_server_user(&mut initdb, run_as);
+    let out = initdb.output().expect("run initdb");
+    assert!(
+        out.status.success(),
+        "initdb failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::remove_file(&pwfile).expect("remove the password file");
+
+    // The role and database, in single-user mode: no server, port or connection.
+    let mut single = Command::new(bin_dir.join("postgres"));
+    single.arg("--single").arg("-D").arg(&data).args(["-c", "fsync=off", SUPERUSER]).current_dir(staging.path());
+    as_server_user(&mut single, run_as);
+    single.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = single.spawn().expect("run postgres --single");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin.write_all(sql.as_bytes()).expect("write to postgres --single");
+    }
+    let out = child.wait_with_output().expect("wait for postgres --single");
+    let stderr = String::from_utf8_lossy(&out.stderr).replace(APP_PASSWORD, "<APP_PASSWORD>");
+    // Single-user mode reports a failed statement on stderr and still exits 0.
+    assert!(
+        out.status.success() && !stderr.contains("ERROR:") && !stderr.contains("FATAL:"),
+        "creating the {APP_USER} role and database in the template cluster failed ({}):\n{stderr}",
+        out.status
+    );
+
+    match fs::rename(staging.path(), &template) {
+        Ok(()) => {}
+        // Another process renamed its own first: use that one (ours is deleted on drop).
+        Err(_) if template.join("data").is_dir() => {}
+        Err(e) => panic!("rename {} to {}: {e}", staging.path().display(), template.display()),
+    }
+    template
+}
+
+/// The user this process runs as.
+fn euid() -> u32 {
+    fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or_else(|_| {
         let out = Command::new("id").arg("-u").output().expect("run `id -u`");
         String::from_utf8_lossy(&out.stdout).trim().parse().expect("parse `id -u` output")
-    });
-    if euid != 0 {
+    })
+}
+
+/// The `postgres` OS user when running as root, else `None` (run as ourselves).
+pub(crate) fn run_as() -> Option<RunAs> {
+    if euid() != 0 {
         return None;
     }
     let passwd = fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
@@ -776,13 +887,8 @@ pub fn files_for_server(files: &[(&str, &str)]) -> TempDir {
         let path = dir.path().join(name);
         fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod 0600");
-        if let Some(user) = owner {
-            std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid)).expect("chown server file to postgres");
-        }
+        chown_to_server_user(&path, owner);
     }
-    if let Some(user) = owner {
-        std::os::unix::fs::chown(dir.path(), Some(user.uid), Some(user.gid))
-            .expect("chown server files dir to postgres");
-    }
+    chown_to_server_user(dir.path(), owner);
     dir
 }

@@ -63,6 +63,39 @@ async fn postgres_app_role_owns_migrated_tables_and_password_stays_out_of_log() 
     assert!(!log.contains(APP_PASSWORD), "the app password must not be logged");
 }
 
+/// Every server's data directory is a copy of one template cluster: servers
+/// started at once still see only what was written to them, and each has the
+/// `app` role (a password login over TCP), its database and the superuser's
+/// password.
+#[tokio::test]
+async fn postgres_servers_started_at_once_are_separate_clusters() {
+    let (a, b, c) = tokio::join!(Postgres::start(), Postgres::start(), Postgres::start());
+    let servers = [&a, &b, &c];
+    for (i, pg) in servers.iter().enumerate() {
+        pg.apply_sql_as_app(&format!("CREATE TABLE only_{i} (id int)")).await;
+    }
+    for (i, pg) in servers.iter().enumerate() {
+        let client = connect_app(pg, "template-check").await;
+        let row = client
+            .query_one(
+                "SELECT current_user::text, current_database()::text, \
+                        array_agg(tablename::text ORDER BY tablename) FROM pg_tables WHERE tablename LIKE 'only_%'",
+                &[],
+            )
+            .await
+            .expect("query as app");
+        assert_eq!(row.get::<_, String>(0), "app");
+        assert_eq!(row.get::<_, String>(1), "app");
+        assert_eq!(row.get::<_, Vec<String>>(2), [format!("only_{i}")], "server {i} sees only its own table");
+
+        let (superuser, connection) =
+            tokio_postgres::connect(&pg.superuser_url(), NoTls).await.expect("superuser password login over TCP");
+        tokio::spawn(connection);
+        let row = superuser.query_one("SELECT current_setting('data_directory')", &[]).await.expect("data_directory");
+        assert_eq!(std::path::PathBuf::from(row.get::<_, String>(0)), pg.dir().join("data"));
+    }
+}
+
 #[tokio::test]
 async fn postgres_log_cursor_and_builder_settings() {
     let pg = Postgres::builder().max_connections(12).start().await;

@@ -20,7 +20,7 @@ const WARM_INVOCATIONS: usize = 8;
 
 #[tokio::main]
 async fn main() {
-    println!("starting a throwaway PostgreSQL (initdb into a temp dir)…");
+    println!("starting a throwaway PostgreSQL (its own cluster in a temp dir, copied from one initdb made)…");
     let pg = postgres().await;
     pg.apply_sql_as_app(MIGRATION).await;
     println!("  listening on 127.0.0.1:{}, schema from example-functions/migrations/0001_orders.sql", pg.port());
