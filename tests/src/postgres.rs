@@ -714,7 +714,7 @@ const INITDB_ARGS: &[&str] = &[
 
 /// Copy the template cluster (see [`template_cluster`]) to `to`, a new data directory.
 fn copy_template(bin_dir: &Path, run_as: Option<RunAs>, to: &Path) {
-    let template = template_cluster(bin_dir, run_as);
+    let template = template_cluster(&std::env::temp_dir(), bin_dir, run_as);
     let mut cp = Command::new("cp");
     cp.arg("-a").arg(template.join("data")).arg(to);
     as_server_user(&mut cp, run_as);
@@ -737,8 +737,9 @@ fn copy_template(bin_dir: &Path, run_as: Option<RunAs>, to: &Path) {
 /// process: `$TMPDIR/pg-it-template-<hash>` (about 40 MB, left for the next run).
 /// A process builds it in a directory of its own and renames that into place, so a
 /// process sees either no template or a whole one; when two build it at once, the
-/// one that renames first wins and the other deletes its own.
-fn template_cluster(bin_dir: &Path, run_as: Option<RunAs>) -> PathBuf {
+/// one that renames first wins and the other deletes its own. One that lost files
+/// since (a cleaner of old files in `$TMPDIR`) is moved aside and built anew.
+fn template_cluster(root: &Path, bin_dir: &Path, run_as: Option<RunAs>) -> PathBuf {
     use std::hash::{Hash as _, Hasher as _};
     // This process's servers wait while the first one builds it.
     static BUILDING: Mutex<()> = Mutex::new(());
@@ -754,7 +755,7 @@ fn template_cluster(bin_dir: &Path, run_as: Option<RunAs>) -> PathBuf {
     let mut key = std::hash::DefaultHasher::new();
     (INITDB_ARGS, SUPERUSER, SUPERUSER_PASSWORD, &sql, bin_dir, postgres.len(), postgres.mtime(), owner).hash(&mut key);
     let name = format!("pg-it-template-{:016x}", key.finish());
-    let template = std::env::temp_dir().join(&name);
+    let template = root.join(&name);
 
     let _building = BUILDING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if template.join("data").is_dir() {
@@ -765,11 +766,17 @@ fn template_cluster(bin_dir: &Path, run_as: Option<RunAs>) -> PathBuf {
             "{} belongs to another user (uid {found:?}, expected {owner}): delete it",
             template.display()
         );
-        return template;
+        if is_whole_cluster(&template.join("data")) {
+            return template;
+        }
+        let aside = root.join(format!("{name}.partial-{}", std::process::id()));
+        if fs::rename(&template, &aside).is_ok() {
+            let _ = fs::remove_dir_all(&aside);
+        }
     }
     let staging = tempfile::Builder::new()
         .prefix(&format!("{name}.building-"))
-        .tempdir()
+        .tempdir_in(root)
         .expect("create temp dir for the template cluster");
     chown_to_server_user(staging.path(), run_as);
     let pwfile = staging.path().join("pwfile");
@@ -823,6 +830,15 @@ fn template_cluster(bin_dir: &Path, run_as: Option<RunAs>) -> PathBuf {
         Err(e) => panic!("rename {} to {}: {e}", staging.path().display(), template.display()),
     }
     template
+}
+
+/// Whether `data` still has what a server needs to start (initdb writes them all
+/// at once, so a cleaner of old files removes them together).
+fn is_whole_cluster(data: &Path) -> bool {
+    ["PG_VERSION", "postgresql.conf", "pg_hba.conf", "global/pg_control", "global/pg_filenode.map"]
+        .iter()
+        .all(|file| data.join(file).is_file())
+        && data.join("base").is_dir()
 }
 
 /// The user this process runs as.
@@ -891,4 +907,33 @@ pub fn files_for_server(files: &[(&str, &str)]) -> TempDir {
     }
     chown_to_server_user(dir.path(), owner);
     dir
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A template that lost files is built anew; a whole one is used as it is.
+    #[test]
+    fn a_template_that_lost_files_is_built_anew() {
+        let root = tempfile::Builder::new().prefix("pg-it-root-").tempdir().expect("temp dir");
+        let run_as = run_as();
+        chown_to_server_user(root.path(), run_as);
+        let bin_dir = pg_bin_dir();
+
+        let template = template_cluster(root.path(), &bin_dir, run_as);
+        let control = template.join("data/global/pg_control");
+        let built = fs::metadata(&control).and_then(|m| m.modified()).expect("pg_control");
+        assert_eq!(template_cluster(root.path(), &bin_dir, run_as), template);
+        assert_eq!(fs::metadata(&control).and_then(|m| m.modified()).ok(), Some(built), "used as it was");
+
+        fs::remove_file(&control).expect("remove pg_control");
+        assert_eq!(template_cluster(root.path(), &bin_dir, run_as), template);
+        assert!(is_whole_cluster(&template.join("data")), "built anew");
+        let left: Vec<_> = fs::read_dir(root.path())
+            .expect("read the root")
+            .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, [template.file_name().expect("name").to_string_lossy().into_owned()], "nothing else left");
+    }
 }
