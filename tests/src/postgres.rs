@@ -585,10 +585,7 @@ impl Postgres {
 
     /// A command for a PostgreSQL binary, run as the `postgres` OS user when we are root.
     fn command(&self, binary: &str) -> Command {
-        let mut cmd = Command::new(self.bin_dir.join(binary));
-        cmd.current_dir(self.dir.path());
-        as_server_user(&mut cmd, self.run_as);
-        cmd
+        server_command(&self.bin_dir, binary, self.run_as, self.dir.path())
     }
 
     /// The last lines of the server log, for failure messages.
@@ -681,6 +678,15 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// A command for PostgreSQL's `binary` in `bin_dir`, run in `dir` as the server's
+/// OS user (see [`as_server_user`]).
+fn server_command(bin_dir: &Path, binary: &str, run_as: Option<RunAs>, dir: &Path) -> Command {
+    let mut cmd = Command::new(bin_dir.join(binary));
+    cmd.current_dir(dir);
+    as_server_user(&mut cmd, run_as);
+    cmd
 }
 
 /// Run `cmd` as the OS user the server binaries run as (see [`run_as`]), with no
@@ -779,21 +785,28 @@ fn template_cluster(root: &Path, bin_dir: &Path, run_as: Option<RunAs>) -> PathB
         .tempdir_in(root)
         .expect("create temp dir for the template cluster");
     chown_to_server_user(staging.path(), run_as);
-    let pwfile = staging.path().join("pwfile");
+    build_cluster(staging.path(), bin_dir, run_as, &sql);
+
+    match fs::rename(staging.path(), &template) {
+        Ok(()) => {}
+        // Another process renamed its own first: use that one (ours is deleted on drop).
+        Err(_) if template.join("data").is_dir() => {}
+        Err(e) => panic!("rename {} to {}: {e}", staging.path().display(), template.display()),
+    }
+    template
+}
+
+/// A cluster in `dir/data` (owned by the server's user): initdb, then `sql` (the
+/// `app` role and database) in single-user mode: no server, port or connection.
+fn build_cluster(dir: &Path, bin_dir: &Path, run_as: Option<RunAs>, sql: &str) {
+    let pwfile = dir.join("pwfile");
     fs::write(&pwfile, SUPERUSER_PASSWORD).expect("write postgres password file");
     chown_to_server_user(&pwfile, run_as);
-    let data = staging.path().join("data");
+    let data = dir.join("data");
 
-    let mut initdb = Command::new(bin_dir.join("initdb"));
-    initdb
-        .arg("-D")
-        .arg(&data)
-        .arg(format!("--username={SUPERUSER}"))
-        .arg(format!("--pwfile={}", pwfile.display()))
-        .args(INITDB_ARGS)
-        .current_dir(staging.path());
-    as_server_user(&mut initdb, run_as);
-    let out = initdb.output().expect("run initdb");
+    let mut initdb = server_command(bin_dir, "initdb", run_as, dir);
+    initdb.arg("-D").arg(&data).arg(format!("--username={SUPERUSER}")).arg(format!("--pwfile={}", pwfile.display()));
+    let out = initdb.args(INITDB_ARGS).output().expect("run initdb");
     assert!(
         out.status.success(),
         "initdb failed ({}):\n{}\n{}",
@@ -804,9 +817,8 @@ fn template_cluster(root: &Path, bin_dir: &Path, run_as: Option<RunAs>) -> PathB
     fs::remove_file(&pwfile).expect("remove the password file");
 
     // The role and database, in single-user mode: no server, port or connection.
-    let mut single = Command::new(bin_dir.join("postgres"));
-    single.arg("--single").arg("-D").arg(&data).args(["-c", "fsync=off", SUPERUSER]).current_dir(staging.path());
-    as_server_user(&mut single, run_as);
+    let mut single = server_command(bin_dir, "postgres", run_as, dir);
+    single.arg("--single").arg("-D").arg(&data).args(["-c", "fsync=off", SUPERUSER]);
     single.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = single.spawn().expect("run postgres --single");
     {
@@ -822,14 +834,6 @@ fn template_cluster(root: &Path, bin_dir: &Path, run_as: Option<RunAs>) -> PathB
         "creating the {APP_USER} role and database in the template cluster failed ({}):\n{stderr}",
         out.status
     );
-
-    match fs::rename(staging.path(), &template) {
-        Ok(()) => {}
-        // Another process renamed its own first: use that one (ours is deleted on drop).
-        Err(_) if template.join("data").is_dir() => {}
-        Err(e) => panic!("rename {} to {}: {e}", staging.path().display(), template.display()),
-    }
-    template
 }
 
 /// Whether `data` still has what a server needs to start (initdb writes them all
