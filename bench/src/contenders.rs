@@ -2,6 +2,7 @@
 //! against its own emulated Runtime API.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -147,7 +148,8 @@ impl Contender {
     }
 }
 
-/// The contender's own copy of `binary`, made once per run: contenders that
+/// The contender's own copy of `binary`, made once per run (and once per
+/// segment of the warm run, see [`fresh_copies`]): contenders that
 /// run the same file share its pages in the page cache, and so each other's
 /// code in the CPU caches, which contenders of different files do not. Five
 /// strategies are one binary (`bench-contender`): run from it, the bare
@@ -155,11 +157,18 @@ impl Contender {
 /// round, 0.10 ms p50 and 100 µs of CPU per warm invocation faster than
 /// from a copy of its own (BENCHMARKS.md, "The bench's shared binary"). On
 /// Lambda every function runs alone in its environment.
+///
+/// Which physical pages a copy's code lands on is luck, and it shows:
+/// byte-identical copies, side by side in one run, differed by 15–35 µs of
+/// CPU per warm invocation (BENCHMARKS.md, "One binary, several copies").
+/// [`fresh_copies`] makes the contenders started after it run from copies
+/// made anew (new files, so that no process of the copies before still
+/// runs the file written).
 fn own_copy(binary: &str, slug: &str) -> PathBuf {
     static COPIED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
     let source = bin_path(binary);
     let dir = source.parent().expect("a binary lives in target/<profile>").join("bench-copies");
-    let copy = dir.join(slug);
+    let copy = dir.join(format!("{slug}-{}", GENERATION.load(Ordering::Relaxed)));
     let mut copied = COPIED.lock().unwrap_or_else(PoisonError::into_inner);
     if !copied.contains(&copy) {
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
@@ -168,6 +177,15 @@ fn own_copy(binary: &str, slug: &str) -> PathBuf {
         copied.push(copy.clone());
     }
     copy
+}
+
+/// Bumped by [`fresh_copies`]; part of each copy's file name.
+static GENERATION: AtomicUsize = AtomicUsize::new(0);
+
+/// From now on contenders start from copies of their binaries made anew,
+/// whose code lands on other physical pages (see [`own_copy`]).
+pub(crate) fn fresh_copies() {
+    GENERATION.fetch_add(1, Ordering::Relaxed);
 }
 
 /// One contender's function process and its Runtime API.

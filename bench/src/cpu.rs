@@ -35,4 +35,8 @@ impl Cpu {
             slices: self.slices.saturating_sub(earlier.slices),
         }
     }
+
+    pub(crate) fn plus(self, other: Self) -> Self {
+        Self { on_cpu_ns: self.on_cpu_ns + other.on_cpu_ns, slices: self.slices + other.slices }
+    }
 }
