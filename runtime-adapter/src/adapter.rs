@@ -313,6 +313,11 @@ impl Adapter {
     /// As [`checkout`](Self::checkout), setting `skipped` when the gate
     /// found no health check due (and clearing it when one ran).
     async fn checkout_noting(&self, until: Deadline, skipped: &AtomicBool) -> Result<Conn, Error> {
+        // A warm invocation's case, taken at once: no bound (a timer made
+        // and dropped), no attempt's future.
+        if let Some(conn) = self.fresh_pool(skipped).and_then(|pool| pool.checkout_now()) {
+            return Ok(conn);
+        }
         // Made at the first failure: most checkouts never need one.
         let mut retrier: Option<Retrier> = None;
         loop {
@@ -537,24 +542,32 @@ impl Adapter {
     /// invocation's case, with no future of its own); otherwise through the
     /// boxed slow path.
     fn ready_pool<'a>(&'a self, until: Deadline, skipped: &'a AtomicBool) -> ReadyPool<'a> {
-        let shared = &self.shared;
-        let interval = shared.config.health_check_interval;
-        let grace = shared.refresh_grace;
-        if let Some(pool) = shared.current() {
-            let now = Instant::now();
-            if !pool.is_overdue(now, grace) {
-                if pool.is_expired(now) {
-                    self.refresh_soon(&pool);
-                }
-                if !shared.liveness.check_due(now, interval) {
-                    skipped.store(true, Ordering::Relaxed);
-                    tracing::debug!("health check skipped: a round trip succeeded within the interval");
-                    return Either::Left(future::ready(Ok(pool)));
-                }
-            }
+        match self.fresh_pool(skipped) {
+            Some(pool) => Either::Left(future::ready(Ok(pool))),
+            None => Either::Right(self.maintain(until, skipped)),
         }
+    }
 
-        Either::Right(self.maintain(until, skipped))
+    /// The pool in place, if it needs nothing first: no health check due
+    /// (`skipped` is set) and not overdue for its refresh. One past its
+    /// maximum age is still used, its replacement wanted
+    /// ([`refresh_soon`](Self::refresh_soon)).
+    fn fresh_pool(&self, skipped: &AtomicBool) -> Option<Arc<WarmPool>> {
+        let shared = &self.shared;
+        let pool = shared.current()?;
+        let now = Instant::now();
+        if pool.is_overdue(now, shared.refresh_grace) {
+            return None;
+        }
+        if pool.is_expired(now) {
+            self.refresh_soon(&pool);
+        }
+        if shared.liveness.check_due(now, shared.config.health_check_interval) {
+            return None;
+        }
+        skipped.store(true, Ordering::Relaxed);
+        tracing::debug!("health check skipped: a round trip succeeded within the interval");
+        Some(pool)
     }
 
     /// The gate's slow path, under the maintenance lock: warm, refresh,

@@ -487,6 +487,12 @@ impl<M: Keeper> Lane<M> {
         Entry(Some(self.clone()))
     }
 
+    /// Whether nothing is ever kept: the pool has more than one connection,
+    /// or was closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// Empties the lane for good: the kept connection goes back to its
     /// (closed) pool, which closes it.
     pub(crate) fn close(&self) {

@@ -196,6 +196,20 @@ impl WarmPool {
         checkout(&self.pool, &self.lane)
     }
 
+    /// The connection parked in the lane by the last invocation, if it is
+    /// there and reusable as it is: a checkout that needs no waiting.
+    ///
+    /// Nothing is parked in a pool of more than one connection: the lane
+    /// is not entered then, so that concurrent checkouts do not count
+    /// themselves in it twice.
+    pub(crate) fn checkout_now(&self) -> Option<Conn> {
+        if self.lane.is_closed() {
+            return None;
+        }
+        let entry = self.lane.enter();
+        entry.kept().map(|object| entry.lease(object))
+    }
+
     /// A warmed connection within `bound`, or `None` if every connection
     /// of the pool stayed checked out by other invocations all that time.
     /// A connection that must be opened (the idle one was found closed) and
