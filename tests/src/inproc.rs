@@ -5,7 +5,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use runtime_adapter::{Adapter, Config, Context, Stats};
+use lambda_runtime::tower::Service;
+use lambda_runtime::LambdaEvent;
+use runtime_adapter::{Adapter, Config, Context, Error, Stats};
+use serde_json::{json, Value};
 
 /// An adapter warmed against `database_url` with `env` as its environment
 /// and `statements` declared.
@@ -54,4 +57,21 @@ pub async fn wait_stats(adapter: &Adapter, within: Duration, done: impl Fn(&Stat
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     true
+}
+
+/// A `LambdaEvent` handler for a Lambda loop run in-process: a [`Db`] from
+/// `adapter` for each event, `SELECT 1` on it, answered as `{"one": 1}`.
+///
+/// [`Db`]: runtime_adapter::Db
+pub fn select_one(
+    adapter: Adapter,
+) -> impl Service<LambdaEvent<Value>, Response = Value, Error = Error, Future: Send> + Clone + Send + 'static {
+    lambda_runtime::service_fn(move |event: LambdaEvent<Value>| {
+        let adapter = adapter.clone();
+        async move {
+            let db = adapter.db(&event.context).await?;
+            let row = db.query_one("SELECT 1", &[]).await?;
+            Ok::<_, Error>(json!({ "one": row.get::<_, i32>(0) }))
+        }
+    })
 }

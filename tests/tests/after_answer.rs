@@ -16,11 +16,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use integration_tests::orders::STARTUP;
-use integration_tests::{FaultProxy, Postgres, RuntimeApi};
+use integration_tests::{inproc, FaultProxy, Postgres, RuntimeApi};
 use lambda_runtime::tower::Layer as _;
-use lambda_runtime::{service_fn, LambdaEvent, Runtime};
-use runtime_adapter::{Adapter, Config, Error, Lifecycle};
-use serde_json::{json, Value};
+use lambda_runtime::Runtime;
+use runtime_adapter::{Adapter, Config, Lifecycle};
+use serde_json::json;
 use tokio::task::JoinHandle;
 
 const FUNCTION_NAME: &str = "after-answer";
@@ -120,18 +120,7 @@ impl InProcess {
         let api = RuntimeApi::start_for(FUNCTION_NAME).await;
         let lifecycle = start(&api, &proxy.url_for(&pg.database_url()), max_concurrency).await;
         let adapter = lifecycle.adapter().clone();
-        let handler = service_fn({
-            let adapter = adapter.clone();
-            move |event: LambdaEvent<Value>| {
-                let adapter = adapter.clone();
-                async move {
-                    let db = adapter.db(&event.context).await?;
-                    let row = db.query_one("SELECT 1::int4", &[]).await?;
-                    Ok::<_, Error>(json!({ "one": row.get::<_, i32>(0) }))
-                }
-            }
-        });
-        let service = lifecycle.layer().layer(handler);
+        let service = lifecycle.layer().layer(inproc::select_one(adapter.clone()));
         let runtime = tokio::spawn(lifecycle.run(Runtime::new(service)));
         assert!(api.wait_next_polls(1, STARTUP).await, "the loop never polled");
         Self { api, proxy, adapter, runtime }

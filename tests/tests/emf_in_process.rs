@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use integration_tests::{inproc, Postgres};
 use lambda_runtime::tower::{Layer as _, ServiceExt as _};
-use lambda_runtime::{service_fn, LambdaEvent};
-use runtime_adapter::{Adapter, Config, Error};
+use lambda_runtime::LambdaEvent;
+use runtime_adapter::{Adapter, Config};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -36,16 +36,7 @@ async fn without_lifecycle_run_each_invocations_record_is_written_before_it_answ
     .collect();
     let config = Config::from_lookup(|name| vars.get(name).cloned()).expect("configuration");
     let lifecycle = Adapter::builder().config(config).start().await.expect("init");
-    let adapter = lifecycle.adapter().clone();
-    let handler = service_fn(move |event: LambdaEvent<Value>| {
-        let adapter = adapter.clone();
-        async move {
-            let db = adapter.db(&event.context).await?;
-            let row = db.query_one("SELECT 1", &[]).await?;
-            Ok::<_, Error>(json!({ "one": row.get::<_, i32>(0) }))
-        }
-    });
-    let service = lifecycle.layer().layer(handler);
+    let service = lifecycle.layer().layer(inproc::select_one(lifecycle.adapter().clone()));
 
     let mut records = Vec::new();
     for request_id in ["first", "second"] {
