@@ -159,7 +159,7 @@ impl Contender {
 /// Lambda every function runs alone in its environment.
 ///
 /// Which physical pages a copy's code lands on is luck, and it shows:
-/// byte-identical copies, side by side in one run, differed by 15–35 µs of
+/// byte-identical copies, side by side in one run, differed by 15–40 µs of
 /// CPU per warm invocation (BENCHMARKS.md, "One binary, several copies").
 /// [`fresh_copies`] makes the contenders started after it run from copies
 /// made anew (new files, so that no process of the copies before still

@@ -23,7 +23,7 @@ const PAUSE: Duration = Duration::from_millis(2);
 /// The measured rounds are split into this many segments, each with every
 /// contender started anew from a new copy of its binary: where a copy's
 /// code lands in physical memory moved one binary's CPU per invocation by
-/// 15–35 µs between copies (see `contenders::own_copy`), and a figure over
+/// 15–40 µs between copies (see `contenders::own_copy`), and a figure over
 /// three copies is less a matter of that luck than a figure over one.
 const SEGMENTS: usize = 3;
 
@@ -53,8 +53,8 @@ pub(crate) async fn run(pg: &Postgres, warmup_rounds: usize, rounds: usize) -> V
     let mut cpu = vec![(Cpu::default(), Some(Cpu::default())); contenders.len()];
     let mut running = Vec::new();
     for segment in 0..SEGMENTS {
-        // The last segment's processes stop before the next start, from
-        // copies of their own.
+        // The previous segment's processes stop first; the next ones run
+        // from new copies.
         drop(running);
         contenders::fresh_copies();
         running = start(pg, &contenders).await;

@@ -537,10 +537,11 @@ impl Adapter {
         }
     }
 
-    /// The pool to check out from: the one in place, at once, when no
-    /// health check is due and it is not overdue for its refresh (a warm
-    /// invocation's case, with no future of its own); otherwise through the
-    /// boxed slow path.
+    /// The pool to check out from: the one in place, at once, when it needs
+    /// nothing first ([`fresh_pool`](Self::fresh_pool), with no future of
+    /// its own); otherwise through the boxed slow path. A warm invocation
+    /// usually does not get here: [`checkout_noting`](Self::checkout_noting)
+    /// takes the connection parked in the lane first.
     fn ready_pool<'a>(&'a self, until: Deadline, skipped: &'a AtomicBool) -> ReadyPool<'a> {
         match self.fresh_pool(skipped) {
             Some(pool) => Either::Left(future::ready(Ok(pool))),
