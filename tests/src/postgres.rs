@@ -666,18 +666,34 @@ fn signal(pid: i32, signal: &str) {
 
 /// A loopback port that was free a moment ago and that no other server of this process
 /// has used (the kernel may hand a just-released port out again).
+///
+/// Picked at random below the kernel's ephemeral range (`ip_local_port_range`), which
+/// is where every client socket on the machine gets its local port: a server stopped
+/// and started again on its port ([`Postgres::start_again`]) found it taken by some
+/// test's outgoing connection when ports came from that range.
 pub fn free_port() -> u16 {
     static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let below_ephemeral = below_ephemeral_ports();
     loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind 127.0.0.1:0 to pick a port")
-            .local_addr()
-            .expect("local addr of port probe")
-            .port();
+        let port = match &below_ephemeral {
+            Some(range) => fastrand::u16(range.clone()),
+            None => 0,
+        };
+        let Ok(probe) = std::net::TcpListener::bind(("127.0.0.1", port)) else { continue };
+        let port = probe.local_addr().expect("local addr of port probe").port();
         if HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(port) {
             return port;
         }
     }
+}
+
+/// The upper half of the ports below the kernel's ephemeral range (16384–32767 with
+/// Linux's default 32768–60999), or `None` (the kernel's choice) when that range starts
+/// too low to leave room or cannot be read.
+fn below_ephemeral_ports() -> Option<std::ops::Range<u16>> {
+    let range = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let low: u16 = range.split_whitespace().next()?.parse().ok()?;
+    (low >= 8192).then_some(low / 2..low)
 }
 
 /// A command for PostgreSQL's `binary` in `bin_dir`, run in `dir` as the server's
@@ -916,6 +932,17 @@ pub fn files_for_server(files: &[(&str, &str)]) -> TempDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Ports come from below the kernel's ephemeral range, where no client
+    /// socket gets one, each once per process.
+    #[test]
+    fn ports_are_picked_below_the_ephemeral_range_and_never_twice() {
+        let range =
+            below_ephemeral_ports().expect("Linux's ephemeral range (ip_local_port_range) starts at 8192 or above");
+        let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+        assert!(ports.iter().all(|p| range.contains(p)), "{ports:?} not all in {range:?}");
+        assert_eq!(ports.iter().collect::<BTreeSet<_>>().len(), ports.len(), "a port handed out twice: {ports:?}");
+    }
 
     /// A template that lost files is built anew; a whole one is used as it is.
     #[test]
