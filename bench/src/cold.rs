@@ -71,13 +71,19 @@ pub(crate) async fn run(pg: &Postgres, samples: usize) -> Vec<ColdResult> {
     let mut init: Vec<Vec<Duration>> = vec![Vec::new(); contenders.len()];
     let mut first: Vec<Vec<Duration>> = vec![Vec::new(); contenders.len()];
     let mut warmups: Vec<Vec<Warmup>> = vec![Vec::new(); contenders.len()];
-    // Interleaved: sample k of every contender before sample k+1 of any.
-    for sample in 0..samples {
-        for (i, &contender) in contenders.iter().enumerate() {
-            let one = cold_start(pg, contender, &format!("cold{sample}"), None).await;
-            init[i].push(one.init);
-            first[i].push(one.first_answer);
-            warmups[i].extend(one.warmups);
+    // The contenders that idle at INIT run apart, after the others: a 2.5 s
+    // idle left the machine slower for the cold starts after it (every
+    // INIT in the round by about 1.3 ms, the one right after by 4 ms;
+    // BENCHMARKS.md, "A sleeping contender slowed the others").
+    let (idle, busy): (Vec<usize>, Vec<usize>) = (0..contenders.len()).partition(|&i| contenders[i].idles_at_init());
+    for group in [busy, idle] {
+        for sample in 0..samples {
+            for i in rotated(&group, sample) {
+                let one = cold_start(pg, contenders[i], &format!("cold{sample}"), None).await;
+                init[i].push(one.init);
+                first[i].push(one.first_answer);
+                warmups[i].extend(one.warmups);
+            }
         }
     }
     contenders
@@ -110,8 +116,8 @@ pub(crate) struct QuotaResult {
 /// Cold starts under each of [`SHARES`], for the adapter, the bare client
 /// and sqlx defaults. Each sample gets a new cgroup, so that it starts with
 /// a whole period's quota as a new environment would, whatever the sample
-/// before it used. Interleaved: sample k of every share and contender
-/// before sample k+1 of any. The server and the driver are not limited
+/// before it used. Interleaved ([`rotated`]): sample k of every share and
+/// contender before sample k+1 of any. The server and the driver are not limited
 /// (on Lambda the database is elsewhere). An error when no cgroup can be made.
 pub(crate) async fn run_on_shares(pg: &Postgres, samples: usize) -> Result<Vec<QuotaResult>, String> {
     let contenders = Contender::cold_on_shares();
@@ -131,8 +137,10 @@ pub(crate) async fn run_on_shares(pg: &Postgres, samples: usize) -> Result<Vec<Q
         .collect();
     let mut init: Vec<Vec<Duration>> = vec![Vec::new(); results.len()];
     let mut first: Vec<Vec<Duration>> = vec![Vec::new(); results.len()];
+    let all: Vec<usize> = (0..results.len()).collect();
     for sample in 0..samples {
-        for (i, result) in results.iter_mut().enumerate() {
+        for i in rotated(&all, sample) {
+            let result = &mut results[i];
             let slug = result.share.label.replace(' ', "-");
             let cgroup = CpuCgroup::create(&format!("bench-cold-{slug}-{i}-{sample}"), result.share)?;
             let purpose = format!("quota{sample}");
@@ -149,6 +157,14 @@ pub(crate) async fn run_on_shares(pg: &Postgres, samples: usize) -> Result<Vec<Q
         result.first_answer = Summary::of(&first[i]);
     }
     Ok(results)
+}
+
+/// `order` for sample `sample`: interleaved (sample k of every contender
+/// before sample k+1 of any), each sample starting one further along, so
+/// that no contender always comes right after the same one.
+fn rotated(order: &[usize], sample: usize) -> impl Iterator<Item = usize> + '_ {
+    let start = if order.is_empty() { 0 } else { sample % order.len() };
+    order[start..].iter().chain(&order[..start]).copied()
 }
 
 /// One cold start, measured.
@@ -194,6 +210,14 @@ async fn cold_start(pg: &Postgres, contender: Contender, purpose: &str, cgroup: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_sample_starts_one_contender_further() {
+        let order = [4, 7, 9];
+        let rounds: Vec<Vec<usize>> = (0..4).map(|k| rotated(&order, k).collect()).collect();
+        assert_eq!(rounds, [vec![4, 7, 9], vec![7, 9, 4], vec![9, 4, 7], vec![4, 7, 9]]);
+        assert_eq!(rotated(&[], 3).count(), 0);
+    }
 
     #[test]
     fn reads_the_pool_warmed_line_as_text_and_json() {

@@ -74,6 +74,12 @@ impl Contender {
         all
     }
 
+    /// Whether its INIT idles on purpose (the fixed sleep): the cold starts
+    /// measure it apart from the others ([`crate::cold::run`]).
+    pub(crate) fn idles_at_init(self) -> bool {
+        matches!(self, Self::FixedSleep)
+    }
+
     /// Compared on cold starts under Lambda-sized CPU shares: the adapter,
     /// the lower bound and sqlx defaults (issue 18).
     pub(crate) fn cold_on_shares() -> Vec<Self> {

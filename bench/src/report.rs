@@ -248,7 +248,12 @@ impl Results {
 
     fn render_cold(&self, o: &mut String) {
         line(o, "## 3. Cold start to first answer\n");
-        line(o, "A new process per sample with the invocation already queued; medians (min–max) over the samples.\n");
+        line(
+            o,
+            "A new process per sample with the invocation already queued; medians (min–max) over the samples. \
+             Interleaved, each round starting one contender further; the fixed sleep's samples run after the \
+             others' (its idle slowed the cold starts that came after it).\n",
+        );
         line(o, "| contender | samples | INIT: spawn → first poll, ms | spawn → first answer, ms |");
         line(o, "|---|---|---|---|");
         for c in &self.cold {
