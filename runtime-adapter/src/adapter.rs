@@ -419,14 +419,14 @@ impl Adapter {
     }
 
     /// Writes the EMF records due at `point`, if any (see `metrics`). At the
-    /// end of an invocation under [`Lifecycle::run`](crate::Lifecycle::run),
-    /// what is due is taken now and written after the answer
-    /// ([`after_answer`](Self::after_answer)).
+    /// start and end of an invocation under
+    /// [`Lifecycle::run`](crate::Lifecycle::run), what is due is taken now
+    /// and written after the answer ([`after_answer`](Self::after_answer)).
     pub(crate) fn flush_metrics(&self, point: Point<'_>) {
         let shared = &self.shared;
         match point {
-            Point::End(invocation) if shared.after_answer.load(Ordering::Relaxed) => {
-                shared.emf.defer_end(&shared.counters, invocation, SystemTime::now());
+            Point::Start | Point::End(_) if shared.after_answer.load(Ordering::Relaxed) => {
+                shared.emf.defer(&shared.counters, point, SystemTime::now());
             }
             _ => shared.emf.at(&shared.counters, point),
         }

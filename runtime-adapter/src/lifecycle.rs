@@ -10,7 +10,7 @@
 //! Around each invocation ([`LifecycleLayer`], a tower layer): the handler's
 //! panic is caught and answered as [`HANDLER_PANICKED`](crate::HANDLER_PANICKED), its error becomes a
 //! [`Diagnostic`] (keeping the adapter's `RuntimeAdapter.*` types), and the
-//! EMF record due, if any, is written before the handler and taken after it,
+//! EMF records due, if any, are taken before the handler and after it,
 //! before the answer (see `metrics`): written then, or after the answer under
 //! [`Lifecycle::run`].
 //!
@@ -425,7 +425,7 @@ where
         let this = self.project();
         if !*this.started {
             *this.started = true;
-            // A record whose window has passed is written before the
+            // A record whose window has passed is taken before the
             // handler adds to what it holds.
             this.adapter.flush_metrics(Point::Start);
         }

@@ -19,9 +19,10 @@
 //! trusted to write anything: every decision is taken at a point where the
 //! process is running ([`Point`]):
 //! - **at the start of an invocation**, when the pending activity began in an
-//!   earlier window: it is written before the handler adds to it, stamped
+//!   earlier window: it is taken before the handler adds to it, stamped
 //!   with its own time (after an idle gap, the previous invocations' record is
-//!   not stamped with the next one's time);
+//!   not stamped with the next one's time), and written then, or after the
+//!   answer under [`Lifecycle::run`](crate::Lifecycle::run) (below);
 //! - **at the end of an invocation**: when the window of the oldest pending
 //!   activity has passed, or when a duration metric would pass 100 distinct
 //!   values (EMF's limit per metric and record) if the next invocation added
@@ -31,8 +32,9 @@
 //!   [`Lifecycle::run`](crate::Lifecycle::run) it is written after the
 //!   answer, before the runtime asks for the next invocation (when Lambda
 //!   freezes the process), so no invocation waits for a record's text and
-//!   write ([`Emf::defer_end`], [`Emf::write_deferred`]); otherwise before
-//!   the answer, the last point at which a frozen process is known to run;
+//!   write ([`Emf::defer`], [`Emf::write_deferred`]): before the answer it
+//!   only swaps out the pending tallies; otherwise before the answer, the
+//!   last point at which a frozen process is known to run;
 //! - **at SIGTERM** (the shutdown extension makes Lambda send it): all that
 //!   is pending, so nothing is lost when the environment ends;
 //! - **before a SnapStart snapshot**: nothing may stay pending, or every
@@ -113,7 +115,6 @@ impl Tally {
         self.0.len()
     }
 
-    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -185,8 +186,8 @@ struct State {
     /// invocations, since the previous record, and before it.
     growth: usize,
     growth_before: usize,
-    /// Records taken at the end of an invocation, to be written after its
-    /// answer ([`Emf::defer_end`]).
+    /// Records taken at the start or end of an invocation, to be written
+    /// after its answer ([`Emf::defer`]).
     deferred: Vec<Deferred>,
 }
 
@@ -214,7 +215,11 @@ struct Taken {
     timestamp: u64,
     cold: bool,
     deltas: [u64; COUNTS.len()],
-    durations: [Vec<(u64, u64)>; DURATIONS.len()],
+    /// The durations' tallies as they were taken: turned into the record's
+    /// arrays only when it is rendered, so that an invocation that takes a
+    /// record to write after its answer only swaps them out before the
+    /// answer (and the old tallies are freed after it).
+    durations: Pending,
     invocations: u64,
 }
 
@@ -271,37 +276,40 @@ impl Emf {
         write(self.records_at(counters, point, SystemTime::now()));
     }
 
-    /// At the end of an invocation whose answer is still to be sent: takes
-    /// what is due at `now`, as [`at`](Self::at) would, and keeps it for
-    /// [`write_deferred`](Self::write_deferred) after the answer. Taken
-    /// here, under the same lock, so that each count and value is in exactly
-    /// one record whoever writes it; a record kept is written at SIGTERM if
-    /// no answer comes first.
-    pub(crate) fn defer_end(&self, counters: &Counters, invocation: Invocation<'_>, now: SystemTime) {
+    /// At the start or end of an invocation whose answer is still to be
+    /// sent: takes what is due at `point`, `now`, as [`at`](Self::at) would,
+    /// and keeps it for [`write_deferred`](Self::write_deferred) after the
+    /// answer. Taken here, under the same lock, so that each count and value
+    /// is in exactly one record whoever writes it; a record kept is written
+    /// at SIGTERM if no answer comes first. Not for [`Point::Shutdown`].
+    pub(crate) fn defer(&self, counters: &Counters, point: Point<'_>, now: SystemTime) {
         if !self.enabled {
             return;
         }
         let now = epoch_millis(now);
         let mut state = self.lock();
-        if self.due(&mut state, counters, Point::End(invocation), now) {
-            self.keep(state, counters, invocation, now);
+        if self.due(&mut state, counters, point, now) {
+            self.keep(state, counters, point, now);
         }
     }
 
-    /// [`defer_end`](Self::defer_end) once a record is due.
+    /// [`defer`](Self::defer) once a record is due.
     #[cold]
     #[inline(never)]
-    fn keep(&self, mut state: MutexGuard<'_, State>, counters: &Counters, invocation: Invocation<'_>, now: u64) {
-        if let Some(taken) = Self::take_due(&mut state, counters, Point::End(invocation), now) {
-            let invocation = self
-                .names_invocations()
-                .then(|| (invocation.request_id.to_owned(), invocation.xray_trace_id.map(str::to_owned)));
+    fn keep(&self, mut state: MutexGuard<'_, State>, counters: &Counters, point: Point<'_>, now: u64) {
+        if let Some(taken) = Self::take_due(&mut state, counters, point, now) {
+            let invocation = match point {
+                Point::End(invocation) if self.names_invocations() => {
+                    Some((invocation.request_id.to_owned(), invocation.xray_trace_id.map(str::to_owned)))
+                }
+                _ => None,
+            };
             state.deferred.push(Deferred { taken, invocation });
             self.has_deferred.store(true, Ordering::Relaxed);
         }
     }
 
-    /// Writes to stdout the records [`defer_end`](Self::defer_end) kept, if
+    /// Writes to stdout the records [`defer`](Self::defer) kept, if
     /// any: after an answer.
     pub(crate) fn write_deferred(&self) {
         if self.has_deferred.load(Ordering::Relaxed) {
@@ -309,7 +317,7 @@ impl Emf {
         }
     }
 
-    /// The records [`defer_end`](Self::defer_end) kept, taken.
+    /// The records [`defer`](Self::defer) kept, taken.
     #[cold]
     #[inline(never)]
     fn deferred_records(&self) -> Vec<String> {
@@ -328,7 +336,7 @@ impl Emf {
     }
 
     /// The records (JSON objects) due at `point`, `now`: usually none. At
-    /// [`Point::Shutdown`], those [`defer_end`](Self::defer_end) kept first.
+    /// [`Point::Shutdown`], those [`defer`](Self::defer) kept first.
     pub(crate) fn records_at(&self, counters: &Counters, point: Point<'_>, now: SystemTime) -> Vec<String> {
         if !self.enabled {
             return Vec::new();
@@ -433,25 +441,25 @@ impl Emf {
         for (i, delta) in deltas.iter_mut().enumerate() {
             *delta = counts[i].saturating_sub(before[i]);
         }
-        let durations =
-            DURATIONS.map(|(_, values)| values(&pending).0.iter().map(|(&v, &n)| (v, n)).collect::<Vec<_>>());
         let idle = since.is_none() && !cold && invocations == 0;
-        if idle && deltas.iter().all(|&d| d == 0) && durations.iter().all(Vec::is_empty) {
+        if idle && deltas.iter().all(|&d| d == 0) && DURATIONS.iter().all(|(_, values)| values(&pending).is_empty()) {
             return None;
         }
-        Some(Taken { timestamp: since.unwrap_or(now), cold, deltas, durations, invocations })
+        Some(Taken { timestamp: since.unwrap_or(now), cold, deltas, durations: pending, invocations })
     }
 
     /// The records for `taken`: the first with the counters and up to
     /// [`MAX_VALUES`] values of each duration, then as many as the longest
     /// duration needs for the rest, with only its values.
     fn render(&self, taken: &Taken, invocation: Option<Invocation<'_>>) -> Vec<String> {
-        let parts = taken.durations.iter().map(|values| values.len().div_ceil(MAX_VALUES)).max().unwrap_or(0).max(1);
+        let durations =
+            DURATIONS.map(|(_, values)| values(&taken.durations).0.iter().map(|(&v, &n)| (v, n)).collect::<Vec<_>>());
+        let parts = durations.iter().map(|values| values.len().div_ceil(MAX_VALUES)).max().unwrap_or(0).max(1);
         (0..parts)
             .map(|part| {
                 let chunks: Vec<(&str, &[(u64, u64)])> = DURATIONS
                     .iter()
-                    .zip(&taken.durations)
+                    .zip(&durations)
                     .filter_map(|((name, _), values)| values.chunks(MAX_VALUES).nth(part).map(|chunk| (*name, chunk)))
                     .collect();
                 self.render_part(taken, part == 0, &chunks, invocation)
@@ -801,13 +809,18 @@ mod tests {
                     // xorshift64, one stream per thread.
                     let mut state = deferred.map(|seed| (seed + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ thread);
                     for round in 0..ROUNDS {
-                        let written = emf.records_at(counters, Point::Start, SystemTime::now());
+                        let written = if state.is_some() {
+                            emf.defer(counters, Point::Start, SystemTime::now());
+                            Vec::new()
+                        } else {
+                            emf.records_at(counters, Point::Start, SystemTime::now())
+                        };
                         bump(&counters.connect_attempts);
                         counters.query_took(Duration::from_micros(thread * ROUNDS + round));
                         let mut more = match state.as_mut() {
                             None => emf.records_at(counters, Point::End(INVOCATION), SystemTime::now()),
                             Some(state) => {
-                                emf.defer_end(counters, INVOCATION, SystemTime::now());
+                                emf.defer(counters, Point::End(INVOCATION), SystemTime::now());
                                 *state ^= *state << 13;
                                 *state ^= *state >> 7;
                                 *state ^= *state << 17;
@@ -846,7 +859,7 @@ mod tests {
                 records.extend(emf.records_at(counters, Point::Start, at(t)));
                 counters.query_took(Duration::from_micros(1000 + u64::try_from(i).expect("small")));
                 if keep {
-                    emf.defer_end(counters, INVOCATION, at(t + 0.005));
+                    emf.defer(counters, Point::End(INVOCATION), at(t + 0.005));
                     if i % 7 != 0 {
                         records.extend(emf.deferred_records());
                     }
@@ -869,8 +882,8 @@ mod tests {
         // Per-invocation records keep the invocation's ids.
         let counters = Counters::default();
         let emf = emf_every(Duration::ZERO);
-        emf.defer_end(&counters, INVOCATION, at(10.1));
-        emf.defer_end(&counters, Invocation { request_id: "r-2", xray_trace_id: None }, at(10.2));
+        emf.defer(&counters, Point::End(INVOCATION), at(10.1));
+        emf.defer(&counters, Point::End(Invocation { request_id: "r-2", xray_trace_id: None }), at(10.2));
         bump(&counters.connect_attempts);
         let records: Vec<Value> =
             emf.records_at(&counters, Point::Shutdown, at(11.0)).iter().map(|r| parse(r)).collect();
@@ -882,9 +895,42 @@ mod tests {
         // A snapshot drops what is kept with the rest of INIT's activity.
         let counters = Counters::default();
         let emf = emf_every(Duration::ZERO);
-        emf.defer_end(&counters, INVOCATION, at(1.0));
+        emf.defer(&counters, Point::End(INVOCATION), at(1.0));
         emf.rebase(&counters);
         assert!(emf.deferred_records().is_empty());
+    }
+
+    /// Under `Lifecycle::run`, a window that passed is taken at the next
+    /// invocation's start, as it would be written there, and written after
+    /// that invocation's answer: the same record, without the invocation's
+    /// own activity, and nothing written before its handler.
+    #[test]
+    fn a_passed_window_taken_at_a_start_is_kept_for_after_the_answer() {
+        let activity = |counters: &Counters, micros: u64| {
+            bump(&counters.health_checks_skipped);
+            counters.query_took(Duration::from_micros(micros));
+        };
+        let (counters, emf) = minute_windows();
+        assert!(emf.records_at(&counters, Point::Start, at(60.5)).is_empty());
+        activity(&counters, 700);
+        assert!(emf.records_at(&counters, Point::End(INVOCATION), at(60.6)).is_empty());
+        let written = emf.records_at(&counters, Point::Start, at(120.2));
+
+        let (counters, emf) = minute_windows();
+        emf.defer(&counters, Point::Start, at(60.5));
+        activity(&counters, 700);
+        emf.defer(&counters, Point::End(INVOCATION), at(60.6));
+        assert!(emf.deferred_records().is_empty(), "nothing due within the window");
+        emf.defer(&counters, Point::Start, at(120.2));
+        activity(&counters, 900);
+        emf.defer(&counters, Point::End(INVOCATION), at(120.3));
+        let kept = emf.deferred_records();
+        assert_eq!(kept, written, "the record the start would have written");
+        let record = parse(&kept[0]);
+        assert_eq!(record["_aws"]["Timestamp"], 60_500);
+        assert_eq!(values(&record, "QueryDuration"), [(0.7, 1)], "not the invocation's own statement");
+        let rest: Vec<Value> = emf.records_at(&counters, Point::Shutdown, at(121.0)).iter().map(|r| parse(r)).collect();
+        assert_eq!(rest.iter().flat_map(|r| values(r, "QueryDuration")).collect::<Vec<_>>(), [(0.9, 1)]);
     }
 
     #[test]

@@ -193,9 +193,11 @@ async fn a_handler_that_panics_still_has_its_record_written_before_the_next_poll
 }
 
 /// No timer writes a record (a frozen environment would run none): a
-/// window that passed while the function sat idle is written by the next
-/// invocation, before its handler, stamped with its own time; that
-/// invocation's activity waits for its own window, or for SIGTERM.
+/// window that passed while the function sat idle is taken by the next
+/// invocation before its handler, stamped with its own time, and written
+/// after that invocation's answer, before the function asks for the next
+/// one; that invocation's activity waits for its own window, or for
+/// SIGTERM.
 #[tokio::test]
 async fn a_passed_window_is_written_by_the_next_invocation_not_by_a_timer() {
     let mut env = OrdersEnv::start(&[("DB_METRICS_INTERVAL_MS", "1000")]).await;
@@ -209,7 +211,12 @@ async fn a_passed_window_is_written_by_the_next_invocation_not_by_a_timer() {
     assert_eq!(emf_records(&env.function.output()).len(), early, "nothing written while idle");
 
     let second_started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
-    assert_eq!(status(env.api.invoke(get_order("1")).await.response()), 200);
+    let second = env.api.invoke(get_order("1")).await;
+    assert_eq!(status(second.response()), 200);
+    env.function.freeze_at_next_poll(&env.api).await;
+    let written = env.function.wait_for_output(r#""invocations":1"#, Duration::from_secs(5)).await;
+    env.function.thaw();
+    assert!(written, "the first invocation's window, before the next poll:\n{}", env.function.output());
     let records = emf_records(&env.function.output());
     assert_eq!(emf_sum(&records, "invocations"), 1, "the first invocation's window, written by now: {records:?}");
     assert_eq!(emf_duration(&records, "QueryDuration").0, 1, "the first's statement, not the second's");
