@@ -933,6 +933,20 @@ mod tests {
         assert_eq!(rest.iter().flat_map(|r| values(r, "QueryDuration")).collect::<Vec<_>>(), [(0.9, 1)]);
     }
 
+    /// A statement outside any invocation (a task of the application's own
+    /// between invocations, say) changes no counter; its duration is still
+    /// written, at SIGTERM at the latest.
+    #[test]
+    fn a_duration_alone_is_not_dropped_as_idle() {
+        let (counters, emf) = minute_windows();
+        assert_eq!(emf.records_at(&counters, Point::Shutdown, at(1.0)).len(), 1, "INIT's record");
+        counters.query_took(Duration::from_micros(1200));
+        let written = emf.records_at(&counters, Point::Shutdown, at(2.0));
+        let [record] = written.as_slice() else { panic!("one record: {written:?}") };
+        assert_eq!(values(&parse(record), "QueryDuration"), [(1.2, 1)]);
+        assert!(emf.records_at(&counters, Point::Shutdown, at(3.0)).is_empty(), "then nothing is left");
+    }
+
     #[test]
     fn switched_off_writes_nothing() {
         let config = Config { metrics: false, ..Config::default() };
