@@ -73,8 +73,8 @@ pub(crate) async fn run(pg: &Postgres, samples: usize) -> Vec<ColdResult> {
     let mut warmups: Vec<Vec<Warmup>> = vec![Vec::new(); contenders.len()];
     // The contenders that idle at INIT run apart, after the others: a 2.5 s
     // idle left the machine slower for the cold starts after it (every
-    // INIT in the round by about 1.3 ms, the one right after by 4 ms;
-    // BENCHMARKS.md, "A sleeping contender slowed the others").
+    // INIT in the round by about 1.3 ms, the first answer right after it
+    // by 4 ms; BENCHMARKS.md, "The ninth pass").
     let (idle, busy): (Vec<usize>, Vec<usize>) = (0..contenders.len()).partition(|&i| contenders[i].idles_at_init());
     for group in [busy, idle] {
         for sample in 0..samples {
