@@ -779,8 +779,8 @@ mod tests {
         concurrent_invocations(None);
     }
 
-    /// As above, with the records due at an invocation's end taken then and
-    /// written after its answer (`Lifecycle::run`), by whichever invocation
+    /// As above, with the records due at an invocation's start or end taken
+    /// then and written after its answer (`Lifecycle::run`), by whichever invocation
     /// answers next, or at SIGTERM: `EMF_SEED` (printed) picks, for each
     /// answer, whether it writes what was kept.
     #[test]
