@@ -6,7 +6,7 @@
 //! change and one built after run interleaved in one run.
 //!
 //! ```sh
-//! warm-path [--rounds N] [--warmup N] [--pause-ms MS] [--pids FILE] [--exec-before CMD] [--exec-after CMD] [--cold N] [--freeze] LABEL=PATH[@KEY=VALUE]...
+//! warm-path [--rounds N] [--warmup N] [--pause-ms MS] [--pids FILE] [--exec-before CMD] [--exec-after CMD] [--cold N] [--freeze] [--delay-us N] LABEL=PATH[@KEY=VALUE]...
 //! warm-path old=/tmp/orders-old@DB_METRICS=off new=target/release/orders@DB_METRICS=off \
 //!           bare=target/release/bench-contender@BENCH_STRATEGY=bare
 //! ```
@@ -29,6 +29,11 @@
 //! (`SIGCONT`). Then a second table gives, per contender, how long it went
 //! on after each answer before that poll, and the log lines `pool
 //! refreshed` it wrote (with `@DB_MAX_AGE_MS=250`, say, to see refreshes).
+//! `--delay-us N` puts a proxy between every function and the server that
+//! holds each chunk of bytes N µs in each direction before passing it on,
+//! adding about 2N µs to every round trip, as a network between Lambda and
+//! the database would (0.2–1 ms inside an AWS availability zone); loopback
+//! alone prices a round trip at about 0.05 ms.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -70,12 +75,14 @@ struct Plan {
     /// `--freeze`: each function stopped from its `/next` poll until its
     /// next invocation, as Lambda freezes an environment.
     freeze: bool,
+    /// `--delay-us N`: each chunk held N µs each way ([`delay_proxy`]).
+    delay: Option<Duration>,
     specs: Vec<Spec>,
 }
 
 fn usage(problem: &str) -> ! {
     eprintln!("warm-path: {problem}");
-    eprintln!("usage: warm-path [--rounds N] [--warmup N] [--pause-ms MS] [--pids FILE] [--exec-before CMD] [--exec-after CMD] [--cold N] [--freeze] LABEL=PATH[@KEY=VALUE]...");
+    eprintln!("usage: warm-path [--rounds N] [--warmup N] [--pause-ms MS] [--pids FILE] [--exec-before CMD] [--exec-after CMD] [--cold N] [--freeze] [--delay-us N] LABEL=PATH[@KEY=VALUE]...");
     std::process::exit(2)
 }
 
@@ -89,6 +96,7 @@ fn parse_args() -> Plan {
         after: None,
         cold: 0,
         freeze: false,
+        delay: None,
         specs: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -106,6 +114,7 @@ fn parse_args() -> Plan {
             "--exec-after" => plan.after = Some(args.next().unwrap_or_else(|| usage("--exec-after needs a command"))),
             "--cold" => plan.cold = number(args.next(), "--cold") as usize,
             "--freeze" => plan.freeze = true,
+            "--delay-us" => plan.delay = Some(Duration::from_micros(number(args.next(), "--delay-us"))),
             "--pids" => plan.pids = Some(args.next().unwrap_or_else(|| usage("--pids needs a file")).into()),
             spec => {
                 let (label, rest) = spec.split_once('=').unwrap_or_else(|| usage(&format!("`{spec}`: LABEL=PATH")));
@@ -132,6 +141,43 @@ fn parse_args() -> Plan {
         usage("no contender given");
     }
     plan
+}
+
+/// A proxy to `server_port` on a port of its own (returned): each
+/// connection gets two threads, one per direction, each of which holds
+/// every chunk it reads `delay` before writing it on. Blocking threads with
+/// a timer slack of 1 ns, so that the hold is `delay` to within a few
+/// microseconds rather than tokio's millisecond timer or Linux's default
+/// 50 µs slack.
+fn delay_proxy(server_port: u16, delay: Duration) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the delay proxy");
+    let port = listener.local_addr().expect("the delay proxy's address").port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", server_port)) else { continue };
+            for (from, to) in [(&client, &server), (&server, &client)] {
+                let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else { continue };
+                std::thread::spawn(move || {
+                    use std::io::{Read as _, Write as _};
+                    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and
+                    // applies to the calling thread only.
+                    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1) };
+                    let _ = from.set_nodelay(true);
+                    let _ = to.set_nodelay(true);
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = from.read(&mut buf) {
+                        std::thread::sleep(delay);
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    port
 }
 
 /// CPU nanoseconds and timeslices over every thread of `pid`.
@@ -174,7 +220,11 @@ async fn main() {
     let pg = Postgres::builder().setting("log_statement", "none").start().await;
     pg.apply_sql_as_app(MIGRATION).await;
     pg.apply_sql_as_app("INSERT INTO orders (item, quantity) VALUES ('coffee beans', 2)").await;
-    let url = format!("postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/{APP_DATABASE}", pg.port());
+    let port = match plan.delay {
+        Some(delay) => delay_proxy(pg.port(), delay),
+        None => pg.port(),
+    };
+    let url = format!("postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{port}/{APP_DATABASE}");
     if plan.cold > 0 {
         return cold(&plan, &url).await;
     }
