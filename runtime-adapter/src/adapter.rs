@@ -315,7 +315,8 @@ impl Adapter {
     async fn checkout_noting(&self, until: Deadline, skipped: &AtomicBool) -> Result<Conn, Error> {
         // A warm invocation's case, taken at once: no bound (a timer made
         // and dropped), no attempt's future.
-        if let Some(conn) = self.fresh_pool(skipped).and_then(|pool| pool.checkout_now()) {
+        let mut fresh = self.fresh_pool(skipped);
+        if let Some(conn) = fresh.as_ref().and_then(|pool| pool.checkout_now()) {
             return Ok(conn);
         }
         // Made at the first failure: most checkouts never need one.
@@ -323,8 +324,14 @@ impl Adapter {
         loop {
             // The generation the checkout was tried on, if it got that far.
             let mut tried = None;
+            // A pool found fresh above serves the first attempt as it is,
+            // without looking at it twice.
+            let fresh = fresh.take();
             let attempt = async {
-                let pool = self.ready_pool(until, skipped).await?;
+                let pool = match fresh {
+                    Some(pool) => pool,
+                    None => self.ready_pool(until, skipped).await?,
+                };
                 tried = Some(pool.generation());
                 pool.checkout().await
             };

@@ -298,14 +298,20 @@ impl Emf {
     #[inline(never)]
     fn keep(&self, mut state: MutexGuard<'_, State>, counters: &Counters, point: Point<'_>, now: u64) {
         if let Some(taken) = Self::take_due(&mut state, counters, point, now) {
-            let invocation = match point {
-                Point::End(invocation) if self.names_invocations() => {
-                    Some((invocation.request_id.to_owned(), invocation.xray_trace_id.map(str::to_owned)))
-                }
-                _ => None,
-            };
+            let invocation = self
+                .named(point)
+                .map(|invocation| (invocation.request_id.to_owned(), invocation.xray_trace_id.map(str::to_owned)));
             state.deferred.push(Deferred { taken, invocation });
             self.has_deferred.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The invocation a record taken at `point` names: the one ending
+    /// there, when records are written per invocation.
+    fn named<'a>(&self, point: Point<'a>) -> Option<Invocation<'a>> {
+        match point {
+            Point::End(invocation) if self.names_invocations() => Some(invocation),
+            _ => None,
         }
     }
 
@@ -365,10 +371,7 @@ impl Emf {
         };
         let taken = Self::take_due(&mut state, counters, point, now);
         drop(state);
-        let invocation = match point {
-            Point::End(invocation) if self.names_invocations() => Some(invocation),
-            _ => None,
-        };
+        let invocation = self.named(point);
         let mut records = self.render_deferred(&deferred);
         if let Some(taken) = taken {
             records.extend(self.render(&taken, invocation));
